@@ -1,0 +1,606 @@
+"""park: Ctrl+Z for servers. `park 3000` pauses whatever listens on :3000 and frees the port;
+`park resume 3000` brings the same processes back, listening on :3000 again.
+
+This file is the platform-neutral front: the command line, the state under ~/.park (PARK_HOME), and the
+safety policy. The work on processes is done by one backend module per platform, loaded from the directory
+of this file (never through sys.path). A backend exports:
+  Error(message, fix=None, errno=None, parked=False)  the one exception it raises for expected failures
+  listeners(port)            [{inode, family, host, port, holders: {pid: [fd, ...]}}] for each TCP listener
+  process(pid)               {pid, name, argv, state, ppid, kernel, start, uid, tracer, seccomp} or None
+  stopped(info)              True when that process is stopped by a signal
+  inspect(listener, force)   the listener with everything needed to recreate it (JSON-serialisable)
+  park(plan, drain, suspend_seccomp, commit)   close the listeners, leave their holders stopped
+  resume(plan, force, suspend_seccomp)         recreate the listeners in the same processes, continue them
+  ptrace_scope()             the Yama setting, for the permission message
+A failed park leaves the processes running as they were; a failed resume leaves them parked, state intact.
+"""
+
+import os
+import sys
+
+__version__ = "0.1.0"
+
+BACKENDS = {("linux", "x86_64"): "park_linux_x86_64", ("darwin", "arm64"): "park_darwin_arm64"}
+SCHEMA = 1
+KIND = "park.parked"
+
+# Processes park never stops, even when they merely hold the socket (socket activation, login services).
+PROTECTED = {"init", "systemd", "sshd", "login", "agetty", "getty", "mingetty", "sudo", "su", "dbus-daemon",
+             "dbus-broker", "polkitd", "launchd", "containerd", "dockerd", "runc", "containerd-shim", "park"}
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class ParkError(Exception):
+    """An expected failure: one line for the user, plus the exact command that fixes it."""
+
+    def __init__(self, message, fix=None, code=EXIT_FAIL):
+        super().__init__(message)
+        self.fix = fix
+        self.code = code
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Backend
+
+def load_backend():
+    """The backend module for this platform, loaded from beside this file."""
+    import importlib.util
+    import platform
+
+    machine = platform.machine().lower()
+    key = (sys.platform if sys.platform != "linux2" else "linux", "arm64" if machine == "aarch64" and
+           sys.platform == "darwin" else machine)
+    name = BACKENDS.get(key)
+    if name is None:
+        hint = ""
+        if key == ("darwin", "x86_64"):
+            hint = " (an Intel python3 under Rosetta? run /usr/bin/python3 %s)" % " ".join(sys.argv)
+        raise ParkError("park does not support %s %s yet%s" % (key[0], key[1], hint),
+                        fix="park runs on Linux x86_64 and macOS arm64")
+    if name in sys.modules:
+        return sys.modules[name]
+    here = os.path.dirname(os.path.abspath(__file__)) if __file__ != "<stdin>" else None
+    path = os.path.join(here, name + ".py") if here else None
+    if path is None or not os.path.exists(path):
+        raise ParkError("the backend %s.py is missing next to park.py" % name,
+                        fix="put %s.py in the same directory as park.py" % name)
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Pure helpers
+
+def parse_port(text):
+    """'3000' or ':3000' to 3000; a usage error otherwise."""
+    t = text[1:] if text.startswith(":") else text
+    if not t.isdigit() or not 1 <= int(t) <= 65535:
+        raise ParkError("not a port: %r (expected 1-65535, e.g. 3000 or :3000)" % text, code=EXIT_USAGE)
+    return int(t)
+
+
+def parse_target(text):
+    """A PORT|PID argument: ('port', n) for ':n', else ('any', n)."""
+    if text.startswith(":"):
+        return "port", parse_port(text)
+    if not text.isdigit() or int(text) < 1:
+        raise ParkError("not a port or pid: %r" % text, code=EXIT_USAGE)
+    return "any", int(text)
+
+
+def refusal(info, port, my_uid, force):
+    """Why park must not stop this process, as (message, fix), or None when it may."""
+    pid, name = info["pid"], info["name"]
+    what = "pid %d (%s)" % (pid, name)
+    if pid <= 1:
+        return "%s is the init process; park never stops it" % what, None
+    if info["kernel"]:
+        return "%s is a kernel thread" % what, None
+    if name in PROTECTED or name.startswith("systemd"):
+        return ("%s holds :%d; park never stops system services like %s" % (what, port, name),
+                "stop the service's socket instead (e.g. systemctl stop <unit>.socket)")
+    if my_uid != 0 and info["uid"] != my_uid:
+        return ("%s belongs to another user (uid %d); park may only stop your own processes" % (what, info["uid"]),
+                "sudo park %d" % port)
+    if info["tracer"]:
+        return ("%s is already being traced by pid %d (a debugger or strace?)" % (what, info["tracer"]),
+                "detach the tracer (pid %d), then run park %d again" % (info["tracer"], port))
+    if info["seccomp"] == 2 and not force:
+        fix = "park %d --force" % port
+        if my_uid != 0:
+            fix = "sudo park %d --force  (as root, park suspends the filter while it works)" % port
+        return ("%s runs under a seccomp filter that may kill it when park runs socket/bind inside it" % what, fix)
+    return None
+
+
+def format_duration(seconds):
+    seconds = int(max(0, seconds))
+    if seconds < 60:
+        return "%ds" % seconds
+    if seconds < 3600:
+        return "%dm%02ds" % divmod(seconds, 60)
+    h, rest = divmod(seconds, 3600)
+    return "%dh%02dm" % (h, rest // 60)
+
+
+def command_of(info):
+    argv = info.get("argv") or []
+    text = " ".join(argv) if argv else "[%s]" % info.get("name", "?")
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def where(address):
+    host, port = address[0], address[1]
+    return ("[%s]:%d" if ":" in host else "%s:%d") % (host, port)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# State: one JSON file per parked port under $PARK_HOME/parked, written atomically, with a lock per port
+
+def home():
+    return os.environ.get("PARK_HOME") or os.path.join(os.path.expanduser("~"), ".park")
+
+
+def _ensure_dir(path):
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    try:
+        if os.stat(path).st_mode & 0o077:
+            os.chmod(path, 0o700)
+    except OSError:
+        pass
+    return path
+
+
+def state_dir():
+    _ensure_dir(home())
+    return _ensure_dir(os.path.join(home(), "parked"))
+
+
+def state_path(port):
+    return os.path.join(state_dir(), "%d.json" % port)
+
+
+def write_state(record):
+    path = state_path(record["port"])
+    tmp = "%s.%d.tmp" % (path, os.getpid())
+    import json
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(record, f, indent=1, sort_keys=True)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def read_state(path):
+    """One state file, checked; a damaged or foreign file is a ParkError naming it."""
+    import json
+    fix = "rm %s  (if its process is still stopped, continue it with kill -CONT <pid>)" % path
+    try:
+        with open(path, "rb") as f:
+            data = json.loads(f.read().decode("utf-8"))
+    except OSError as e:
+        raise ParkError("cannot read state file %s: %s" % (path, e.strerror), fix=fix)
+    except ValueError:
+        raise ParkError("state file %s is damaged (not valid JSON)" % path, fix=fix)
+    if not isinstance(data, dict) or data.get("kind") != KIND:
+        raise ParkError("state file %s is not a park state file" % path, fix=fix)
+    if data.get("schema") != SCHEMA:
+        raise ParkError("state file %s has schema %r; this park (%s) reads schema %d"
+                        % (path, data.get("schema"), __version__, SCHEMA), fix="use the park that wrote it, or " + fix)
+    try:
+        ok = isinstance(data["port"], int) and all(isinstance(h["pid"], int) and isinstance(h["starttime"], int)
+                                                    for h in data["holders"]) and isinstance(data["listeners"], list)
+    except (KeyError, TypeError):
+        ok = False
+    if not ok:
+        raise ParkError("state file %s is damaged (fields missing)" % path, fix=fix)
+    data["_path"] = path
+    return data
+
+
+def all_states():
+    d = state_dir()
+    out = []
+    for name in sorted(os.listdir(d)):
+        if name.endswith(".json"):
+            out.append(read_state(os.path.join(d, name)))
+    return sorted(out, key=lambda r: r["port"])
+
+
+def remove_state(record):
+    try:
+        os.unlink(record.get("_path") or state_path(record["port"]))
+    except FileNotFoundError:
+        pass
+
+
+class PortLock:
+    """An exclusive, non-blocking lock on one port, so two park commands on it cannot interleave."""
+
+    def __init__(self, port):
+        self.port = port
+        self.fd = None
+
+    def __enter__(self):
+        import fcntl
+        path = os.path.join(_ensure_dir(os.path.join(home(), "locks")), "%d.lock" % self.port)
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(self.fd)
+            raise ParkError("another park command is working on :%d right now" % self.port,
+                            fix="wait for it to finish, then run your command again")
+        return self
+
+    def __exit__(self, *exc):
+        os.close(self.fd)
+
+
+class Critical:
+    """Hold off Ctrl+C, SIGTERM and SIGHUP while a target is half-changed; they take effect afterwards."""
+
+    SIGNALS = ()
+
+    def __enter__(self):
+        import signal
+        self.signal = signal
+        self.old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
+
+    def __exit__(self, *exc):
+        self.signal.pthread_sigmask(self.signal.SIG_SETMASK, self.old)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Status of a parked record
+
+def holder_status(backend, h):
+    """'parked', 'running' or 'gone' for one recorded holder (a reused pid counts as gone)."""
+    info = backend.process(h["pid"])
+    if info is None or info["start"] != h["starttime"]:
+        return "gone"
+    return "parked" if backend.stopped(info) else "running"
+
+
+def record_status(backend, record):
+    states = [holder_status(backend, h) for h in record["holders"]]
+    if all(s == "gone" for s in states):
+        return "gone", states
+    if "running" in states:
+        return "running", states
+    return "parked", states
+
+
+def find_record(text):
+    """The state record for a PORT|PID argument."""
+    kind, n = parse_target(text)
+    path = state_path(n) if n <= 65535 else None
+    if path and os.path.exists(path):
+        return read_state(path)
+    if kind == "any":
+        for r in all_states():
+            if any(h["pid"] == n for h in r["holders"]):
+                return r
+    raise ParkError("nothing is parked on :%d%s" % (n, "" if kind == "port" else " or as pid %d" % n),
+                    fix="park list  (shows what is parked)")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Commands
+
+def out(text=""):
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def cmd_park(args):
+    backend = load_backend()
+    port = parse_port(args.port)
+    with PortLock(port):
+        path = state_path(port)
+        if os.path.exists(path):
+            old = read_state(path)
+            status, _ = record_status(backend, old)
+            if status == "parked":
+                raise ParkError("pid %s on :%d is already parked" % (_pids(old), port),
+                                fix="park resume %d" % port)
+            if status == "running":
+                raise ParkError("pid %s, parked on :%d, was continued by something else and runs without its "
+                                "listener" % (_pids(old), port), fix="park resume %d" % port)
+            remove_state(old)  # its processes are gone
+        found = backend.listeners(port)
+        if not found:
+            raise ParkError("nothing is listening on :%d" % port, fix="park list  (shows what is parked)")
+        me = os.geteuid()
+        infos = {}
+        for l in found:
+            if not l["holders"]:
+                raise ParkError("cannot see which process listens on %s (another user's?)"
+                                % where([l["host"], l["port"]]), fix="sudo park %d" % port)
+            for pid in l["holders"]:
+                info = backend.process(pid)
+                if info is None:
+                    raise ParkError("pid %d exited while park looked at it" % pid, fix="park %d" % port)
+                why = refusal(info, port, me, args.force)
+                if why:
+                    raise ParkError(why[0], fix=why[1])
+                infos[pid] = info
+        plan = [backend.inspect(l, args.force) for l in found]
+        seccomp = any(i["seccomp"] == 2 for i in infos.values())
+        import time
+        record = {
+            "kind": KIND, "schema": SCHEMA, "version": __version__, "port": port, "parked_at": time.time(),
+            "holders": [{"pid": i["pid"], "starttime": i["start"], "uid": i["uid"], "name": i["name"],
+                         "argv": i["argv"]} for _, i in sorted(infos.items())],
+            "listeners": plan,
+        }
+        committed = []
+
+        def commit(_plan):
+            write_state(record)
+            committed.append(True)
+
+        try:
+            with Critical():
+                result = backend.park(plan, drain=args.drain, suspend_seccomp=seccomp and me == 0, commit=commit)
+        except backend.Error as e:
+            if committed and not e.parked:
+                remove_state(record)
+            raise _from_backend(backend, e, port, "park")
+    for i in record["holders"]:
+        out("parked :%d  pid %d  %s" % (port, i["pid"], command_of(i)))
+    out("  was listening on %s" % ", ".join(where(l["address"]) for l in plan))
+    if result["reset"]:
+        out("  warning: %d queued connection(s) were not accepted in time and were reset" % result["reset"])
+    out("  resume: park resume %d" % port)
+    return EXIT_OK
+
+
+def _pids(record):
+    return ", ".join(str(h["pid"]) for h in record["holders"])
+
+
+def _from_backend(backend, e, port, verb):
+    import errno as E
+    if e.errno in (E.EPERM, E.EACCES):
+        scope = backend.ptrace_scope()
+        if scope:
+            return ParkError("%s (kernel.yama.ptrace_scope is %d, which forbids it)" % (e, scope),
+                             fix="sudo park %s%d, or: echo 0 | sudo tee /proc/sys/kernel/yama/ptrace_scope"
+                             % ("resume " if verb == "resume" else "", port))
+        return ParkError(str(e), fix="sudo park %s%d" % ("resume " if verb == "resume" else "", port))
+    return ParkError(str(e), fix=e.fix)
+
+
+def _holders_text(backend, port):
+    parts = []
+    for l in backend.listeners(port):
+        for pid in l["holders"]:
+            info = backend.process(pid)
+            parts.append("pid %d (%s)" % (pid, command_of(info) if info else "?"))
+    return ", ".join(sorted(set(parts))) or "a process park cannot see"
+
+
+def cmd_resume(args):
+    import time
+    backend = load_backend()
+    record = find_record(args.target)
+    port = record["port"]
+    deadline = time.monotonic() + (args.wait or 0)
+    with PortLock(port):
+        record = read_state(record["_path"])  # re-read under the lock
+        plan, notes = _live_plan(backend, record)
+        while True:
+            busy = [l for l in backend.listeners(port)]
+            if not busy:
+                try:
+                    with Critical():
+                        backend.resume(plan, force=args.force,
+                                       suspend_seccomp=os.geteuid() == 0)
+                    break
+                except backend.Error as e:
+                    if e.errno != 98 or time.monotonic() >= deadline:  # EADDRINUSE
+                        if e.errno == 98:
+                            raise ParkError("cannot resume: :%d is in use by %s; pid %s stays parked"
+                                            % (port, _holders_text(backend, port), _pids(record)),
+                                            fix="stop that process, or: park resume %d --wait" % port)
+                        raise _from_backend(backend, e, port, "resume")
+            elif time.monotonic() >= deadline:
+                raise ParkError("cannot resume: :%d is in use by %s; pid %s stays parked"
+                                % (port, _holders_text(backend, port), _pids(record)),
+                                fix="stop that process, or: park resume %d --wait" % port)
+            time.sleep(0.05)
+        remove_state(record)
+    for n in notes:
+        out(n)
+    for h in record["holders"]:
+        if any(h["pid"] == x["pid"] for l in plan for x in l["holders"]):
+            out("resumed :%d  pid %d  %s" % (port, h["pid"], command_of(h)))
+    out("  listening on %s" % ", ".join(where(l["address"]) for l in plan))
+    return EXIT_OK
+
+
+def _live_plan(backend, record):
+    """The recorded plan without holders that are gone; refuses when none is left or one was taken over."""
+    alive, notes = set(), []
+    for h in record["holders"]:
+        info = backend.process(h["pid"])
+        if info is None:
+            notes.append("note: pid %d has exited; resuming the others" % h["pid"])
+        elif info["start"] != h["starttime"]:
+            notes.append("note: pid %d is now a different process (%s); left alone" % (h["pid"], command_of(info)))
+        else:
+            alive.add(h["pid"])
+    if not alive:
+        reason = " ".join(n[6:] for n in notes)
+        raise ParkError("cannot resume :%d: %s" % (record["port"], reason.replace("; resuming the others", "")),
+                        fix="park list --prune  (forgets it)")
+    plan = []
+    for l in record["listeners"]:
+        l = dict(l)
+        l["holders"] = [h for h in l["holders"] if h["pid"] in alive]
+        if l["holders"]:
+            plan.append(l)
+    return plan, notes
+
+
+def cmd_release(args):
+    import signal
+    backend = load_backend()
+    record = find_record(args.target)
+    port = record["port"]
+    sig = signal.SIGKILL if args.force else signal.SIGTERM if args.kill else None
+    with PortLock(port):
+        done = []
+        for h in record["holders"]:
+            if holder_status(backend, h) == "gone":
+                continue
+            try:
+                if sig is not None:
+                    os.kill(h["pid"], sig)  # a stopped process handles SIGTERM once it is continued
+                if sig != signal.SIGKILL:
+                    os.kill(h["pid"], signal.SIGCONT)
+            except ProcessLookupError:
+                continue
+            except PermissionError:
+                raise ParkError("no permission to signal pid %d" % h["pid"], fix="sudo park release %d" % port)
+            done.append(h)
+        remove_state(record)
+    verb = {None: "continued", signal.SIGTERM: "sent SIGTERM to", signal.SIGKILL: "killed"}[sig]
+    for h in done:
+        out("%s pid %d  %s" % (verb, h["pid"], command_of(h)))
+    if sig is None and done:
+        out("  its listener on :%d is not recreated; restart the server to serve again" % port)
+    if not done:
+        out("forgot :%d (its processes were already gone)" % port)
+    return EXIT_OK
+
+
+def cmd_list(args):
+    import time
+    backend = load_backend()
+    rows = []
+    now = time.time()
+    for r in all_states():
+        status, states = record_status(backend, r)
+        if args.prune and status == "gone":
+            remove_state(r)
+            continue
+        rows.append({
+            "port": r["port"],
+            "pids": [h["pid"] for h in r["holders"]],
+            "status": status,
+            "holders": [{"pid": h["pid"], "status": s, "command": command_of(h)} for h, s in zip(r["holders"], states)],
+            "addresses": [where(l["address"]) for l in r["listeners"]],
+            "command": command_of(r["holders"][0]),
+            "parked_at": r["parked_at"],
+            "parked_for": round(now - r["parked_at"], 1),
+        })
+    if args.json:
+        import json
+        out(json.dumps(rows, indent=1))
+        return EXIT_OK
+    if not rows:
+        out("nothing is parked")
+        return EXIT_OK
+    out("%-6s %-14s %-8s %-8s %s" % ("PORT", "PID", "FOR", "STATUS", "COMMAND"))
+    for row in rows:
+        pids = ",".join(map(str, row["pids"]))
+        out("%-6s %-14s %-8s %-8s %s" % (":%d" % row["port"], pids, format_duration(row["parked_for"]),
+                                         row["status"], row["command"]))
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Command line
+
+COMMANDS = ("resume", "list", "release")
+
+USAGE = """park PORT [--force]              pause the server(s) on PORT and free the port
+       park resume PORT|PID [--wait [S]]  bring them back, listening on PORT again
+       park list [--json] [--prune]       what is parked
+       park release PORT|PID [--kill [--force]]  continue without the listener, or end it"""
+
+EPILOG = """exit codes: 0 ok, 1 failed (the target is left as it was), 2 usage error, 130 interrupted.
+state: $PARK_HOME or ~/.park"""
+
+
+def build_parser():
+    import argparse
+    p = argparse.ArgumentParser(prog="park", usage=USAGE, epilog=EPILOG,
+                                description="Ctrl+Z for servers: pause a server and free its port; resume it "
+                                            "later as the same process.",
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version="park " + __version__)
+    sub = p.add_subparsers(dest="command", metavar="{resume,list,release}")
+    pk = sub.add_parser("park", help=argparse.SUPPRESS)
+    pk.add_argument("port", help="PORT or :PORT")
+    pk.add_argument("--force", action="store_true",
+                    help="park even when an option cannot be restored or a seccomp filter is present")
+    pk.add_argument("--drain", type=float, default=2.0, metavar="S", help=argparse.SUPPRESS)
+    r = sub.add_parser("resume", help="bring parked processes back", usage="park resume PORT|PID [--wait [S]]")
+    r.add_argument("target", metavar="PORT|PID")
+    r.add_argument("--wait", nargs="?", type=float, const=60.0, default=0.0, metavar="SECONDS",
+                   help="wait while the port is in use by someone else (default 60 s)")
+    r.add_argument("--force", action="store_true", help="skip socket options that cannot be restored")
+    ls = sub.add_parser("list", help="show what is parked", usage="park list [--json] [--prune]")
+    ls.add_argument("--json", action="store_true")
+    ls.add_argument("--prune", action="store_true", help="forget entries whose processes are gone")
+    rl = sub.add_parser("release", help="continue without the listener, or end the process",
+                        usage="park release PORT|PID [--kill [--force]]")
+    rl.add_argument("target", metavar="PORT|PID")
+    rl.add_argument("--kill", action="store_true", help="send SIGTERM (delivered although it was stopped)")
+    rl.add_argument("--force", action="store_true", help="with --kill: SIGKILL")
+    return p
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] not in COMMANDS and argv[0] not in ("-h", "--help", "--version", "park"):
+        argv.insert(0, "park")
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:
+        return EXIT_USAGE if e.code else EXIT_OK
+    if args.command is None:
+        parser.print_usage(sys.stderr)
+        return EXIT_USAGE
+    if args.command == "release" and args.force and not args.kill:
+        sys.stderr.write("park: --force goes with --kill (park release PORT --kill --force)\n")
+        return EXIT_USAGE
+    run = {"park": cmd_park, "resume": cmd_resume, "list": cmd_list, "release": cmd_release}[args.command]
+    try:
+        return run(args)
+    except ParkError as e:
+        sys.stderr.write("park: %s\n" % e)
+        if e.fix:
+            sys.stderr.write("  fix: %s\n" % e.fix)
+        return e.code
+    except KeyboardInterrupt:
+        sys.stderr.write("park: interrupted\n")
+        return EXIT_INTERRUPTED
+    except Exception as e:  # an unexpected failure still gets one line; PARK_DEBUG=1 shows the traceback
+        if os.environ.get("PARK_DEBUG"):
+            raise
+        sys.stderr.write("park: unexpected error: %s: %s\n" % (type(e).__name__, e))
+        sys.stderr.write("  fix: run again with PARK_DEBUG=1 and report the traceback\n")
+        return EXIT_FAIL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,983 @@
+"""park backend for Linux x86_64: find TCP listeners, and close / recreate them inside a stopped process.
+
+Discovery reads /proc/net/tcp{,6}, /proc/PID/fd and fdinfo, and NETLINK_SOCK_DIAG (backlog, accept queue).
+Socket options are read from a pidfd_getfd(2) duplicate that is closed again before anything changes.
+Every thread of every holder is stopped with PTRACE_SEIZE + PTRACE_INTERRUPT before a listener is touched;
+system calls are then run in one stopped thread by pointing rip at an existing `syscall` instruction in the
+target's vdso and single-stepping it. No code is written into the target; the only memory written (a small
+scratch area below a stack pointer, on resume) and every register are put back before the thread is released.
+This module imports only the standard library and never imports park.
+"""
+
+import ctypes
+import errno
+import os
+import signal
+import socket
+import struct
+import time
+
+# ---------------------------------------------------------------------------------------------------------
+# Constants (names as in the kernel headers they come from)
+
+# include/uapi/linux/ptrace.h
+PTRACE_PEEKTEXT = 1
+PTRACE_GETREGS = 12
+PTRACE_SETREGS = 13
+PTRACE_CONT = 7
+PTRACE_DETACH = 17
+PTRACE_SINGLESTEP = 9
+PTRACE_SEIZE = 0x4206
+PTRACE_INTERRUPT = 0x4207
+PTRACE_GETSIGMASK = 0x420A
+PTRACE_SETSIGMASK = 0x420B
+PTRACE_EVENT_STOP = 128
+PTRACE_O_SUSPEND_SECCOMP = 1 << 21
+WALL = 0x40000000  # __WALL, include/uapi/linux/wait.h (renamed: a class body would mangle __WALL)
+
+# arch/x86/entry/syscalls/syscall_64.tbl
+NR_close = 3
+NR_dup3 = 292
+NR_socket = 41
+NR_bind = 49
+NR_listen = 50
+NR_setsockopt = 54
+NR_fcntl = 72
+NR_epoll_ctl = 233
+NR_restart_syscall = 219
+NR_pidfd_open = 434
+NR_pidfd_getfd = 438
+
+# include/linux/errno.h: kernel-internal restart codes seen in rax of a thread stopped inside a syscall
+ERESTARTSYS, ERESTARTNOINTR, ERESTARTNOHAND, ERESTART_RESTARTBLOCK = 512, 513, 514, 516
+
+O_NONBLOCK = 0o4000  # include/uapi/asm-generic/fcntl.h
+O_CLOEXEC = 0o2000000
+F_SETFD = 2
+FD_CLOEXEC = 1
+EPOLL_CTL_ADD = 1  # include/uapi/linux/eventpoll.h
+SOCK_STREAM = 1
+IPPROTO_TCP = 6
+SOL_SOCKET = 1
+SO_REUSEADDR = 2
+SO_SNDBUF = 7
+SO_RCVBUF = 8
+SO_GET_FILTER = 26  # include/uapi/asm-generic/socket.h
+IPPROTO_IPV6 = 41
+IPV6_V6ONLY = 26
+
+# include/uapi/linux/sock_diag.h, inet_diag.h, netlink.h
+NETLINK_SOCK_DIAG = 4
+SOCK_DIAG_BY_FAMILY = 20
+NLM_F_REQUEST = 1
+NLM_F_DUMP = 0x300
+NLMSG_ERROR = 2
+NLMSG_DONE = 3
+TCP_LISTEN = 10  # include/net/tcp_states.h
+
+# Socket options a server may set on its listener, as (level, name, number, kind). kind: "int", "buf"
+# (the kernel doubles what was set, socket(7)), "linger" (struct linger), "str" (a NUL-terminated name).
+OPTIONS = (
+    (1, "SO_REUSEADDR", 2, "int"),
+    (1, "SO_REUSEPORT", 15, "int"),
+    (1, "SO_KEEPALIVE", 9, "int"),
+    (1, "SO_SNDBUF", 7, "buf"),
+    (1, "SO_RCVBUF", 8, "buf"),
+    (1, "SO_LINGER", 13, "linger"),
+    (1, "SO_BINDTODEVICE", 25, "str"),
+    (1, "SO_PRIORITY", 12, "int"),
+    (1, "SO_MARK", 36, "int"),
+    (1, "SO_RCVLOWAT", 18, "int"),
+    (1, "SO_OOBINLINE", 10, "int"),
+    (1, "SO_DONTROUTE", 5, "int"),
+    (6, "TCP_NODELAY", 1, "int"),
+    (6, "TCP_MAXSEG", 2, "int"),
+    (6, "TCP_CORK", 3, "int"),
+    (6, "TCP_KEEPIDLE", 4, "int"),
+    (6, "TCP_KEEPINTVL", 5, "int"),
+    (6, "TCP_KEEPCNT", 6, "int"),
+    (6, "TCP_SYNCNT", 7, "int"),
+    (6, "TCP_LINGER2", 8, "int"),
+    (6, "TCP_DEFER_ACCEPT", 9, "int"),
+    (6, "TCP_WINDOW_CLAMP", 10, "int"),
+    (6, "TCP_CONGESTION", 13, "str"),
+    (6, "TCP_USER_TIMEOUT", 18, "int"),
+    (6, "TCP_FASTOPEN", 23, "int"),
+    (6, "TCP_NOTSENT_LOWAT", 25, "int"),
+    (0, "IP_TOS", 1, "int"),
+    (0, "IP_TTL", 2, "int"),
+    (0, "IP_FREEBIND", 15, "int"),
+    (0, "IP_TRANSPARENT", 19, "int"),
+    (41, "IPV6_UNICAST_HOPS", 16, "int"),
+    (41, "IPV6_V6ONLY", 26, "int"),
+    (41, "IPV6_TCLASS", 67, "int"),
+    (41, "IPV6_TRANSPARENT", 75, "int"),
+    (41, "IPV6_FREEBIND", 78, "int"),
+)
+_ALWAYS_KEPT = ("SO_REUSEADDR", "IPV6_V6ONLY")
+_IP_ONLY = {0: socket.AF_INET, 41: socket.AF_INET6}
+
+
+class Error(Exception):
+    """A failure to report to the user: one line, plus the exact fix when there is one."""
+
+    def __init__(self, message, fix=None, errno=None, parked=False):
+        super().__init__(message)
+        self.fix = fix
+        self.errno = errno
+        self.parked = parked  # the target was left parked, with its state
+
+
+# ---------------------------------------------------------------------------------------------------------
+# ctypes: one table of prototypes, applied once
+
+class user_regs_struct(ctypes.Structure):
+    """arch/x86/include/asm/user_64.h"""
+    _fields_ = [(n, ctypes.c_ulonglong) for n in (
+        "r15", "r14", "r13", "r12", "rbp", "rbx", "r11", "r10", "r9", "r8", "rax", "rcx", "rdx", "rsi", "rdi",
+        "orig_rax", "rip", "cs", "eflags", "rsp", "ss", "fs_base", "gs_base", "ds", "es", "fs", "gs")]
+
+
+assert ctypes.sizeof(user_regs_struct) == 27 * 8
+
+
+class iovec(ctypes.Structure):
+    """include/uapi/linux/uio.h"""
+    _fields_ = [("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t)]
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+for _name, _res, _args in (
+    ("ptrace", ctypes.c_long, (ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p)),
+    ("process_vm_readv", ctypes.c_ssize_t,
+     (ctypes.c_int, ctypes.POINTER(iovec), ctypes.c_ulong, ctypes.POINTER(iovec), ctypes.c_ulong, ctypes.c_ulong)),
+    ("process_vm_writev", ctypes.c_ssize_t,
+     (ctypes.c_int, ctypes.POINTER(iovec), ctypes.c_ulong, ctypes.POINTER(iovec), ctypes.c_ulong, ctypes.c_ulong)),
+    ("syscall", ctypes.c_long, (ctypes.c_long, ctypes.c_long, ctypes.c_long, ctypes.c_long)),
+    ("getsockopt", ctypes.c_int,
+     (ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint32))),
+):
+    _fn = getattr(_libc, _name)
+    _fn.restype, _fn.argtypes = _res, _args
+
+
+def _check(result, what):
+    """Raise OSError with the numeric errno when a libc call returned -1."""
+    if result == -1:
+        e = ctypes.get_errno()
+        raise OSError(e, "%s: %s" % (what, os.strerror(e)))
+    return result
+
+
+def _ptrace(request, tid, addr=0, data=0):
+    return _check(_libc.ptrace(request, tid, addr, data), "ptrace")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Discovery
+
+def _hex_addr(text, family):
+    """Address in /proc/net/tcp{,6} (host-order 32-bit words in hex) to its printable form."""
+    raw = bytes.fromhex(text)
+    raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+    return socket.inet_ntop(family, raw)
+
+
+def parse_net_tcp(text, family, port=None, states=("0A",)):
+    """Parse /proc/net/tcp{,6} text into (inode, host, port, state) rows, filtered by port and state."""
+    rows = []
+    for line in text.splitlines()[1:]:
+        f = line.split()
+        if len(f) < 10 or f[3] not in states:
+            continue
+        host, _, hport = f[1].partition(":")
+        lport = int(hport, 16)
+        if port is not None and lport != port:
+            continue
+        rows.append((int(f[9]), _hex_addr(host, family), lport, f[3]))
+    return rows
+
+
+def _read(path):
+    with open(path) as f:
+        return f.read()
+
+
+def _tcp_rows(port, states=("0A",)):
+    rows = []
+    for name, family in (("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6)):
+        try:
+            text = _read("/proc/net/" + name)
+        except OSError:
+            continue
+        rows += [(family,) + r for r in parse_net_tcp(text, family, port, states)]
+    return rows
+
+
+def _proc_fds(pid):
+    """{fd: link} for every fd of pid, or {} when it cannot be read."""
+    base = "/proc/%d/fd/" % pid
+    out = {}
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return out
+    for n in names:
+        try:
+            out[int(n)] = os.readlink(base + n)
+        except OSError:
+            pass
+    return out
+
+
+def listeners(port):
+    """Every TCP listener on port: [{inode, family, host, port, holders: {pid: [fd, ...]}}]."""
+    found = {}
+    for family, inode, host, lport, _ in _tcp_rows(port):
+        if inode:
+            found[inode] = {"inode": inode, "family": family, "host": host, "port": lport, "holders": {}}
+    if not found:
+        return []
+    wanted = {"socket:[%d]" % i: i for i in found}
+    me = os.getpid()
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == me:
+            continue
+        pid = int(name)
+        base = "/proc/%s/fd/" % name
+        try:
+            fds = os.listdir(base)
+        except OSError:
+            continue
+        for n in fds:
+            try:
+                link = os.readlink(base + n)
+            except OSError:
+                continue
+            inode = wanted.get(link)
+            if inode is not None:
+                found[inode]["holders"].setdefault(pid, []).append(int(n))
+    for l in found.values():
+        for fds in l["holders"].values():
+            fds.sort()
+    return sorted(found.values(), key=lambda l: (l["family"], l["host"]))
+
+
+def ports_listening(uid=None):
+    """{port: [pid, ...]} of every TCP listener, for `list` and suggestions (only pids we can see)."""
+    by_inode = {}
+    for family, inode, host, lport, _ in _tcp_rows(None):
+        by_inode[inode] = lport
+    out = {}
+    wanted = {"socket:[%d]" % i: p for i, p in by_inode.items()}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        for link in _proc_fds(int(name)).values():
+            p = wanted.get(link)
+            if p is not None:
+                out.setdefault(p, set()).add(int(name))
+    return {p: sorted(v) for p, v in out.items()}
+
+
+def process(pid):
+    """What park needs to know about pid, or None if there is no such process."""
+    try:
+        stat = _read("/proc/%d/stat" % pid)
+        status = _read("/proc/%d/status" % pid)
+    except (OSError, ValueError):
+        return None
+    comm = stat[stat.index("(") + 1:stat.rindex(")")]
+    f = stat[stat.rindex(")") + 2:].split()
+    fields = dict(l.split(":", 1) for l in status.splitlines() if ":" in l)
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as fh:
+            argv = [a.decode("utf-8", "replace") for a in fh.read().split(b"\0") if a]
+    except OSError:
+        argv = []
+    return {
+        "pid": pid,
+        "name": comm,
+        "argv": argv,
+        "state": f[0],
+        "ppid": int(f[1]),
+        "kernel": bool(int(f[6]) & 0x00200000),  # PF_KTHREAD, include/linux/sched.h
+        "start": int(f[19]),
+        "uid": int(fields.get("Uid", "-1").split()[1] if "Uid" in fields else -1),
+        "tracer": int(fields.get("TracerPid", "0").strip() or 0),
+        "seccomp": int(fields.get("Seccomp", "0").strip() or 0),
+        "threads": int(fields.get("Threads", "1").strip() or 1),
+    }
+
+
+def stopped(info):
+    """True when the process is stopped by a signal (a parked process)."""
+    return info["state"] in ("T", "t")
+
+
+def send_signal(pid, sig):
+    os.kill(pid, sig)
+
+
+def parse_fdinfo_epoll(text):
+    """The registrations in an eventpoll fd's fdinfo: [(tfd, events, data, inode)] (inode -1 if not shown)."""
+    out = []
+    for line in text.splitlines():
+        if not line.startswith("tfd:"):
+            continue
+        f = line.split()
+        # "tfd: %8d events: %8x data: %16llx  pos:%lli ino:%lx sdev:%x" (fs/eventpoll.c ep_show_fdinfo)
+        ino = -1
+        for tok in f:
+            if tok.startswith("ino:"):
+                ino = int(tok[4:], 16)
+        out.append((int(f[1]), int(f[3], 16), int(f[5], 16), ino))
+    return out
+
+
+def parse_fdinfo_flags(text):
+    for line in text.splitlines():
+        if line.startswith("flags:"):
+            return int(line.split()[1], 8)
+    return 0
+
+
+def _sock_diag(families):
+    """{inode: (accept queue length, backlog)} of every TCP listener, from NETLINK_SOCK_DIAG."""
+    out = {}
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG) as nl:
+        for seq, family in enumerate(sorted(families), 1):
+            # struct inet_diag_req_v2 with an empty inet_diag_sockid (a dump ignores it)
+            req = struct.pack("=BBBBI48x", family, IPPROTO_TCP, 0, 0, 1 << TCP_LISTEN)
+            nl.send(struct.pack("=IHHII", 16 + len(req), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, seq, 0)
+                    + req)
+            done = False
+            while not done:
+                data = nl.recv(65536)
+                off = 0
+                while off + 16 <= len(data):
+                    length, kind = struct.unpack_from("=IH", data, off)
+                    if kind == NLMSG_DONE or kind == NLMSG_ERROR or length < 16:
+                        done = True
+                        break
+                    # struct inet_diag_msg: 4 x u8, inet_diag_sockid (48), expires, rqueue, wqueue, uid, inode
+                    rq, wq, _, ino = struct.unpack_from("=IIII", data, off + 16 + 4 + 48 + 4)
+                    out[ino] = (rq, wq)
+                    off += (length + 3) & ~3
+    return out
+
+
+def _pidfd_getfd(pid, fd):
+    """A duplicate of another process's fd (pidfd_getfd(2)); the caller must close it."""
+    pidfd = os.pidfd_open(pid)
+    try:
+        return _check(_libc.syscall(NR_pidfd_getfd, pidfd, fd, 0), "pidfd_getfd")
+    finally:
+        os.close(pidfd)
+
+
+def _read_option(sock, level, num, kind):
+    if kind in ("int", "buf"):
+        return sock.getsockopt(level, num)
+    if kind == "linger":
+        return sock.getsockopt(level, num, 8).hex()
+    return sock.getsockopt(level, num, 16).split(b"\0", 1)[0].decode("latin-1")
+
+
+def _options(sock, family):
+    """The options worth restoring: those that differ from a fresh socket's, plus SO_REUSEADDR and V6ONLY."""
+    fresh = socket.socket(family, socket.SOCK_STREAM)
+    kept = []
+    try:
+        for level, name, num, kind in OPTIONS:
+            if _IP_ONLY.get(level, family) != family:
+                continue
+            try:
+                value = _read_option(sock, level, num, kind)
+            except OSError:
+                continue
+            try:
+                default = _read_option(fresh, level, num, kind)
+            except OSError:
+                default = None
+            if value != default or name in _ALWAYS_KEPT:
+                kept.append([level, name, num, kind, value])
+    finally:
+        fresh.close()
+    return kept
+
+
+def _filter_attached(fd):
+    """True when a classic BPF socket filter is attached (SO_GET_FILTER with length 0 returns its size)."""
+    n = ctypes.c_uint32(0)
+    if _libc.getsockopt(fd, SOL_SOCKET, SO_GET_FILTER, None, ctypes.byref(n)) != 0:
+        return False
+    return n.value > 0
+
+
+def inspect(listener, force=False):
+    """Fill in a listener from listeners() with everything resume needs; raise Error if it cannot be restored."""
+    holders = listener["holders"]
+    pid0 = min(holders)
+    fd0 = holders[pid0][0]
+    try:
+        dup = _pidfd_getfd(pid0, fd0)
+    except OSError as e:
+        raise Error("cannot read the listener of pid %d (%s)" % (pid0, e.strerror), errno=e.errno)
+    sock = socket.socket(fileno=dup)
+    try:
+        name = sock.getsockname()
+        family = sock.family
+        options = _options(sock, family)
+        filtered = _filter_attached(dup)
+    finally:
+        sock.close()  # must be gone before the injected close(), or the port stays bound
+    if filtered and not force:
+        raise Error("the listener on :%d has a BPF socket filter attached, which park cannot restore" % name[1],
+                    fix="park %d --force  (resume will recreate the listener without the filter)" % name[1])
+    out = dict(listener)
+    out["family"] = int(family)
+    out["address"] = list(name)
+    out["options"] = options
+    out["holders"] = []
+    for pid in sorted(holders):
+        fds = []
+        for fd in holders[pid]:
+            try:
+                flags = parse_fdinfo_flags(_read("/proc/%d/fdinfo/%d" % (pid, fd)))
+            except OSError:
+                raise Error("pid %d exited while park looked at it" % pid)
+            fds.append({"fd": fd, "cloexec": bool(flags & O_CLOEXEC), "nonblock": bool(flags & O_NONBLOCK)})
+        regs = []
+        for epfd, link in sorted(_proc_fds(pid).items()):
+            if link != "anon_inode:[eventpoll]":
+                continue
+            try:
+                text = _read("/proc/%d/fdinfo/%d" % (pid, epfd))
+            except OSError:
+                continue
+            for tfd, events, data, ino in parse_fdinfo_epoll(text):
+                if ino == listener["inode"]:
+                    if tfd not in holders[pid] and not force:
+                        raise Error("pid %d watches the listener in epoll under fd %d, which is closed; park cannot "
+                                    "restore that registration" % (pid, tfd),
+                                    fix="park %d --force  (that registration will not come back)" % name[1])
+                    regs.append({"epfd": epfd, "tfd": tfd, "events": events, "data": data})
+        out["holders"].append({"pid": pid, "fds": fds, "epoll": regs})
+    out["nonblock"] = out["holders"][0]["fds"][0]["nonblock"]
+    queue, backlog = queue_lengths([listener["inode"]], {family}).get(listener["inode"], (0, None))
+    if backlog is None:
+        try:
+            backlog = int(_read("/proc/sys/net/core/somaxconn"))
+        except (OSError, ValueError):
+            backlog = 4096
+    out["backlog"] = backlog
+    return out
+
+
+def queue_lengths(inodes, families):
+    """{inode: (accept queue length, backlog)}; {} when sock_diag is not available."""
+    try:
+        diag = _sock_diag(families)
+    except OSError:
+        return {}
+    return {i: diag[i] for i in inodes if i in diag}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Stopping threads and running system calls inside them
+
+def _signed(v):
+    return v - (1 << 64) if v >= 1 << 63 else v
+
+
+def _vdso_syscall_offset():
+    """Offset of a `syscall` (0f 05) instruction in this kernel's vdso; the image is the same in every process."""
+    for line in _read("/proc/self/maps").splitlines():
+        if line.endswith("[vdso]"):
+            lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
+            at = ctypes.string_at(lo, hi - lo).find(b"\x0f\x05")
+            return at if at >= 0 else None
+    return None
+
+
+class _Proc:
+    """One traced process: its stopped threads and the injection state of the thread chosen to run syscalls."""
+
+    def __init__(self, pid):
+        self.pid = pid
+        self.tids = []
+        self.tid = None
+        self.saved = None
+        self.mask = None
+        self.gadget = None
+        self.scratch = None
+        self.scratch_orig = None
+        self.used = 0
+
+
+class Tracer:
+    """Stops every thread of a set of processes and runs system calls in them; release() undoes it all."""
+
+    def __init__(self, suspend_seccomp=False):
+        self.procs = {}
+        self.options = PTRACE_O_SUSPEND_SECCOMP if suspend_seccomp else 0
+        self.stopped_at = None
+        self.held = 0.0
+
+    # -- stopping --
+    def stop(self, pids):
+        if self.stopped_at is None:
+            self.stopped_at = time.perf_counter()
+        for pid in pids:
+            p = self.procs.setdefault(pid, _Proc(pid))
+            for _ in range(20):
+                try:
+                    tids = {int(t) for t in os.listdir("/proc/%d/task" % pid)}
+                except OSError:
+                    raise Error("pid %d exited" % pid)
+                new = sorted(tids - set(p.tids))
+                if not new:
+                    break
+                seized = []
+                for tid in new:
+                    try:
+                        _ptrace(PTRACE_SEIZE, tid, 0, self.options)
+                    except OSError as e:
+                        if e.errno == errno.ESRCH:
+                            continue
+                        raise Error("cannot stop pid %d (ptrace: %s)" % (pid, os.strerror(e.errno)), errno=e.errno)
+                    p.tids.append(tid)
+                    seized.append(tid)
+                for tid in seized:
+                    try:
+                        _ptrace(PTRACE_INTERRUPT, tid)
+                    except OSError:
+                        pass
+                for tid in seized:
+                    if not self._wait_stopped(tid):
+                        p.tids.remove(tid)
+            else:
+                raise Error("pid %d keeps creating threads; try again" % pid)
+            if not p.tids:
+                raise Error("pid %d exited" % pid)
+
+    def _wait_stopped(self, tid):
+        """Wait until tid is in a ptrace stop; False if it exited. Signals that arrive first are delivered."""
+        for _ in range(100):
+            try:
+                _, status = os.waitpid(tid, WALL)
+            except ChildProcessError:
+                return False
+            if not os.WIFSTOPPED(status):
+                return False
+            sig, event = os.WSTOPSIG(status), status >> 16
+            if event == PTRACE_EVENT_STOP or sig == signal.SIGTRAP:
+                return True
+            # A signal-delivery-stop: let the thread have its signal (as CRIU does); the interrupt stays pending.
+            try:
+                _ptrace(PTRACE_CONT, tid, 0, sig)
+            except OSError:
+                return False
+        return True
+
+    # -- injecting --
+    def _prepare(self, p):
+        if p.tid is not None:
+            return
+        regs = user_regs_struct()
+        for tid in ([p.pid] if p.pid in p.tids else []) + [t for t in p.tids if t != p.pid]:
+            try:
+                _ptrace(PTRACE_GETREGS, tid, 0, ctypes.addressof(regs))
+                break
+            except OSError:
+                continue
+        else:
+            raise Error("cannot read the registers of pid %d" % p.pid)
+        if regs.cs != 0x33:
+            raise Error("pid %d is not a 64-bit process; park handles x86_64 processes only" % p.pid)
+        p.gadget = self._gadget(p.pid, tid)
+        mask = ctypes.c_uint64()
+        _ptrace(PTRACE_GETSIGMASK, tid, 8, ctypes.addressof(mask))
+        # Block every signal but SIGTRAP while injecting (CRIU does the same): no handler runs in between.
+        block = ctypes.c_uint64(~(1 << (signal.SIGTRAP - 1)) & (2 ** 64 - 1))
+        _ptrace(PTRACE_SETSIGMASK, tid, 8, ctypes.addressof(block))
+        p.tid, p.saved, p.mask = tid, regs, mask
+
+    def _gadget(self, pid, tid):
+        off = _vdso_syscall_offset()
+        maps = _read("/proc/%d/maps" % pid).splitlines()
+        candidates = []
+        for line in maps:
+            if off is not None and line.endswith("[vdso]"):
+                candidates.insert(0, int(line.split("-")[0], 16) + off)
+        for addr in candidates:
+            word = self._peek(tid, addr)
+            if word is not None and word & 0xFFFF == 0x050F:
+                return addr
+        # No vdso (vdso=0): look for the instruction in the process's own executable mappings.
+        try:
+            with open("/proc/%d/mem" % pid, "rb", buffering=0) as mem:
+                for line in maps:
+                    f = line.split()
+                    if len(f) < 2 or "x" not in f[1] or line.endswith("[vsyscall]"):
+                        continue
+                    lo, hi = (int(x, 16) for x in f[0].split("-"))
+                    mem.seek(lo)
+                    at = mem.read(min(hi - lo, 1 << 20)).find(b"\x0f\x05")
+                    if at >= 0:
+                        return lo + at
+        except OSError:
+            pass
+        raise Error("found no syscall instruction in pid %d" % pid)
+
+    def _peek(self, tid, addr):
+        ctypes.set_errno(0)
+        v = _libc.ptrace(PTRACE_PEEKTEXT, tid, addr, 0)
+        if v == -1 and ctypes.get_errno():
+            return None
+        return v & (2 ** 64 - 1)
+
+    def syscall(self, pid, nr, *args):
+        """Run one system call in pid; return its result, or raise OSError with the target's errno."""
+        p = self.procs[pid]
+        self._prepare(p)
+        regs = user_regs_struct.from_buffer_copy(p.saved)
+        regs.rip, regs.rax, regs.orig_rax = p.gadget, nr, 2 ** 64 - 1
+        for name, value in zip(("rdi", "rsi", "rdx", "r10", "r8", "r9"), args):
+            setattr(regs, name, value & (2 ** 64 - 1))
+        _ptrace(PTRACE_SETREGS, p.tid, 0, ctypes.addressof(regs))
+        out = user_regs_struct()
+        for _ in range(50):
+            _ptrace(PTRACE_SINGLESTEP, p.tid)
+            try:
+                _, status = os.waitpid(p.tid, WALL)
+            except ChildProcessError:
+                status = 0
+            if not os.WIFSTOPPED(status):
+                raise Error("pid %d died while park was working on it" % pid)
+            _ptrace(PTRACE_GETREGS, p.tid, 0, ctypes.addressof(out))
+            if out.rip == p.gadget + 2:
+                result = _signed(out.rax)
+                if -4096 < result < 0:
+                    raise OSError(-result, os.strerror(-result))
+                return result
+            # A pending event stop (seizing a group-stopped task) can land before the step: step again.
+        raise Error("pid %d did not run the injected system call" % pid)
+
+    def scratch(self, pid, data):
+        """Copy data into the target's scratch area and return its address there (valid until release)."""
+        p = self.procs[pid]
+        self._prepare(p)
+        if p.scratch is None:
+            # Below the 128-byte red zone and well below anything the interrupted code may use (SysV ABI).
+            base = (p.saved.rsp - 128 - 2048) & ~0xF
+            orig = self._read_mem(pid, base, 1024)
+            if orig is None:
+                raise Error("cannot use the stack of pid %d for scratch memory" % pid)
+            p.scratch, p.scratch_orig = base, orig
+        if p.used + len(data) > 1024:
+            p.used = 0
+        addr = p.scratch + p.used
+        self._write_mem(pid, addr, data)
+        p.used += (len(data) + 15) & ~15
+        return addr
+
+    def _read_mem(self, pid, addr, size):
+        buf = ctypes.create_string_buffer(size)
+        local = iovec(ctypes.cast(buf, ctypes.c_void_p), size)
+        remote = iovec(addr, size)
+        n = _libc.process_vm_readv(pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
+        return buf.raw if n == size else None
+
+    def _write_mem(self, pid, addr, data):
+        buf = ctypes.create_string_buffer(bytes(data), len(data))
+        local = iovec(ctypes.cast(buf, ctypes.c_void_p), len(data))
+        remote = iovec(addr, len(data))
+        n = _libc.process_vm_writev(pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
+        if n != len(data):
+            raise Error("cannot write scratch memory in pid %d" % pid)
+
+    # -- releasing --
+    def release(self, stop_signal=False):
+        """Put back memory and registers, optionally leave each process stopped (SIGSTOP), and detach."""
+        first = None
+        for p in self.procs.values():
+            try:
+                if p.scratch is not None:
+                    self._write_mem(p.pid, p.scratch, p.scratch_orig)
+                if p.tid is not None:
+                    regs = _restart_fixup(p.saved)
+                    _ptrace(PTRACE_SETREGS, p.tid, 0, ctypes.addressof(regs))
+                    _ptrace(PTRACE_SETSIGMASK, p.tid, 8, ctypes.addressof(p.mask))
+            except (OSError, Error) as e:
+                first = first or e
+            if stop_signal:
+                # Queued while every thread is traced; each thread enters group-stop as it is detached.
+                try:
+                    os.kill(p.pid, signal.SIGSTOP)
+                except OSError:
+                    pass
+        for p in self.procs.values():
+            for tid in p.tids:
+                try:
+                    _ptrace(PTRACE_DETACH, tid)
+                except OSError:
+                    pass
+        if self.stopped_at is not None:
+            self.held = time.perf_counter() - self.stopped_at
+        self.procs = {}
+        if first is not None:
+            raise Error("could not restore pid state cleanly: %s" % first)
+
+
+def _restart_fixup(saved):
+    """The saved registers with the kernel's syscall-restart rewrite applied (arch/x86/kernel/signal.c)."""
+    r = user_regs_struct.from_buffer_copy(saved)
+    orig, rax = _signed(r.orig_rax), _signed(r.rax)
+    if orig >= 0 and rax in (-ERESTARTSYS, -ERESTARTNOINTR, -ERESTARTNOHAND):
+        r.rax, r.rip = orig, r.rip - 2
+    elif orig >= 0 and rax == -ERESTART_RESTARTBLOCK:
+        r.rax, r.rip = NR_restart_syscall, r.rip - 2
+    r.orig_rax = 2 ** 64 - 1
+    return r
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Park and resume
+
+def _sockaddr(family, address):
+    """struct sockaddr_in / sockaddr_in6 for bind(2)."""
+    packed = socket.inet_pton(family, address[0])
+    if family == socket.AF_INET:
+        return struct.pack("=H", family) + struct.pack("!H4s8x", address[1], packed)
+    flow, scope = (list(address[2:]) + [0, 0])[:2]
+    return struct.pack("=H", family) + struct.pack("!HI16s", address[1], flow, packed) + struct.pack("=I", scope)
+
+
+def _option_bytes(kind, value):
+    if kind == "int":
+        return struct.pack("=i", value)
+    if kind == "buf":
+        return struct.pack("=i", value // 2)  # the kernel doubles it back (socket(7))
+    if kind == "linger":
+        return bytes.fromhex(value)
+    return value.encode("latin-1") + b"\0"
+
+
+def still_listening(listeners_):
+    """The inodes of these listeners that are still in LISTEN."""
+    want = {l["inode"] for l in listeners_}
+    ports = {l["port"] for l in listeners_}
+    live = set()
+    for port in ports:
+        live |= {row[1] for row in _tcp_rows(port)}
+    return want & live
+
+
+def park(plan, drain=2.0, suspend_seccomp=False, commit=None):
+    """Stop every holder, close the listeners, leave the holders stopped. plan: listeners from inspect().
+
+    Returns {"reset": n, "held": seconds}. commit(plan) is called just before the first close, so that the
+    state is on disk while the target is changed. On failure the target is left running, as it was."""
+    pids = sorted({h["pid"] for l in plan for h in l["holders"]})
+    inodes = [l["inode"] for l in plan]
+    families = {l["family"] for l in plan}
+    deadline = time.monotonic() + drain
+    reset = 0
+    while True:
+        # Let the server accept what is already queued, so closing resets nobody (bounded wait).
+        while time.monotonic() < deadline:
+            if not any(q[0] for q in queue_lengths(inodes, families).values()):
+                break
+            time.sleep(0.005)
+        tracer = Tracer(suspend_seccomp)
+        try:
+            tracer.stop(pids)
+        except BaseException:
+            tracer.release()
+            raise
+        queued = sum(q[0] for q in queue_lengths(inodes, families).values())
+        if not queued or time.monotonic() >= deadline:
+            reset = queued
+            break
+        tracer.release()
+    try:
+        # Nobody else may hold the socket: a holder we do not stop keeps the port alive.
+        now = {}
+        for l in plan:
+            for pid in {p for x in listeners(l["port"]) if x["inode"] == l["inode"] for p in x["holders"]}:
+                now.setdefault(pid, True)
+        extra = set(now) - set(pids)
+        if extra:
+            raise Error("pid %s started holding the listener while park worked; try again"
+                        % ", ".join(map(str, sorted(extra))))
+        if commit is not None:
+            commit(plan)
+        closed = []
+        try:
+            for l in plan:
+                for h in l["holders"]:
+                    for f in h["fds"]:
+                        tracer.syscall(h["pid"], NR_close, f["fd"])
+                        closed.append((l, h["pid"], f["fd"]))
+            if still_listening(plan):
+                raise Error("the listener stayed open after park closed it in every holder (another reference "
+                            "to it exists, e.g. an fd in flight or io_uring); nothing was parked")
+        except BaseException as failure:
+            if not closed:
+                raise
+            try:
+                _recreate(tracer, plan, force=True)
+            except BaseException:
+                # Cannot put the listener back now: keep the processes parked, with their state, rather
+                # than let them run without it.
+                tracer.release(stop_signal=True)
+                raise Error("%s; the listener could not be recreated, so the process stays parked"
+                            % failure, fix="park resume %d" % plan[0]["port"], parked=True)
+            raise
+    except BaseException:
+        tracer.release()
+        raise
+    tracer.release(stop_signal=True)
+    return {"reset": reset, "held": tracer.held}
+
+
+def resume(plan, force=False, suspend_seccomp=False):
+    """Recreate each listener in its stopped holders and continue them. On failure they stay as they were."""
+    pids = sorted({h["pid"] for l in plan for h in l["holders"]})
+    tracer = Tracer(suspend_seccomp)
+    try:
+        tracer.stop(pids)
+        for l in plan:
+            for h in l["holders"]:
+                fds = _proc_fds(h["pid"])
+                for f in h["fds"]:
+                    if f["fd"] in fds:
+                        raise Error("pid %d reused fd %d while parked (something continued it)" % (h["pid"], f["fd"]),
+                                    fix="park release %d  (continue it as it is), or restart the server"
+                                    % h["pid"])
+        _recreate(tracer, plan, force)
+    except BaseException:
+        tracer.release()
+        raise
+    tracer.release()
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except OSError:
+            pass
+    return {"held": tracer.held}
+
+
+def _recreate(tracer, plan, force):
+    """Inject socket/options/bind/listen/dup3/epoll_ctl for every listener; all or nothing."""
+    placed = []  # (pid, fd) now holding a new socket, closed again if anything fails
+    try:
+        for l in plan:
+            _recreate_one(tracer, l, force, placed)
+    except BaseException:
+        for pid, fd in reversed(placed):
+            try:
+                tracer.syscall(pid, NR_close, fd)
+            except (OSError, Error):
+                pass
+        raise
+
+
+def _recreate_one(tracer, l, force, placed):
+    family, address = l["family"], l["address"]
+    first = l["holders"][0]
+    pid = first["pid"]
+    f0 = first["fds"][0]
+    kind = SOCK_STREAM | (O_NONBLOCK if l["nonblock"] else 0) | (O_CLOEXEC if f0["cloexec"] else 0)
+    try:
+        new = tracer.syscall(pid, NR_socket, family, kind, IPPROTO_TCP)
+    except OSError as e:
+        raise Error("socket() failed in pid %d: %s" % (pid, e.strerror), errno=e.errno)
+    placed.append((pid, new))
+    reuse = 1
+    for level, name, num, okind, value in l["options"]:
+        if name == "SO_REUSEADDR":
+            reuse = value
+            continue
+        if name == "TCP_FASTOPEN" or name == "TCP_DEFER_ACCEPT":
+            continue  # set after listen(), where they apply to the listening socket
+        _setsockopt(tracer, pid, new, level, num, okind, value, name, force)
+    # Without SO_REUSEADDR, TIME_WAIT left by the interim server would block the bind: borrow it for the bind.
+    _setsockopt(tracer, pid, new, SOL_SOCKET, SO_REUSEADDR, "int", 1, "SO_REUSEADDR", False)
+    addr = _sockaddr(family, address)
+    try:
+        tracer.syscall(pid, NR_bind, new, tracer.scratch(pid, addr), len(addr))
+        tracer.syscall(pid, NR_listen, new, l["backlog"])
+    except OSError as e:
+        raise Error("cannot listen on %s again: %s" % (_where(l), e.strerror), errno=e.errno)
+    if not reuse:
+        _setsockopt(tracer, pid, new, SOL_SOCKET, SO_REUSEADDR, "int", 0, "SO_REUSEADDR", False)
+    for level, name, num, okind, value in l["options"]:
+        if name in ("TCP_FASTOPEN", "TCP_DEFER_ACCEPT"):
+            _setsockopt(tracer, pid, new, level, num, okind, value, name, force)
+    _place(tracer, pid, new, first["fds"], placed)
+    donor_fd = f0["fd"]
+    for h in l["holders"][1:]:
+        try:
+            pidfd = tracer.syscall(h["pid"], NR_pidfd_open, pid, 0)
+        except OSError as e:
+            raise Error("pid %d cannot take the listener back (pidfd_open: %s)" % (h["pid"], e.strerror))
+        try:
+            got = tracer.syscall(h["pid"], NR_pidfd_getfd, pidfd, donor_fd, 0)
+        except OSError as e:
+            tracer.syscall(h["pid"], NR_close, pidfd)
+            raise Error("pid %d cannot take the listener back from pid %d (pidfd_getfd: %s)"
+                        % (h["pid"], pid, e.strerror))
+        tracer.syscall(h["pid"], NR_close, pidfd)
+        placed.append((h["pid"], got))
+        _place(tracer, h["pid"], got, h["fds"], placed)
+    for h in l["holders"]:
+        for r in h["epoll"]:
+            ev = struct.pack("=IQ", r["events"], r["data"])  # packed on x86_64 (include/uapi/linux/eventpoll.h)
+            try:
+                tracer.syscall(h["pid"], NR_epoll_ctl, r["epfd"], EPOLL_CTL_ADD, r["tfd"],
+                               tracer.scratch(h["pid"], ev))
+            except OSError as e:
+                if e.errno != errno.EEXIST:  # an epoll instance shared by several holders: already added
+                    raise Error("epoll_ctl failed in pid %d: %s" % (h["pid"], e.strerror))
+
+
+def _place(tracer, pid, new, fds, placed):
+    """Make each recorded fd number in pid refer to socket `new`, with its FD_CLOEXEC as it was."""
+    numbers = [f["fd"] for f in fds]
+    for f in fds:
+        if f["fd"] == new:
+            continue
+        tracer.syscall(pid, NR_dup3, new, f["fd"], O_CLOEXEC if f["cloexec"] else 0)
+        placed.append((pid, f["fd"]))
+    if new in numbers:
+        want = [f for f in fds if f["fd"] == new][0]["cloexec"]
+        tracer.syscall(pid, NR_fcntl, new, F_SETFD, FD_CLOEXEC if want else 0)
+    else:
+        tracer.syscall(pid, NR_close, new)
+        placed.remove((pid, new))
+
+
+def _setsockopt(tracer, pid, fd, level, num, kind, value, name, force):
+    data = _option_bytes(kind, value)
+    try:
+        tracer.syscall(pid, NR_setsockopt, fd, level, num, tracer.scratch(pid, data), len(data))
+    except OSError as e:
+        if not force:
+            raise Error("cannot restore %s on the listener in pid %d: %s" % (name, pid, e.strerror),
+                        fix="park resume %d --force  (skips options that cannot be restored)" % pid)
+
+
+def _where(l):
+    host = l["address"][0]
+    return ("[%s]:%d" if ":" in host else "%s:%d") % (host, l["address"][1])
+
+
+def ptrace_scope():
+    """The Yama ptrace_scope value, or None when Yama is not present."""
+    try:
+        return int(_read("/proc/sys/kernel/yama/ptrace_scope").strip())
+    except (OSError, ValueError):
+        return None
