@@ -302,6 +302,12 @@ def find_record(text):
 # ---------------------------------------------------------------------------------------------------------
 # Commands
 
+def debug(text):
+    """Timings and details for PARK_DEBUG=1 (stderr, so output stays clean)."""
+    if os.environ.get("PARK_DEBUG"):
+        sys.stderr.write("park: debug: %s\n" % text)
+
+
 def out(text=""):
     sys.stdout.write(text + "\n")
     sys.stdout.flush()
@@ -361,6 +367,7 @@ def cmd_park(args):
             if committed and not e.parked:
                 remove_state(record)
             raise _from_backend(backend, e, port, "park")
+    debug("threads held by ptrace %.2f ms" % (result["held"] * 1000))
     for i in record["holders"]:
         out("parked :%d  pid %d  %s" % (port, i["pid"], command_of(i)))
     out("  was listening on %s" % ", ".join(where(l["address"]) for l in plan))
@@ -409,8 +416,8 @@ def cmd_resume(args):
             if not busy:
                 try:
                     with Critical():
-                        backend.resume(plan, force=args.force,
-                                       suspend_seccomp=os.geteuid() == 0)
+                        result = backend.resume(plan, force=args.force, suspend_seccomp=os.geteuid() == 0)
+                    debug("threads held by ptrace %.2f ms" % (result["held"] * 1000))
                     break
                 except backend.Error as e:
                     if e.errno != 98 or time.monotonic() >= deadline:  # EADDRINUSE
