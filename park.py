@@ -11,6 +11,8 @@ of this file (never through sys.path). A backend exports:
   inspect(listener, force)   the listener with everything needed to recreate it (JSON-serialisable)
   park(plan, drain, suspend_seccomp, commit)   close the listeners, leave their holders stopped
   resume(plan, force, suspend_seccomp)         recreate the listeners in the same processes, continue them
+  time_wait(listener)        TIME_WAIT connections that block re-binding that listener's address
+  clear_time_wait(entries)   remove them (privileged); OSError when not allowed
   ptrace_scope()             the Yama setting, for the permission message
 A failed park leaves the processes running as they were; a failed resume leaves them parked, state intact.
 """
@@ -29,6 +31,7 @@ PROTECTED = {"init", "systemd", "sshd", "login", "agetty", "getty", "mingetty", 
              "dbus-broker", "polkitd", "launchd", "containerd", "dockerd", "runc", "containerd-shim", "park"}
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EADDRINUSE = 98 if sys.platform.startswith("linux") else 48
 
 
 class ParkError(Exception):
@@ -377,6 +380,14 @@ def cmd_park(args):
     return EXIT_OK
 
 
+def _option(listener, name):
+    """The recorded value of a socket option (0 when it was not recorded: the default)."""
+    for o in listener.get("options", []):
+        if o[1] == name:
+            return o[4]
+    return 0
+
+
 def _pids(record):
     return ", ".join(str(h["pid"]) for h in record["holders"])
 
@@ -411,26 +422,39 @@ def cmd_resume(args):
     with PortLock(port):
         record = read_state(record["_path"])  # re-read under the lock
         plan, notes = _live_plan(backend, record)
+        cleared = False
         while True:
-            busy = [l for l in backend.listeners(port)]
-            if not busy:
+            pause = 0.05
+            if not backend.listeners(port):
                 try:
                     with Critical():
                         result = backend.resume(plan, force=args.force, suspend_seccomp=os.geteuid() == 0)
                     debug("threads held by ptrace %.2f ms" % (result["held"] * 1000))
                     break
                 except backend.Error as e:
-                    if e.errno != 98 or time.monotonic() >= deadline:  # EADDRINUSE
-                        if e.errno == 98:
-                            raise ParkError("cannot resume: :%d is in use by %s; pid %s stays parked"
-                                            % (port, _holders_text(backend, port), _pids(record)),
-                                            fix="stop that process, or: park resume %d --wait" % port)
+                    if e.errno != EADDRINUSE:
                         raise _from_backend(backend, e, port, "resume")
-            elif time.monotonic() >= deadline:
+                # No listener, yet the address is in use: TIME_WAIT left by connections the server closed.
+                # A listener without SO_REUSEADDR cannot bind over them; clear them once (needs root).
+                tw = [t for l in plan if not _option(l, "SO_REUSEADDR") for t in backend.time_wait(l)]
+                if tw and not cleared:
+                    cleared = True
+                    try:
+                        debug("cleared %d TIME_WAIT connection(s)" % backend.clear_time_wait(tw))
+                        continue
+                    except OSError:
+                        pass
+                if tw and time.monotonic() >= deadline:
+                    raise ParkError("cannot resume: %d TIME_WAIT connection(s) on :%d block the listener, which has "
+                                    "no SO_REUSEADDR; pid %s stays parked" % (len(tw), port, _pids(record)),
+                                    fix="park resume %d --wait 60  (they expire within 60 s), or: sudo park resume %d"
+                                    % (port, port))
+                pause = 0.5
+            if time.monotonic() >= deadline:
                 raise ParkError("cannot resume: :%d is in use by %s; pid %s stays parked"
                                 % (port, _holders_text(backend, port), _pids(record)),
                                 fix="stop that process, or: park resume %d --wait" % port)
-            time.sleep(0.05)
+            time.sleep(pause)
         remove_state(record)
     for n in notes:
         out(n)
