@@ -548,11 +548,13 @@ def cmd_list(args):
     if not rows:
         out("nothing is parked")
         return EXIT_OK
-    out("%-6s %-14s %-8s %-8s %s" % ("PORT", "PID", "FOR", "STATUS", "COMMAND"))
+    table = [("PORT", "PID", "ADDRESS", "FOR", "STATUS", "COMMAND")]
     for row in rows:
-        pids = ",".join(map(str, row["pids"]))
-        out("%-6s %-14s %-8s %-8s %s" % (":%d" % row["port"], pids, format_duration(row["parked_for"]),
-                                         row["status"], row["command"]))
+        table.append((":%d" % row["port"], ",".join(map(str, row["pids"])), ",".join(row["addresses"]),
+                      format_duration(row["parked_for"]), row["status"], row["command"]))
+    widths = [max(len(r[i]) for r in table) for i in range(5)]
+    for r in table:
+        out("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[5])
     return EXIT_OK
 
 
@@ -623,7 +625,7 @@ def main(argv=None):
             sys.stderr.write("  fix: %s\n" % e.fix)
         return e.code
     except KeyboardInterrupt:
-        sys.stderr.write("park: interrupted\n")
+        sys.stderr.write("park: interrupted (no process was left half-changed; park list shows what is parked)\n")
         return EXIT_INTERRUPTED
     except Exception as e:  # an unexpected failure still gets one line; PARK_DEBUG=1 shows the traceback
         if os.environ.get("PARK_DEBUG"):
