@@ -9,7 +9,7 @@ of this file (never through sys.path). A backend exports:
   process(pid)               {pid, name, argv, state, ppid, kernel, start, uid, tracer, seccomp} or None
   stopped(info)              True when that process is stopped by a signal
   inspect(listener, force)   the listener with everything needed to recreate it (JSON-serialisable)
-  park(plan, drain, suspend_seccomp, commit)   close the listeners, leave their holders stopped
+  park(plan, drain, suspend_seccomp)   close the listeners, leave their holders stopped
   resume(plan, force, suspend_seccomp)         recreate the listeners in the same processes, continue them
   time_wait(listener)        TIME_WAIT connections that block re-binding that listener's address
   clear_time_wait(entries)   remove them (privileged); OSError when not allowed
@@ -357,19 +357,19 @@ def cmd_park(args):
                          "argv": i["argv"]} for _, i in sorted(infos.items())],
             "listeners": plan,
         }
-        committed = []
-
-        def commit(_plan):
-            write_state(record)
-            committed.append(True)
-
+        # The state goes to disk before the target is touched, so a park that dies halfway leaves a record
+        # that `park resume` can use; it is removed again if park fails and the target runs as before.
+        write_state(record)
         try:
             with Critical():
-                result = backend.park(plan, drain=args.drain, suspend_seccomp=seccomp and me == 0, commit=commit)
+                result = backend.park(plan, drain=args.drain, suspend_seccomp=seccomp and me == 0)
         except backend.Error as e:
-            if committed and not e.parked:
+            if not e.parked:
                 remove_state(record)
             raise _from_backend(backend, e, port, "park")
+        except BaseException:
+            remove_state(record)
+            raise
     debug("threads held by ptrace %.2f ms" % (result["held"] * 1000))
     for i in record["holders"]:
         out("parked :%d  pid %d  %s" % (port, i["pid"], command_of(i)))

@@ -844,11 +844,11 @@ def still_listening(listeners_):
     return want & live
 
 
-def park(plan, drain=2.0, suspend_seccomp=False, commit=None):
+def park(plan, drain=2.0, suspend_seccomp=False):
     """Stop every holder, close the listeners, leave the holders stopped. plan: listeners from inspect().
 
-    Returns {"reset": n, "held": seconds}. commit(plan) is called just before the first close, so that the
-    state is on disk while the target is changed. On failure the target is left running, as it was."""
+    Returns {"reset": n, "held": seconds}. On failure the target is left running, as it was, unless the
+    Error says parked=True (the listener could not be put back: the target stays parked)."""
     pids = sorted({h["pid"] for l in plan for h in l["holders"]})
     inodes = [l["inode"] for l in plan]
     families = {l["family"] for l in plan}
@@ -872,8 +872,6 @@ def park(plan, drain=2.0, suspend_seccomp=False, commit=None):
             break
         tracer.release()
     try:
-        if commit is not None:
-            commit(plan)
         closed = []
         try:
             for l in plan:
