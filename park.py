@@ -49,11 +49,10 @@ class ParkError(Exception):
 def load_backend():
     """The backend module for this platform, loaded from beside this file."""
     import importlib.util
-    import platform
 
-    machine = platform.machine().lower()
-    key = (sys.platform if sys.platform != "linux2" else "linux", "arm64" if machine == "aarch64" and
-           sys.platform == "darwin" else machine)
+    machine = os.uname().machine.lower()  # platform.machine() says the same, but importing platform costs ~1.4 ms
+    system = "linux" if sys.platform.startswith("linux") else sys.platform
+    key = (system, "arm64" if machine == "aarch64" and system == "darwin" else machine)
     name = BACKENDS.get(key)
     if name is None:
         hint = ""
