@@ -1,0 +1,1749 @@
+"""Tests for park: `python3 test_park.py` (or `python3 -m unittest test_park`).
+
+Tiers: static checks (every module parses as Python 3.9, the backend pin), the command line through main(argv)
+and as a subprocess, and live tests that start real servers (http.server, asyncio, node, Go, blocking accept,
+prefork, dual-stack, two sockets on one port, unusual options), park and resume them through the real CLI, and
+compare what the kernel shows before and after, read independently of park's code: /proc/net/tcp{,6}, /proc/PID/fd
+and fdinfo (flags, epoll registrations), pidfd_getfd + getsockopt, and `ss` for the backlog.
+Every process a test starts is SIGKILLed by pid when the test ends, also on failure. Servers bind loopback only.
+A live test that cannot run is skipped; with PARK_REQUIRE_LIVE=1 that skip is a failure.
+"""
+
+import ast
+import contextlib
+import ctypes
+import glob
+import http.client
+import importlib.util
+import io
+import json
+import os
+import platform
+import random
+import re
+import select
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PARK = os.path.join(HERE, "park.py")
+BACKEND = os.path.join(HERE, "park_linux_x86_64.py")
+
+SYS_pidfd_getfd = 438  # arch/x86/entry/syscalls/syscall_64.tbl
+O_NONBLOCK = 0o4000  # include/uapi/asm-generic/fcntl.h (octal, as in fdinfo)
+O_CLOEXEC = 0o2000000
+EPOLLIN = 0x001  # include/uapi/linux/eventpoll.h
+EPOLLEXCLUSIVE = 1 << 28
+EPOLLET = 1 << 31
+TCP_LISTEN = "0A"  # include/net/tcp_states.h, as printed in /proc/net/tcp
+TCP_TIME_WAIT = "06"
+IP_FREEBIND = 15  # include/uapi/linux/in.h (not in every Python's socket module)
+SYSCALL_ACCEPT, SYSCALL_ACCEPT4 = 43, 288  # x86_64 syscall numbers, as in /proc/PID/task/TID/syscall
+CHILD_TIMEOUT = 60  # seconds for any park command
+NOBODY = 65534
+
+# ---------------------------------------------------------------------------------------------------------
+# Fixture servers. Every one answers GET / with "pid=<pid> count=<n>" (n counts requests in memory), except
+# http.server. The Python ones speak keep-alive HTTP/1.1 and wait for the client to close first, so no
+# TIME_WAIT is left on the server's port (a bind without SO_REUSEADDR must then succeed while parked).
+
+PY_COMMON = r'''
+import os, signal, socket, struct, sys, threading, time
+
+PORT = int(sys.argv[1])
+_lock = threading.Lock()
+_count = [0]
+
+
+def next_count():
+    with _lock:
+        _count[0] += 1
+        return _count[0]
+
+
+def handle(conn, delay=0.0):
+    """Answer requests on conn until the client closes (it closes first: no TIME_WAIT on PORT)."""
+    conn.setblocking(True)
+    conn.settimeout(30)
+    buf = b""
+    try:
+        while True:
+            while b"\r\n\r\n" not in buf:
+                data = conn.recv(65536)
+                if not data:
+                    return
+                buf += data
+            buf = buf.split(b"\r\n\r\n", 1)[1]
+            if delay:
+                time.sleep(delay)
+            body = ("pid=%d count=%d\n" % (os.getpid(), next_count())).encode()
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n"
+                         % len(body) + body)
+    except OSError:
+        pass
+    finally:
+        conn.close()
+
+
+def serve_in_thread(conn):
+    threading.Thread(target=handle, args=(conn,), daemon=True).start()
+
+
+def ready(extra=""):
+    sys.stdout.write(("READY " + extra).strip() + "\n")
+    sys.stdout.flush()
+
+
+if os.environ.get("FIXTURE_TERM_EXIT"):
+    # Proves SIGTERM was delivered *and* the process ran its handler (it was continued).
+    signal.signal(signal.SIGTERM, lambda *a: os._exit(int(os.environ["FIXTURE_TERM_EXIT"])))
+'''
+
+PY_ASYNCIO = r'''
+import asyncio, os, sys
+
+count = 0
+
+
+async def handle(reader, writer):
+    global count
+    try:
+        while True:
+            await reader.readuntil(b"\r\n\r\n")
+            count += 1
+            body = ("pid=%d count=%d\n" % (os.getpid(), count)).encode()
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n"
+                         % len(body) + body)
+            await writer.drain()
+    except (asyncio.IncompleteReadError, ConnectionError):
+        pass
+    finally:
+        writer.close()
+
+
+async def main():
+    server = await asyncio.start_server(handle, "127.0.0.1", int(sys.argv[1]))
+    sys.stdout.write("READY\n")
+    sys.stdout.flush()
+    async with server:
+        await server.serve_forever()
+
+
+asyncio.run(main())
+'''
+
+NODE_HTTP = r'''
+const http = require('http');
+let count = 0;
+const server = http.createServer((req, res) => {
+  count += 1;
+  const body = `pid=${process.pid} count=${count}\n`;
+  res.writeHead(200, {'Content-Type': 'text/plain', 'Content-Length': Buffer.byteLength(body)});
+  res.end(body);
+});
+server.keepAliveTimeout = 120000;  // the keep-alive test holds a connection across park/resume
+server.listen(Number(process.argv[2]), '127.0.0.1', () => { process.stdout.write('READY\n'); });
+'''
+
+GO_HTTP = r'''
+package main
+
+import (
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"sync/atomic"
+)
+
+var count int64
+
+func main() {
+	ln, err := net.Listen("tcp", "127.0.0.1:"+os.Args[1])
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	fmt.Println("READY")
+	err = http.Serve(ln, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n := atomic.AddInt64(&count, 1)
+		fmt.Fprintf(w, "pid=%d count=%d\n", os.Getpid(), n)
+	}))
+	fmt.Fprintln(os.Stderr, err)
+	os.Exit(1)
+}
+'''
+
+PY_BLOCKING = PY_COMMON + r'''
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", PORT))
+s.listen(128)
+
+
+def acceptor():
+    while True:
+        conn, _ = s.accept()  # blocking socket: this thread sits in accept4()
+        serve_in_thread(conn)
+
+
+t = threading.Thread(target=acceptor, daemon=True)
+t.start()
+ready()
+t.join()  # the acceptor never returns; if accept fails, the thread dies and so does the process
+'''
+
+PY_PREFORK = PY_COMMON + r'''
+import ctypes
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", PORT))
+s.listen(128)
+os.dup2(s.fileno(), 9)  # the same socket under a second fd number (dup2 leaves it without O_CLOEXEC)
+children = []
+for i in range(2):
+    pid = os.fork()
+    if pid == 0:
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: never outlive the parent
+        lsock = s if i == 0 else socket.socket(fileno=9)  # child 0 accepts on fd s, child 1 on fd 9
+        while True:
+            conn, _ = lsock.accept()
+            handle(conn)
+    children.append(pid)
+ready(" ".join(map(str, children)))
+for _ in children:
+    os.wait()  # a child that dies ends the parent too
+'''
+
+PY_DUAL_STACK = PY_COMMON + r'''
+s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+# Loopback only. Binding ::1 would make the kernel set V6ONLY=1 (inet6_bind does so for any specific
+# non-mapped address), and :: is not allowed here, so the dual-stack socket binds the v4-mapped loopback,
+# as Java does for 127.0.0.1: an AF_INET6 socket in /proc/net/tcp6 that serves IPv4, with V6ONLY=0.
+s.bind(("::ffff:127.0.0.1", PORT))
+s.listen(64)
+ready()
+while True:
+    conn, _ = s.accept()
+    serve_in_thread(conn)
+'''
+
+PY_TWO_SOCKETS = PY_COMMON + r'''
+import selectors
+s4 = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s4.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s4.bind(("127.0.0.1", PORT))
+s4.listen(32)
+s6 = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+s6.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+s6.bind(("::1", PORT))
+s6.listen(32)
+sel = selectors.DefaultSelector()
+for ls in (s4, s6):
+    ls.setblocking(False)
+    sel.register(ls, selectors.EVENT_READ)
+ready()
+while True:
+    for key, _ in sel.select():
+        try:
+            conn, _ = key.fileobj.accept()
+        except BlockingIOError:
+            continue
+        serve_in_thread(conn)
+'''
+
+PY_OPTIONS = PY_COMMON + r'''
+import select
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+SOL, TCP = socket.SOL_SOCKET, socket.IPPROTO_TCP
+s.setsockopt(SOL, socket.SO_REUSEADDR, 0)
+s.setsockopt(SOL, socket.SO_KEEPALIVE, 1)
+s.setsockopt(TCP, socket.TCP_NODELAY, 1)
+s.setsockopt(TCP, socket.TCP_KEEPIDLE, 77)
+s.setsockopt(TCP, socket.TCP_KEEPINTVL, 11)
+s.setsockopt(TCP, socket.TCP_KEEPCNT, 4)
+s.setsockopt(TCP, socket.TCP_DEFER_ACCEPT, 3)
+s.setsockopt(TCP, socket.TCP_FASTOPEN, 16)
+s.setsockopt(TCP, socket.TCP_USER_TIMEOUT, 1234)
+s.setsockopt(SOL, socket.SO_RCVBUF, 65536)
+s.setsockopt(SOL, socket.SO_LINGER, struct.pack("ii", 1, 5))
+s.setsockopt(socket.IPPROTO_IP, 15, 1)  # IP_FREEBIND
+s.bind(("127.0.0.1", PORT))
+s.listen(7)
+s.setblocking(False)
+ep = select.epoll()
+ep.register(s.fileno(), select.EPOLLIN | select.EPOLLET | select.EPOLLEXCLUSIVE)
+ready()
+while True:
+    for fd, events in ep.poll():
+        while True:  # edge-triggered: drain the queue
+            try:
+                conn, _ = s.accept()
+            except BlockingIOError:
+                break
+            serve_in_thread(conn)
+'''
+
+PY_SLOW = PY_COMMON + r'''
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", PORT))
+s.listen(16)
+ready()
+while True:  # one connection at a time, 0.3 s per request: the others wait in the accept queue
+    conn, _ = s.accept()
+    handle(conn, delay=0.3)
+'''
+
+PY_BLOCKER = r'''
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1])))
+s.listen(8)
+sys.stdout.write("READY\n")
+sys.stdout.flush()
+time.sleep(float(sys.argv[2]))
+'''
+
+# Runs as pid 1 of a new pid namespace (unshare --pid --fork --mount-proc) and runs park against itself.
+PY_PID1 = r'''
+import json, os, socket, subprocess, sys
+port, park = int(sys.argv[1]), sys.argv[2]
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", port))
+s.listen(8)
+r = subprocess.run([sys.executable, park, str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                   universal_newlines=True, timeout=60)
+c = socket.create_connection(("127.0.0.1", port), timeout=5)  # the listener must still be there
+s.settimeout(5)
+a, _ = s.accept()
+print(json.dumps({"pid": os.getpid(), "rc": r.returncode, "stdout": r.stdout, "stderr": r.stderr}))
+'''
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Reading the kernel's view, independently of park
+
+def parse_net_tcp(text, port, states=(TCP_LISTEN,)):
+    """Rows of /proc/net/tcp{,6} text whose local port is `port` and state in `states`: [(inode, addr_hex, st)]."""
+    rows = []
+    for line in text.splitlines()[1:]:
+        f = line.split()
+        if len(f) < 10:
+            continue
+        addr_hex, port_hex = f[1].rsplit(":", 1)
+        if int(port_hex, 16) == port and (states is None or f[3] in states):
+            rows.append((int(f[9]), addr_hex, f[3]))
+    return rows
+
+
+def parse_epoll_fdinfo(text):
+    """Registrations in an eventpoll fdinfo text: [{tfd, events, data, ino}] (events/data/ino are hex there)."""
+    regs = []
+    for m in re.finditer(r"^tfd:\s*(\d+)\s+events:\s*([0-9a-f]+)\s+data:\s*([0-9a-f]+)\s+pos:\s*\d+\s+"
+                         r"ino:\s*([0-9a-f]+)", text, re.M):
+        regs.append({"tfd": int(m.group(1)), "events": int(m.group(2), 16), "data": int(m.group(3), 16),
+                     "ino": int(m.group(4), 16)})
+    return regs
+
+
+def parse_fdinfo_flags(text):
+    """The `flags:` field of an fdinfo text (octal)."""
+    m = re.search(r"^flags:\s*([0-7]+)", text, re.M)
+    return int(m.group(1), 8)
+
+
+def _read_text(path):
+    with open(path) as f:
+        return f.read()
+
+
+def tcp_sockets(port, states=(TCP_LISTEN,)):
+    """[(inode, addr_hex, state, 'tcp'|'tcp6')] for the local port in /proc/net/tcp and tcp6."""
+    out = []
+    for name in ("tcp", "tcp6"):
+        try:
+            text = _read_text("/proc/net/" + name)
+        except FileNotFoundError:
+            continue
+        out.extend(r + (name,) for r in parse_net_tcp(text, port, states))
+    return out
+
+
+def listen_inodes(port):
+    return {r[0] for r in tcp_sockets(port)}
+
+
+def _fd_links(pid):
+    """{fd: link} of one process; empty when it vanished."""
+    links = {}
+    try:
+        names = os.listdir("/proc/%d/fd" % pid)
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return links
+    for name in names:
+        try:
+            links[int(name)] = os.readlink("/proc/%d/fd/%s" % (pid, name))
+        except OSError:
+            pass
+    return links
+
+
+def holders_of(inodes):
+    """{pid: [(fd, inode)]} for every process holding one of the socket inodes."""
+    want = {"socket:[%d]" % i: i for i in inodes}
+    found = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        pid = int(name)
+        for fd, link in _fd_links(pid).items():
+            if link in want:
+                found.setdefault(pid, []).append((fd, want[link]))
+    return found
+
+
+def ss_backlogs(port):
+    """{inode: backlog} from `ss -ltnHe` (Send-Q of a listener is its backlog)."""
+    r = subprocess.run(["ss", "-ltnHe", "sport = :%d" % port], stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, universal_newlines=True, timeout=10)
+    out = {}
+    for line in r.stdout.splitlines():
+        m = re.search(r"\bino:(\d+)", line)
+        if m:
+            out[int(m.group(1))] = int(line.split()[2])
+    return out
+
+
+def ss_queue(port):
+    """Sum of Recv-Q (accept-queue length) of the listeners on port."""
+    r = subprocess.run(["ss", "-ltnH", "sport = :%d" % port], stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, universal_newlines=True, timeout=10)
+    return sum(int(line.split()[1]) for line in r.stdout.splitlines() if line.strip())
+
+
+def _libc_syscall():
+    libc = ctypes.CDLL(None, use_errno=True)
+    fn = libc.syscall
+    fn.restype = ctypes.c_long
+    return fn
+
+
+def pidfd_getfd(pid, fd):
+    """A duplicate of another process's fd (pidfd_getfd(2))."""
+    pidfd = os.pidfd_open(pid)
+    try:
+        r = _libc_syscall()(ctypes.c_long(SYS_pidfd_getfd), ctypes.c_long(pidfd), ctypes.c_long(fd),
+                            ctypes.c_long(0))
+        if r < 0:
+            e = ctypes.get_errno()
+            raise OSError(e, os.strerror(e))
+        return r
+    finally:
+        os.close(pidfd)
+
+
+def socket_options(pid, fd):
+    """Address and options of a socket of another process, read through a duplicate that is closed at once."""
+    s = socket.socket(fileno=pidfd_getfd(pid, fd))
+    try:
+        SOL, TCP = socket.SOL_SOCKET, socket.IPPROTO_TCP
+        name = s.getsockname()
+        opts = {"family": int(s.family), "address": name[0], "port": name[1]}
+        for key, level, opt in (("SO_ACCEPTCONN", SOL, socket.SO_ACCEPTCONN),
+                                ("SO_REUSEADDR", SOL, socket.SO_REUSEADDR),
+                                ("SO_REUSEPORT", SOL, socket.SO_REUSEPORT),
+                                ("SO_KEEPALIVE", SOL, socket.SO_KEEPALIVE),
+                                ("SO_RCVBUF", SOL, socket.SO_RCVBUF),
+                                ("SO_SNDBUF", SOL, socket.SO_SNDBUF),
+                                ("TCP_NODELAY", TCP, socket.TCP_NODELAY),
+                                ("TCP_DEFER_ACCEPT", TCP, socket.TCP_DEFER_ACCEPT),
+                                ("TCP_FASTOPEN", TCP, socket.TCP_FASTOPEN),
+                                ("TCP_KEEPIDLE", TCP, socket.TCP_KEEPIDLE),
+                                ("TCP_KEEPINTVL", TCP, socket.TCP_KEEPINTVL),
+                                ("TCP_KEEPCNT", TCP, socket.TCP_KEEPCNT),
+                                ("TCP_USER_TIMEOUT", TCP, socket.TCP_USER_TIMEOUT)):
+            opts[key] = s.getsockopt(level, opt)
+        opts["SO_LINGER"] = list(struct.unpack("ii", s.getsockopt(SOL, socket.SO_LINGER, 8)))
+        if s.family == socket.AF_INET:
+            opts["IP_FREEBIND"] = s.getsockopt(socket.IPPROTO_IP, IP_FREEBIND)
+        else:
+            opts["IPV6_V6ONLY"] = s.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY)
+        return opts
+    finally:
+        s.close()
+
+
+def epoll_registrations(pid):
+    """[(epfd, {tfd, events, data, ino})] for every epoll instance the process holds."""
+    regs = []
+    for fd, link in sorted(_fd_links(pid).items()):
+        if link != "anon_inode:[eventpoll]":
+            continue
+        try:
+            text = _read_text("/proc/%d/fdinfo/%d" % (pid, fd))
+        except OSError:
+            continue
+        regs.extend((fd, r) for r in parse_epoll_fdinfo(text))
+    return regs
+
+
+def snapshot(port):
+    """Everything about the listeners on port that a resume must restore, without inode numbers.
+
+    {pid: [{fd, socket, flags, nonblock, cloexec, backlog, epoll, options}]}; `socket` numbers the distinct
+    sockets in order of appearance, so sharing (prefork, dup2) is compared but not the inode itself.
+    """
+    inodes = listen_inodes(port)
+    backlogs = ss_backlogs(port)
+    holders = holders_of(inodes)
+    order = {}
+    snap = {}
+    for pid in sorted(holders):
+        regs = epoll_registrations(pid)
+        recs = []
+        for fd, ino in sorted(holders[pid]):
+            flags = parse_fdinfo_flags(_read_text("/proc/%d/fdinfo/%d" % (pid, fd)))
+            recs.append({
+                "fd": fd,
+                "socket": order.setdefault(ino, len(order)),
+                "flags": "0%o" % flags,
+                "nonblock": bool(flags & O_NONBLOCK),
+                "cloexec": bool(flags & O_CLOEXEC),
+                "backlog": backlogs.get(ino),
+                "epoll": sorted((epfd, r["tfd"], "0x%x" % r["events"], "0x%x" % r["data"])
+                                for epfd, r in regs if r["ino"] == ino),
+                "options": socket_options(pid, fd),
+            })
+        snap[pid] = recs
+    return snap
+
+
+def proc_state(pid):
+    """The one-letter state of /proc/PID/stat, or None when the process is gone."""
+    try:
+        text = _read_text("/proc/%d/stat" % pid)
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return text.rsplit(")", 1)[1].split()[0]
+
+
+def thread_states(pid):
+    out = {}
+    try:
+        tids = os.listdir("/proc/%d/task" % pid)
+    except FileNotFoundError:
+        return out
+    for tid in tids:
+        try:
+            out[int(tid)] = _read_text("/proc/%d/task/%s/stat" % (pid, tid)).rsplit(")", 1)[1].split()[0]
+        except OSError:
+            pass
+    return out
+
+
+def free_port():
+    """A port below the ephemeral range that is free on 127.0.0.1 and ::1 (no client picks it meanwhile)."""
+    for _ in range(200):
+        port = random.randint(20000, 32000)
+        if tcp_sockets(port, states=None):
+            continue
+        ok = True
+        for fam, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+            s = socket.socket(fam, socket.SOCK_STREAM)
+            try:
+                s.bind((host, port))
+            except OSError:
+                ok = False
+            finally:
+                s.close()
+        if ok:
+            return port
+    raise RuntimeError("no free port found")
+
+
+def http_get(host, port, timeout=10):
+    """(status, body) of GET / over a fresh connection, which the client closes first."""
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        conn.request("GET", "/")
+        resp = conn.getresponse()
+        return resp.status, resp.read().decode("utf-8", "replace")
+    finally:
+        conn.close()
+
+
+def parse_counter(body):
+    m = re.search(r"pid=(\d+) count=(\d+)", body)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Test cases
+
+class ParkTestCase(unittest.TestCase):
+    """Helpers: a fresh PARK_HOME, the park CLI as a subprocess, processes that are killed by pid afterwards."""
+
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="park-test-")
+        self.addCleanup(shutil.rmtree, self.tmp, True)
+        self.home = self.new_home()
+        self.env = self.env_for(self.home)
+
+    def new_home(self):
+        return tempfile.mkdtemp(prefix="home-", dir=self.tmp)
+
+    def env_for(self, home):
+        env = dict(os.environ)
+        env.pop("PARK_DEBUG", None)
+        env["PARK_HOME"] = home
+        env["NO_COLOR"] = "1"
+        return env
+
+    def live_skip(self, reason):
+        """Skip a live test, or fail it when PARK_REQUIRE_LIVE=1 (CI must not pass by skipping)."""
+        if os.environ.get("PARK_REQUIRE_LIVE") == "1":
+            self.fail("live test cannot run and PARK_REQUIRE_LIVE=1: " + reason)
+        self.skipTest(reason)
+
+    def require_park(self):
+        if not os.path.exists(PARK):
+            self.live_skip("park.py not found next to test_park.py")
+
+    def check_output_form(self, r, what):
+        """No traceback ever; a failure is `park: ...` plus an optional `  fix: ...` line on stderr."""
+        self.assertNotIn("Traceback", r.stderr, what)
+        self.assertNotIn("Traceback", r.stdout, what)
+        if r.returncode == 1:
+            lines = r.stderr.rstrip("\n").split("\n")
+            self.assertTrue(lines[0].startswith("park: "), "%s: stderr does not start with 'park: '" % what)
+            self.assertLessEqual(len(lines), 2, "%s: more than two stderr lines" % what)
+            if len(lines) == 2:
+                self.assertTrue(lines[1].startswith("  fix: "), "%s: second line is not '  fix: ...'" % what)
+        elif r.returncode == 2:
+            self.assertTrue(any(l.startswith("park: ") for l in r.stderr.splitlines()),
+                            "%s: usage error without a 'park: ' line" % what)
+
+    def park(self, *args, expect=None, env=None, timeout=CHILD_TIMEOUT):
+        """Run the park CLI; assert the output form and, if given, the exit code."""
+        argv = [sys.executable, PARK] + [str(a) for a in args]
+        r = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
+                           env=env or self.env, timeout=timeout, stdin=subprocess.DEVNULL)
+        what = "park %s -> %d\nstdout: %s\nstderr: %s" % (" ".join(argv[2:]), r.returncode, r.stdout, r.stderr)
+        self.check_output_form(r, what)
+        if expect is not None:
+            self.assertEqual(r.returncode, expect, what)
+        return r
+
+    def park_list(self, env=None):
+        r = self.park("list", "--json", expect=0, env=env)
+        rows = json.loads(r.stdout)
+        self.assertIsInstance(rows, list)
+        return rows
+
+    def entry(self, port, env=None):
+        rows = [e for e in self.park_list(env) if e.get("port") == port]
+        self.assertLessEqual(len(rows), 1, "several list entries for :%d" % port)
+        return rows[0] if rows else None
+
+    # -- processes -------------------------------------------------------------------------------------
+
+    def kill_pid(self, pid):
+        """SIGKILL one pid (a stopped process dies too); SIGCONT is harmless."""
+        for sig in (signal.SIGKILL, signal.SIGCONT):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def _stop_proc(self, proc):
+        if proc.poll() is None:  # not reaped yet, so the pid is still ours (a stopped process counts)
+            self.kill_pid(proc.pid)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+        if proc.stdout:
+            proc.stdout.close()
+
+    def spawn(self, argv, cwd=None, env=None):
+        """Start a process (stdout piped for its READY line, stderr to a log); it is SIGKILLed at cleanup."""
+        log = open(os.path.join(self.tmp, "log-%d.txt" % len(os.listdir(self.tmp))), "w+")
+        self.addCleanup(log.close)
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log,
+                                cwd=cwd or self.tmp, env=env)
+        proc.log = log
+        self.addCleanup(self._stop_proc, proc)
+        return proc
+
+    def log_of(self, proc):
+        proc.log.flush()
+        proc.log.seek(0)
+        return proc.log.read()[-3000:]
+
+    def read_ready(self, proc, timeout=20):
+        """Wait for the fixture's READY line; returns the words after READY."""
+        buf = b""
+        deadline = time.monotonic() + timeout
+        fd = proc.stdout.fileno()
+        while b"\n" not in buf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self.fail("no READY from %s within %ds; log: %s" % (proc.args, timeout, self.log_of(proc)))
+            r, _, _ = select.select([fd], [], [], left)
+            if r:
+                chunk = os.read(fd, 4096)
+                if not chunk:
+                    self.fail("%s exited before READY (rc %s); log: %s"
+                              % (proc.args, proc.poll(), self.log_of(proc)))
+                buf += chunk
+        line = buf.split(b"\n", 1)[0].decode()
+        self.assertTrue(line.startswith("READY"), line)
+        return line.split()[1:]
+
+    def write(self, name, text):
+        path = os.path.join(self.tmp, name)
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def wait_serving(self, host, port, timeout=20):
+        """Poll until GET / answers 200; returns the body."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                status, body = http_get(host, port, timeout=5)
+                if status == 200:
+                    return body
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                self.fail("nothing serves on %s:%d" % (host, port))
+            time.sleep(0.05)
+
+    def get_count(self, host, port):
+        status, body = http_get(host, port)
+        self.assertEqual(status, 200, body)
+        c = parse_counter(body)
+        self.assertIsNotNone(c, body)
+        return c
+
+    def wait_quiet(self, port, allow_time_wait=False, timeout=5):
+        """Wait until only listeners (and, if allowed, TIME_WAIT) use the local port, as before a real park."""
+        allowed = (TCP_LISTEN, TCP_TIME_WAIT) if allow_time_wait else (TCP_LISTEN,)
+        deadline = time.monotonic() + timeout
+        while True:
+            busy = [r for r in tcp_sockets(port, states=None) if r[2] not in allowed]
+            if not busy:
+                return
+            if time.monotonic() > deadline:
+                self.fail("connections on :%d did not close: %s" % (port, busy))
+            time.sleep(0.02)
+
+    def assert_parked(self, pid):
+        """The process and every thread of it are stopped by a signal (T), not traced (t)."""
+        self.assertEqual(proc_state(pid), "T", "pid %d is not parked" % pid)
+        states = thread_states(pid)
+        self.assertTrue(states and all(s == "T" for s in states.values()), "threads of %d: %s" % (pid, states))
+
+    def assert_running(self, pid):
+        st = proc_state(pid)
+        self.assertIsNotNone(st, "pid %d is gone" % pid)
+        self.assertNotIn(st, ("T", "t", "Z", "X"), "pid %d is in state %s" % (pid, st))
+
+    def assert_port_free(self, port, addrs, reuseaddr=False):
+        """No listener on port, and a fresh socket binds each address and serves one HTTP request."""
+        self.assertEqual(listen_inodes(port), set(), "a listener is still on :%d" % port)
+        for fam, host in addrs:
+            ls = socket.socket(fam, socket.SOCK_STREAM)
+            try:
+                if fam == socket.AF_INET6:
+                    ls.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                if reuseaddr:
+                    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    ls.bind((host, port))
+                except OSError as e:
+                    self.fail("bind %s:%d (SO_REUSEADDR=%d) while parked: %s; sockets: %s"
+                              % (host, port, reuseaddr, e, tcp_sockets(port, states=None)))
+                ls.listen(4)
+                ls.settimeout(10)
+                result = {}
+
+                def client():
+                    try:
+                        result["r"] = http_get(host, port)
+                    except Exception as e:  # reported below
+                        result["e"] = e
+
+                t = threading.Thread(target=client)
+                t.start()
+                conn, _ = ls.accept()
+                with conn:
+                    conn.settimeout(10)
+                    buf = b""
+                    while b"\r\n\r\n" not in buf:
+                        data = conn.recv(4096)
+                        if not data:
+                            break
+                        buf += data
+                    body = b"interim server\n"
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+                    while conn.recv(4096):  # let the client close first: no TIME_WAIT on the port
+                        pass
+                t.join(10)
+                self.assertEqual(result.get("r"), (200, "interim server\n"), result.get("e"))
+            finally:
+                ls.close()
+
+    # -- servers ---------------------------------------------------------------------------------------
+
+    def start_python(self, source, port, env=None):
+        path = self.write("fixture-%d.py" % port, source)
+        proc = self.spawn([sys.executable, "-u", path, str(port)], env=env)
+        words = self.read_ready(proc)
+        return proc, words
+
+    def start_asyncio(self, port):
+        proc, _ = self.start_python(PY_ASYNCIO, port)
+        self.wait_serving("127.0.0.1", port)
+        return proc
+
+    def start_node(self, port):
+        if not os.path.exists("/usr/bin/node") and not shutil.which("node"):
+            self.live_skip("node is not installed")
+        path = self.write("server.js", NODE_HTTP)
+        proc = self.spawn([shutil.which("node") or "/usr/bin/node", path, str(port)])
+        self.read_ready(proc)
+        self.wait_serving("127.0.0.1", port)
+        return proc
+
+
+class StaticTest(ParkTestCase):
+    """Checks that need no live process."""
+
+    def test_modules_parse_as_python_3_9(self):
+        paths = [os.path.abspath(__file__), PARK, BACKEND]
+        for path in paths:
+            with self.subTest(path=os.path.basename(path)):
+                if not os.path.exists(path):
+                    self.fail("%s is missing" % path)
+                with open(path, encoding="utf-8") as f:
+                    ast.parse(f.read(), filename=path, feature_version=(3, 9))
+
+    def test_only_top_level_call_is_the_last_line(self):
+        """A download cut short runs nothing: the top level only defines, except `if __name__ == ...`."""
+        for path in (PARK,):  # the file that runs from stdin (`curl ... | python3 -`)
+            with self.subTest(path=os.path.basename(path)):
+                with open(path, encoding="utf-8") as f:
+                    tree = ast.parse(f.read())
+                for node in tree.body:
+                    ok = isinstance(node, (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.ClassDef,
+                                           ast.Assign, ast.AnnAssign))
+                    ok = ok or (isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant))
+                    ok = ok or (node is tree.body[-1] and isinstance(node, ast.If) and path == PARK)
+                    ok = ok or isinstance(node, ast.Try)  # optional imports
+                    self.assertTrue(ok, "%s line %d: top-level %s" % (path, node.lineno, type(node).__name__))
+
+    def test_helper_parsers_on_fake_proc_text(self):
+        """The test's own /proc readers, on text captured from Linux 6.x."""
+        tcp = ("  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
+               "   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4711 1\n"
+               "   1: 0100007F:1F90 0100007F:C350 06 00000000:00000000 03:00000F8A 00000000     0        0 0 3\n"
+               "   2: 0100007F:1F91 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4712 1\n")
+        self.assertEqual(parse_net_tcp(tcp, 8080), [(4711, "0100007F", "0A")])
+        self.assertEqual([r[2] for r in parse_net_tcp(tcp, 8080, states=None)], ["0A", "06"])
+        fdinfo = ("pos:\t0\nflags:\t02\nmnt_id:\t16\nino:\t1057\n"
+                  "tfd:        6 events:       19 data:     7fd700000006  pos:0 ino:1267 sdev:8\n"
+                  "tfd:        3 events: 8000201d data:     c000100008  pos:0 ino:1268 sdev:8\n")
+        self.assertEqual(parse_epoll_fdinfo(fdinfo), [
+            {"tfd": 6, "events": 0x19, "data": 0x7fd700000006, "ino": 0x1267},
+            {"tfd": 3, "events": 0x8000201d, "data": 0xc000100008, "ino": 0x1268}])
+        self.assertEqual(parse_fdinfo_flags("pos:\t0\nflags:\t02004002\n"), 0o2004002)
+
+
+def load_module(name, path):
+    """Import a module of this checkout by path (never through sys.path)."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+class LogicTest(unittest.TestCase):
+    """park's pure logic, on made-up inputs: no process is touched."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.park = load_module("park_logic_under_test", PARK)
+
+    def info(self, **kw):
+        base = {"pid": 4242, "name": "node", "argv": ["node", "server.js"], "state": "S", "ppid": 1,
+                "kernel": False, "start": 100, "uid": 1000, "tracer": 0, "seccomp": 0}
+        base.update(kw)
+        return base
+
+    def test_ports_and_targets(self):
+        p = self.park
+        self.assertEqual(p.parse_port("3000"), 3000)
+        self.assertEqual(p.parse_port(":65535"), 65535)
+        for bad in ("0", "70000", "abc", "", ":", "-1", "3000x", " 80"):
+            with self.subTest(bad=bad):
+                with self.assertRaises(p.ParkError) as cm:
+                    p.parse_port(bad)
+                self.assertEqual(cm.exception.code, p.EXIT_USAGE)
+        self.assertEqual(p.parse_target(":80"), ("port", 80))
+        self.assertEqual(p.parse_target("123456"), ("any", 123456))
+
+    def test_refusals(self):
+        p = self.park
+        ok = self.info()
+        self.assertIsNone(p.refusal(ok, 3000, 1000, False))
+        self.assertIsNone(p.refusal(self.info(uid=0), 3000, 0, False), "root may park any user's server")
+        cases = {
+            "init": self.info(pid=1, name="systemd"),
+            "kernel thread": self.info(kernel=True),
+            "system services": self.info(name="sshd"),
+            "another user": self.info(uid=0),
+            "traced by pid 77": self.info(tracer=77),
+            "seccomp": self.info(seccomp=2),
+        }
+        for words, info in cases.items():
+            with self.subTest(words=words):
+                why = p.refusal(info, 3000, 1000, False)
+                self.assertIsNotNone(why)
+                self.assertIn(words, why[0])
+        self.assertIsNone(p.refusal(self.info(seccomp=2), 3000, 1000, True), "--force accepts seccomp")
+        self.assertIn("sudo park 3000", p.refusal(self.info(uid=0), 3000, 1000, False)[1])
+
+    def test_durations_and_commands(self):
+        p = self.park
+        self.assertEqual([p.format_duration(s) for s in (0, 59, 61, 3599, 3600, 5400)],
+                         ["0s", "59s", "1m01s", "59m59s", "1h00m", "1h30m"])
+        self.assertEqual(p.command_of({"argv": ["node", "a.js"], "name": "node"}), "node a.js")
+        self.assertEqual(p.command_of({"argv": [], "name": "kworker"}), "[kworker]")
+        self.assertEqual(p.where(["::", 3000]), "[::]:3000")
+        self.assertEqual(p.where(["127.0.0.1", 80]), "127.0.0.1:80")
+
+    def test_state_files_are_checked(self):
+        p = self.park
+        d = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, d, True)
+        good = {"kind": p.KIND, "schema": p.SCHEMA, "port": 3000, "holders": [{"pid": 5, "starttime": 9}],
+                "listeners": []}
+        samples = {
+            "garbage.json": b"\x00\xffnot json",
+            "foreign.json": b'{"hello": 1}',
+            "list.json": b"[1, 2]",
+            "schema.json": json.dumps(dict(good, schema=99)).encode(),
+            "fields.json": json.dumps(dict(good, holders=[{"pid": "x"}])).encode(),
+        }
+        for name, data in samples.items():
+            path = os.path.join(d, name)
+            with open(path, "wb") as f:
+                f.write(data)
+            with self.subTest(name=name):
+                with self.assertRaises(p.ParkError) as cm:
+                    p.read_state(path)
+                self.assertIn(path, str(cm.exception))
+                self.assertIn("rm ", cm.exception.fix)
+        path = os.path.join(d, "good.json")
+        with open(path, "w") as f:
+            json.dump(good, f)
+        self.assertEqual(p.read_state(path)["port"], 3000)
+
+    def test_state_is_private_and_atomic(self):
+        p = self.park
+        home = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, home, True)
+        old = os.environ.get("PARK_HOME")
+        os.environ["PARK_HOME"] = os.path.join(home, "h")
+        try:
+            p.write_state({"kind": p.KIND, "schema": p.SCHEMA, "port": 8, "holders": [], "listeners": []})
+            path = p.state_path(8)
+            self.assertEqual(os.stat(path).st_mode & 0o777, 0o600)
+            self.assertEqual(os.stat(os.path.dirname(path)).st_mode & 0o777, 0o700)
+            self.assertEqual(os.stat(os.path.join(home, "h")).st_mode & 0o777, 0o700)
+            self.assertEqual(os.listdir(os.path.dirname(path)), ["8.json"], "no temporary file left behind")
+            with p.PortLock(8):
+                with self.assertRaises(p.ParkError) as cm:
+                    with p.PortLock(8):
+                        pass
+                self.assertIn("another park command", str(cm.exception))
+        finally:
+            if old is None:
+                os.environ.pop("PARK_HOME")
+            else:
+                os.environ["PARK_HOME"] = old
+
+
+@unittest.skipUnless(sys.platform.startswith("linux") and platform.machine() == "x86_64", "Linux x86_64 backend")
+class LinuxBackendLogicTest(unittest.TestCase):
+    """The Linux backend's parsers and register arithmetic, on made-up inputs."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.b = load_module("park_linux_x86_64_under_test", BACKEND)
+
+    def test_contract(self):
+        for name in ("Error", "listeners", "process", "stopped", "inspect", "park", "resume", "time_wait",
+                     "clear_time_wait", "ptrace_scope"):
+            self.assertTrue(hasattr(self.b, name), name)
+        self.assertEqual(ctypes.sizeof(self.b.user_regs_struct), 27 * 8)
+
+    def test_net_tcp(self):
+        text = ("  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
+                "   0: 0100007F:0BB8 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 4711 1\n"
+                "   1: 0100007F:0BB8 0100007F:C350 06 00000000:00000000 03:00000F8A 00000000     0        0 0 3\n")
+        self.assertEqual(self.b.parse_net_tcp(text, socket.AF_INET, 3000), [(4711, "127.0.0.1", 3000, "0A")])
+        six = ("  sl  local_address                         remote_address                        st\n"
+               "   0: 00000000000000000000000001000000:0BB8 00000000000000000000000000000000:0000 0A 00000000:"
+               "00000000 00:00000000 00000000  1000        0 99 1\n")
+        self.assertEqual(self.b.parse_net_tcp(six, socket.AF_INET6, 3000), [(99, "::1", 3000, "0A")])
+        self.assertEqual(self.b.parse_net_tcp(six, socket.AF_INET6, 3001), [])
+
+    def test_fdinfo(self):
+        text = ("pos:\t0\nflags:\t02\nmnt_id:\t16\n"
+                "tfd:        6 events:       19 data:     7fd700000006  pos:0 ino:1267 sdev:8\n"
+                "tfd:        3 events: 8000201d data:       c000100008\n")
+        self.assertEqual(self.b.parse_fdinfo_epoll(text),
+                         [(6, 0x19, 0x7FD700000006, 0x1267), (3, 0x8000201D, 0xC000100008, -1)])
+        self.assertEqual(self.b.parse_fdinfo_flags("pos:\t0\nflags:\t02004002\n"), 0o2004002)
+
+    def test_restart_fixup(self):
+        """The kernel's rewrite for an interrupted syscall (arch/x86/kernel/signal.c), done by hand."""
+        b = self.b
+        M = 2 ** 64
+
+        def regs(orig, rax, rip=0x1000):
+            r = b.user_regs_struct()
+            r.orig_rax, r.rax, r.rip = orig % M, rax % M, rip
+            return r
+
+        for code in (-512, -513, -514):
+            r = b._restart_fixup(regs(288, code))
+            self.assertEqual((r.rax, r.rip, r.orig_rax), (288, 0xFFE, M - 1))
+        r = b._restart_fixup(regs(230, -516))
+        self.assertEqual((r.rax, r.rip), (219, 0xFFE))
+        for orig, rax in ((232, -4), (-1, -512), (3, 0)):
+            r = b._restart_fixup(regs(orig, rax))
+            self.assertEqual((r.rax, r.rip, r.orig_rax), (rax % M, 0x1000, M - 1))
+
+    def test_sockaddr_and_option_bytes(self):
+        b = self.b
+        self.assertEqual(b._sockaddr(socket.AF_INET, ["127.0.0.1", 3000]),
+                         struct.pack("=H", 2) + b"\x0b\xb8" + bytes([127, 0, 0, 1]) + bytes(8))
+        six = b._sockaddr(socket.AF_INET6, ["::1", 3000, 0, 0])
+        self.assertEqual(len(six), 28)
+        self.assertEqual(six[2:4], b"\x0b\xb8")
+        self.assertEqual(six[8:24], socket.inet_pton(socket.AF_INET6, "::1"))
+        self.assertEqual(b._option_bytes("int", 7), struct.pack("=i", 7))
+        self.assertEqual(b._option_bytes("buf", 131072), struct.pack("=i", 65536), "the kernel doubles it back")
+        self.assertEqual(b._option_bytes("str", "lo"), b"lo\0")
+        self.assertEqual(b._option_bytes("linger", "0100000005000000"), bytes([1, 0, 0, 0, 5, 0, 0, 0]))
+
+
+class CliTest(ParkTestCase):
+    """The command line without live targets: version, usage errors, unknown targets, main(argv)."""
+
+    def setUp(self):
+        super().setUp()
+        self.require_park()
+
+    def test_version(self):
+        r = self.park("--version", expect=0)
+        self.assertRegex(r.stdout, r"^park \d+\.\d+\.\d+\n?$")
+
+    def test_bad_input_is_a_usage_error(self):
+        for args in (["0"], ["70000"], ["abc"], [":0"], ["-5"]):
+            with self.subTest(args=args):
+                r = self.park(*args, expect=2)
+                self.assertEqual(r.stdout, "")
+
+    def test_unknown_target_fails(self):
+        port = free_port()
+        for args in (["resume", "999999"], ["resume", str(port)], ["resume", ":%d" % port],
+                     ["release", "999999"]):
+            with self.subTest(args=args):
+                self.park(*args, expect=1)
+
+    def test_park_of_a_free_port_fails(self):
+        self.park(free_port(), expect=1)
+
+    def test_list_when_nothing_is_parked(self):
+        self.assertEqual(self.park_list(), [])
+        self.park("list", expect=0)
+
+    def test_main_called_directly(self):
+        """main(argv) returns the exit code (CPython zipapp style); usage errors go to stderr."""
+        spec = importlib.util.spec_from_file_location("park_under_test", PARK)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["park_under_test"] = module
+        self.addCleanup(sys.modules.pop, "park_under_test", None)
+        spec.loader.exec_module(module)
+        old = os.environ.get("PARK_HOME")
+        os.environ["PARK_HOME"] = self.home
+        self.addCleanup(lambda: os.environ.pop("PARK_HOME") if old is None
+                        else os.environ.__setitem__("PARK_HOME", old))
+
+        def call(argv):
+            out, err = io.StringIO(), io.StringIO()
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                try:
+                    rc = module.main(argv)
+                except SystemExit as e:
+                    rc = e.code
+            return rc, out.getvalue(), err.getvalue()
+
+        rc, out, err = call(["--version"])
+        self.assertEqual((rc, out.strip()), (0, "park " + module.__version__), err)
+        rc, out, err = call(["70000"])
+        self.assertEqual(rc, 2)
+        self.assertIn("park: ", err)
+        self.assertNotIn("Traceback", err)
+        rc, out, err = call(["list", "--json"])
+        self.assertEqual((rc, json.loads(out)), (0, []), err)
+
+
+class LiveTestCase(ParkTestCase):
+    """Live tests: real servers, the real CLI."""
+
+    def setUp(self):
+        super().setUp()
+        if not sys.platform.startswith("linux") or platform.machine() != "x86_64":
+            self.live_skip("live tests need Linux x86_64")
+        self.require_park()
+        if not shutil.which("ss") and not os.path.exists("/usr/bin/ss"):
+            self.live_skip("ss (iproute2) is not installed")
+        if not hasattr(os, "pidfd_open"):
+            self.live_skip("os.pidfd_open is missing (Python < 3.9)")
+        self.port = free_port()
+
+    def park_ok(self, port, pids, host):
+        """`park PORT`: exit 0, every holder (and thread) stopped, and stdout names pid, command, address, resume."""
+        r = self.park(port, expect=0)
+        for pid in pids:
+            self.assert_parked(pid)
+            self.assertIn(str(pid), r.stdout)
+            comm = _read_text("/proc/%d/comm" % pid).strip()
+            self.assertIn(comm, r.stdout, "the command is not named")
+        self.assertIn(host, r.stdout, "the address is not named")
+        self.assertIn("resume", r.stdout, "how to resume is not said")
+        return r
+
+
+class ServerCycleTest(LiveTestCase):
+    """park → port really free → resume, for each way real servers hold a listener."""
+
+    def cycle(self, pids, addrs, fetch_host, counter=True, reuseaddr=False, allow_time_wait=False, check=None):
+        """One park/resume cycle; returns (before, after) snapshots after checking them equal."""
+        port = self.port
+        before_counts = {}
+        if counter:
+            pid, n = self.get_count(fetch_host, port)
+            before_counts[pid] = n
+        else:
+            self.wait_serving(fetch_host, port)
+        self.wait_quiet(port, allow_time_wait=allow_time_wait)
+        before = snapshot(port)
+        self.assertEqual(set(before), set(pids), "holders of :%d" % port)
+        if check:
+            check(before)
+        self.park_ok(port, pids, fetch_host)
+        self.assert_port_free(port, addrs, reuseaddr=reuseaddr)
+        self.wait_quiet(port, allow_time_wait=allow_time_wait)
+        self.park("resume", port, expect=0)
+        for pid in pids:
+            self.assert_running(pid)
+        after = snapshot(port)
+        self.assertEqual(after, before, "the listeners differ after resume")
+        if counter:
+            pid, n = self.get_count(fetch_host, port)
+            self.assertIn(pid, pids)
+            self.assertEqual(n, before_counts[pid] + 1, "the in-memory counter did not continue")
+        else:
+            self.wait_serving(fetch_host, port)
+        self.assertEqual(snapshot(port), before, "the listeners changed after serving")
+        return before, after
+
+    def test_http_server_poll(self):
+        root = os.path.join(self.tmp, "www")
+        os.mkdir(root)
+        with open(os.path.join(root, "index.html"), "w") as f:
+            f.write("park-test-index\n")
+        proc = self.spawn([sys.executable, "-m", "http.server", "--bind", "127.0.0.1", str(self.port)], cwd=root)
+        body = self.wait_serving("127.0.0.1", self.port)
+        self.assertIn("park-test-index", body)
+
+        def check(snap):
+            (rec,) = snap[proc.pid]
+            self.assertEqual((rec["backlog"], rec["nonblock"], rec["epoll"]), (5, False, []))
+
+        # http.server speaks HTTP/1.0 and closes first, leaving TIME_WAIT on the port: a bind without
+        # SO_REUSEADDR legitimately fails then, so the free-port check binds with SO_REUSEADDR here.
+        self.cycle([proc.pid], [(socket.AF_INET, "127.0.0.1")], "127.0.0.1", counter=False,
+                   reuseaddr=True, allow_time_wait=True, check=check)
+        body = self.wait_serving("127.0.0.1", self.port)
+        self.assertIn("park-test-index", body)
+
+    def test_asyncio_epoll(self):
+        proc = self.start_asyncio(self.port)
+
+        def check(snap):
+            (rec,) = snap[proc.pid]
+            self.assertTrue(rec["nonblock"])
+            self.assertEqual(len(rec["epoll"]), 1, rec)
+
+        self.cycle([proc.pid], [(socket.AF_INET, "127.0.0.1")], "127.0.0.1", check=check)
+
+    def test_node_http_threads(self):
+        proc = self.start_node(self.port)
+        self.assertGreater(len(os.listdir("/proc/%d/task" % proc.pid)), 1, "node should run several threads")
+
+        def check(snap):
+            (rec,) = snap[proc.pid]
+            self.assertEqual((rec["nonblock"], rec["cloexec"], len(rec["epoll"])), (True, True, 1), rec)
+
+        self.cycle([proc.pid], [(socket.AF_INET, "127.0.0.1")], "127.0.0.1", check=check)
+
+    def test_go_net_http(self):
+        go = shutil.which("go") or ("/usr/bin/go" if os.path.exists("/usr/bin/go") else None)
+        if not go:
+            self.live_skip("go is not installed")
+        src = self.write("main.go", GO_HTTP)
+        exe = os.path.join(self.tmp, "gohttp")
+        env = dict(os.environ, GO111MODULE="off", CGO_ENABLED="0", GOFLAGS="")
+        if not env.get("HOME") and not env.get("GOCACHE"):
+            env["GOCACHE"] = os.path.join(self.tmp, "gocache")
+        b = subprocess.run([go, "build", "-o", exe, src], cwd=self.tmp, env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, universal_newlines=True, timeout=300)
+        self.assertEqual(b.returncode, 0, b.stdout)
+        proc = self.spawn([exe, str(self.port)])
+        self.read_ready(proc)
+        self.wait_serving("127.0.0.1", self.port)
+
+        def check(snap):
+            (rec,) = snap[proc.pid]
+            (reg,) = rec["epoll"]
+            self.assertTrue(int(reg[2], 16) & EPOLLET, "Go registers edge-triggered: %s" % (reg,))
+            self.assertNotEqual(int(reg[3], 16), rec["fd"], "Go's epoll data is a pointer")
+
+        self.cycle([proc.pid], [(socket.AF_INET, "127.0.0.1")], "127.0.0.1", check=check)
+
+    def test_thread_blocked_in_accept(self):
+        proc, _ = self.start_python(PY_BLOCKING, self.port)
+        self.wait_serving("127.0.0.1", self.port)
+
+        def in_accept():
+            for tid in os.listdir("/proc/%d/task" % proc.pid):
+                try:
+                    nr = _read_text("/proc/%d/task/%s/syscall" % (proc.pid, tid)).split()[0]
+                except (OSError, IndexError):
+                    continue
+                if nr in (str(SYSCALL_ACCEPT), str(SYSCALL_ACCEPT4)):
+                    return True
+            return False
+
+        def check(snap):
+            (rec,) = snap[proc.pid]
+            self.assertEqual((rec["nonblock"], rec["epoll"]), (False, []))
+            deadline = time.monotonic() + 5
+            while not in_accept():
+                self.assertLess(time.monotonic(), deadline, "no thread of the fixture is blocked in accept")
+                time.sleep(0.02)
+
+        self.cycle([proc.pid], [(socket.AF_INET, "127.0.0.1")], "127.0.0.1", check=check)
+        self.assertTrue(in_accept() or self.get_count("127.0.0.1", self.port))
+
+    def test_prefork_shared_listener(self):
+        proc, words = self.start_python(PY_PREFORK, self.port)
+        children = [int(w) for w in words]
+        for pid in children:
+            self.addCleanup(self.kill_pid, pid)
+        pids = [proc.pid] + children
+
+        # Both children must have served before park, so that both counters can be seen to continue.
+        first = parse_counter(self.wait_serving("127.0.0.1", self.port))
+        last = {first[0]: first[1]}
+        for _ in range(40):
+            pid, n = self.get_count("127.0.0.1", self.port)
+            self.assertIn(pid, children)
+            self.assertEqual(n, last.get(pid, 0) + 1)
+            last[pid] = n
+            if len(last) == 2:
+                break
+        self.assertEqual(set(last), set(children), "only one child ever accepted")
+        self.wait_quiet(self.port)
+        before = snapshot(self.port)
+        self.assertEqual(set(before), set(pids))
+        for pid in pids:
+            recs = before[pid]
+            self.assertEqual(len(recs), 2, "each process holds the socket twice: %s" % recs)
+            self.assertEqual({r["socket"] for r in recs}, {0}, "one socket shared by all")
+            self.assertEqual(sorted(r["cloexec"] for r in recs), [False, True])
+            self.assertIn(9, [r["fd"] for r in recs])
+
+        self.park_ok(self.port, pids, "127.0.0.1")
+        self.assert_port_free(self.port, [(socket.AF_INET, "127.0.0.1")])
+        self.wait_quiet(self.port)
+        self.park("resume", self.port, expect=0)
+        for pid in pids:
+            self.assert_running(pid)
+        self.assertEqual(snapshot(self.port), before)
+        seen = set()
+        for _ in range(40):
+            pid, n = self.get_count("127.0.0.1", self.port)
+            self.assertIn(pid, children)
+            self.assertEqual(n, last[pid] + 1, "per-child counter of %d did not continue" % pid)
+            last[pid] = n
+            seen.add(pid)
+            if seen == set(children):
+                break
+        self.assertEqual(seen, set(children), "a child no longer accepts after resume")
+
+    def test_dual_stack_v6only_off(self):
+        proc, _ = self.start_python(PY_DUAL_STACK, self.port)
+        self.wait_serving("127.0.0.1", self.port)
+
+        def check(snap):
+            (rec,) = snap[proc.pid]
+            o = rec["options"]
+            self.assertEqual((o["family"], o["address"], o["IPV6_V6ONLY"]),
+                             (int(socket.AF_INET6), "::ffff:127.0.0.1", 0))
+
+        _, after = self.cycle([proc.pid], [(socket.AF_INET, "127.0.0.1")], "127.0.0.1", check=check)
+        self.assertEqual(after[proc.pid][0]["options"]["IPV6_V6ONLY"], 0)
+        self.assertEqual([r[3] for r in tcp_sockets(self.port)], ["tcp6"], "the listener is no longer AF_INET6")
+
+    def test_two_sockets_one_port(self):
+        proc, _ = self.start_python(PY_TWO_SOCKETS, self.port)
+        self.wait_serving("127.0.0.1", self.port)
+        self.wait_serving("::1", self.port)
+        v4_before = self.get_count("127.0.0.1", self.port)
+
+        def check(snap):
+            recs = snap[proc.pid]
+            self.assertEqual(len(recs), 2)
+            fams = {r["options"]["family"]: r for r in recs}
+            self.assertEqual(set(fams), {int(socket.AF_INET), int(socket.AF_INET6)})
+            self.assertEqual(fams[int(socket.AF_INET6)]["options"]["IPV6_V6ONLY"], 1)
+            self.assertTrue(all(len(r["epoll"]) == 1 for r in recs), recs)
+
+        self.cycle([proc.pid], [(socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")], "::1", check=check)
+        pid, n = self.get_count("127.0.0.1", self.port)
+        self.assertEqual(pid, proc.pid)
+        self.assertGreater(n, v4_before[1], "IPv4 is not served after resume")
+
+    def test_unusual_socket_options(self):
+        proc, _ = self.start_python(PY_OPTIONS, self.port)
+        self.wait_serving("127.0.0.1", self.port)
+
+        def check(snap):
+            (rec,) = snap[proc.pid]
+            o = rec["options"]
+            want = {"SO_REUSEADDR": 0, "SO_KEEPALIVE": 1, "TCP_NODELAY": 1, "TCP_KEEPIDLE": 77, "TCP_KEEPINTVL": 11,
+                    "TCP_KEEPCNT": 4, "TCP_DEFER_ACCEPT": 3, "TCP_FASTOPEN": 16, "TCP_USER_TIMEOUT": 1234,
+                    "SO_RCVBUF": 131072, "SO_LINGER": [1, 5], "IP_FREEBIND": 1}
+            self.assertEqual({k: o[k] for k in want}, want)
+            self.assertEqual((rec["backlog"], rec["nonblock"]), (7, True))
+            (reg,) = rec["epoll"]
+            self.assertEqual(int(reg[2], 16) & (EPOLLIN | EPOLLET | EPOLLEXCLUSIVE), EPOLLIN | EPOLLET | EPOLLEXCLUSIVE)
+
+        self.cycle([proc.pid], [(socket.AF_INET, "127.0.0.1")], "127.0.0.1", check=check)
+
+
+class BehaviourTest(LiveTestCase):
+    """What a user sees around park and resume."""
+
+    def test_keep_alive_connection_survives(self):
+        proc = self.start_node(self.port)
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        self.addCleanup(conn.close)
+        conn.request("GET", "/")
+        resp = conn.getresponse()
+        pid, n = parse_counter(resp.read().decode())
+        local = conn.sock.getsockname()
+        self.park_ok(self.port, [proc.pid], "127.0.0.1")
+        self.park("resume", self.port, expect=0)
+        conn.request("GET", "/")
+        resp = conn.getresponse()
+        self.assertEqual(resp.status, 200)
+        self.assertEqual(parse_counter(resp.read().decode()), (proc.pid, n + 1))
+        self.assertEqual(conn.sock.getsockname(), local, "the keep-alive connection was replaced")
+
+    def test_queued_clients_are_served(self):
+        proc, _ = self.start_python(PY_SLOW, self.port)
+        self.wait_serving("127.0.0.1", self.port)  # count 1
+        self.wait_quiet(self.port)
+        results = [None] * 4
+
+        def client(i):
+            try:
+                results[i] = http_get("127.0.0.1", self.port, timeout=30)
+            except Exception as e:  # a reset shows up here
+                results[i] = e
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 3
+        while ss_queue(self.port) < 2:  # one is being served, the others wait in the accept queue
+            self.assertLess(time.monotonic(), deadline, "clients never queued")
+            time.sleep(0.01)
+        r = self.park_ok(self.port, [proc.pid], "127.0.0.1")
+        self.assertNotIn("reset", r.stdout, "park reports reset clients")
+        self.park("resume", self.port, expect=0)
+        for t in threads:
+            t.join(40)
+        for r in results:
+            self.assertIsInstance(r, tuple, "a queued client failed: %r" % (r,))
+            self.assertEqual(r[0], 200)
+        self.assertEqual(sorted(parse_counter(r[1])[1] for r in results), [2, 3, 4, 5])
+
+    def test_resume_refused_while_port_taken(self):
+        proc = self.start_asyncio(self.port)
+        _, n = self.get_count("127.0.0.1", self.port)
+        self.wait_quiet(self.port)
+        self.park_ok(self.port, [proc.pid], "127.0.0.1")
+        blocker, _ = self.start_python(PY_BLOCKER.replace("float(sys.argv[2])", "3600"), self.port)
+        r = self.park("resume", self.port, expect=1)
+        self.assertIn(str(blocker.pid), r.stderr, "the holder of the port is not named")
+        self.assert_parked(proc.pid)
+        self.assertEqual(self.entry(self.port)["status"], "parked")
+        self._stop_proc(blocker)
+        self.park("resume", self.port, expect=0)
+        self.assertEqual(self.get_count("127.0.0.1", self.port), (proc.pid, n + 1))
+
+    def test_resume_wait_until_port_free(self):
+        proc = self.start_asyncio(self.port)
+        _, n = self.get_count("127.0.0.1", self.port)
+        self.wait_quiet(self.port)
+        self.park_ok(self.port, [proc.pid], "127.0.0.1")
+        path = self.write("blocker.py", PY_BLOCKER)
+        blocker = self.spawn([sys.executable, "-u", path, str(self.port), "1.0"])
+        self.read_ready(blocker)
+        t0 = time.monotonic()
+        self.park("resume", self.port, "--wait", "5", expect=0)
+        self.assertGreater(time.monotonic() - t0, 0.5, "resume did not wait for the port")
+        self.assertEqual(blocker.wait(timeout=5), 0)
+        self.assert_running(proc.pid)
+        self.assertEqual(self.get_count("127.0.0.1", self.port), (proc.pid, n + 1))
+
+    def test_resume_over_time_wait_without_reuseaddr(self):
+        """A listener without SO_REUSEADDR comes back although the interim server left TIME_WAIT on the port."""
+        proc, _ = self.start_python(PY_OPTIONS, self.port)
+        _, n = self.get_count("127.0.0.1", self.port)
+        self.wait_quiet(self.port)
+        before = snapshot(self.port)
+        self.park_ok(self.port, [proc.pid], "127.0.0.1")
+        ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        with ls:
+            ls.settimeout(5)
+            ls.bind(("127.0.0.1", self.port))
+            ls.listen(1)
+            c = socket.create_connection(("127.0.0.1", self.port), timeout=5)
+            with c:
+                a, _ = ls.accept()
+                a.close()  # the interim server closes first: TIME_WAIT on 127.0.0.1:PORT
+                c.recv(10)
+        deadline = time.monotonic() + 5
+        while not any(r[2] == TCP_TIME_WAIT for r in tcp_sockets(self.port, states=None)):
+            self.assertLess(time.monotonic(), deadline, "no TIME_WAIT was left")
+            time.sleep(0.02)
+        self.park("resume", self.port, expect=0)
+        self.assertEqual(snapshot(self.port), before)
+        self.assertEqual(self.get_count("127.0.0.1", self.port), (proc.pid, n + 1))
+
+    def test_resume_after_external_sigcont(self):
+        """Something continued the parked server (a supervisor, kill -CONT): list says so, resume still works."""
+        proc = self.start_asyncio(self.port)
+        _, n = self.get_count("127.0.0.1", self.port)
+        self.wait_quiet(self.port)
+        before = snapshot(self.port)
+        self.park_ok(self.port, [proc.pid], "127.0.0.1")
+        os.kill(proc.pid, signal.SIGCONT)
+        deadline = time.monotonic() + 5
+        while proc_state(proc.pid) == "T":
+            self.assertLess(time.monotonic(), deadline)
+            time.sleep(0.02)
+        self.assertEqual(self.entry(self.port)["status"], "running")
+        self.assertEqual(listen_inodes(self.port), set())
+        self.park("resume", self.port, expect=0)
+        self.assert_running(proc.pid)
+        self.assertEqual(snapshot(self.port), before)
+        self.assertEqual(self.get_count("127.0.0.1", self.port), (proc.pid, n + 1))
+
+    def test_resume_by_pid_and_colon_port(self):
+        proc = self.start_asyncio(self.port)
+        _, n = self.get_count("127.0.0.1", self.port)
+        self.wait_quiet(self.port)
+        self.park(":%d" % self.port, expect=0)
+        self.assert_parked(proc.pid)
+        self.park("resume", proc.pid, expect=0)
+        self.assertEqual(self.get_count("127.0.0.1", self.port), (proc.pid, n + 1))
+        self.assertIsNone(self.entry(self.port))
+
+    def test_list_json_and_release(self):
+        proc = self.start_asyncio(self.port)
+        self.wait_quiet(self.port)
+        self.park_ok(self.port, [proc.pid], "127.0.0.1")
+        time.sleep(0.2)
+        e = self.entry(self.port)
+        self.assertIsNotNone(e, "the parked port is not listed")
+        self.assertEqual((e["port"], e["pids"], e["status"]), (self.port, [proc.pid], "parked"))
+        self.assertIsInstance(e["command"], str)
+        self.assertTrue(e["command"])
+        self.assertTrue(isinstance(e["parked_for"], (int, float)) and not isinstance(e["parked_for"], bool))
+        self.assertGreaterEqual(e["parked_for"], 0)
+        r = self.park("list", expect=0)
+        self.assertIn(str(self.port), r.stdout)
+        self.park("release", self.port, expect=0)
+        self.assert_running(proc.pid)
+        self.assertEqual(listen_inodes(self.port), set(), "release must not recreate the listener")
+        self.assertIsNone(self.entry(self.port), "release keeps the entry")
+
+    def test_release_kill_sends_sigterm(self):
+        env = dict(os.environ, FIXTURE_TERM_EXIT="42")
+        proc, _ = self.start_python(PY_BLOCKING, self.port, env=env)
+        self.wait_serving("127.0.0.1", self.port)
+        self.wait_quiet(self.port)
+        self.park_ok(self.port, [proc.pid], "127.0.0.1")
+        self.park("release", self.port, "--kill", expect=0)
+        # 42 comes from the fixture's SIGTERM handler: the stopped process got SIGTERM and ran again.
+        self.assertEqual(proc.wait(timeout=10), 42)
+        self.assertIsNone(self.entry(self.port))
+
+    def test_release_kill_force_sends_sigkill(self):
+        env = dict(os.environ, FIXTURE_TERM_EXIT="42")
+        proc, _ = self.start_python(PY_BLOCKING, self.port, env=env)
+        self.wait_serving("127.0.0.1", self.port)
+        self.wait_quiet(self.port)
+        self.park_ok(self.port, [proc.pid], "127.0.0.1")
+        self.park("release", proc.pid, "--kill", "--force", expect=0)
+        self.assertEqual(proc.wait(timeout=10), -signal.SIGKILL)
+        self.assertIsNone(self.entry(self.port))
+
+    def test_list_prune_after_the_process_is_gone(self):
+        proc = self.start_asyncio(self.port)
+        self.wait_quiet(self.port)
+        self.park_ok(self.port, [proc.pid], "127.0.0.1")
+        self.kill_pid(proc.pid)
+        proc.wait(timeout=10)
+        self.assertEqual(self.entry(self.port)["status"], "gone")
+        self.park("list", "--prune", expect=0)
+        self.assertIsNone(self.entry(self.port), "prune kept a gone entry")
+
+    def test_pid_reuse_is_refused(self):
+        proc = self.start_asyncio(self.port)
+        self.wait_quiet(self.port)
+        self.park_ok(self.port, [proc.pid], "127.0.0.1")
+        path = self.state_file_of(proc.pid)
+        with open(path) as f:
+            state = json.load(f)
+        for h in state["holders"]:
+            if h["pid"] == proc.pid:
+                h["starttime"] = (int(h["starttime"]) + 1000 if not isinstance(h["starttime"], str)
+                                  else str(int(h["starttime"]) + 1000))
+        with open(path, "w") as f:
+            json.dump(state, f)
+        self.park("resume", self.port, expect=1)
+        self.assert_parked(proc.pid)
+        self.assertEqual(listen_inodes(self.port), set())
+
+    def state_file_of(self, pid, home=None):
+        """The state JSON under PARK_HOME whose `holders` name pid."""
+        found = []
+        for path in glob.glob(os.path.join(home or self.home, "**", "*.json"), recursive=True):
+            try:
+                with open(path) as f:
+                    data = json.load(f)
+            except ValueError:
+                continue
+            if isinstance(data, dict) and any(h.get("pid") == pid for h in data.get("holders", [])):
+                found.append(path)
+        self.assertEqual(len(found), 1, "state files naming pid %d: %s" % (pid, found))
+        return found[0]
+
+    def test_damaged_state_file(self):
+        for name, content in (("garbage", b"\x00\xff{not json at all"), ("foreign", b'{"hello": 1}\n')):
+            with self.subTest(state=name):
+                port = free_port()
+                home = self.new_home()
+                env = self.env_for(home)
+                proc = self.start_asyncio(port)
+                self.wait_quiet(port)
+                self.park(port, expect=0, env=env)
+                path = self.state_file_of(proc.pid, home)
+                with open(path, "wb") as f:
+                    f.write(content)
+                for args in (["list"], ["resume", str(port)]):
+                    r = self.park(*args, expect=1, env=env)
+                    self.assertIn(os.path.basename(path), r.stderr.splitlines()[0], "the file is not named")
+                self.assert_parked(proc.pid)
+
+    def test_concurrent_parks_one_wins(self):
+        proc = self.start_asyncio(self.port)
+        _, n = self.get_count("127.0.0.1", self.port)
+        for round_ in range(3):
+            with self.subTest(round=round_):
+                self.wait_quiet(self.port)
+                argv = [sys.executable, PARK, str(self.port)]
+                procs = [subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                          stderr=subprocess.PIPE, universal_newlines=True, env=self.env)
+                         for _ in range(2)]
+                results = []
+                for p in procs:
+                    try:
+                        out, err = p.communicate(timeout=CHILD_TIMEOUT)
+                    except subprocess.TimeoutExpired:
+                        self.kill_pid(p.pid)
+                        out, err = p.communicate()
+                    results.append(subprocess.CompletedProcess(p.args, p.returncode, out, err))
+                for r in results:
+                    self.check_output_form(r, "concurrent park: %r" % (r,))
+                self.assertEqual(sorted(r.returncode for r in results), [0, 1], results)
+                self.assert_parked(proc.pid)
+                self.assertEqual(self.entry(self.port)["pids"], [proc.pid])
+                self.park("resume", self.port, expect=0)
+                n += 1
+                self.assertEqual(self.get_count("127.0.0.1", self.port), (proc.pid, n))
+
+    def test_pid_1_is_refused(self):
+        """A server that is pid 1 (of its own pid namespace, where park runs too) is never stopped."""
+        if os.geteuid() != 0 or not shutil.which("unshare"):
+            self.live_skip("needs root and unshare(1) for a private pid namespace")
+        path = self.write("pid1.py", PY_PID1)
+        proc = subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", sys.executable, path,
+                                 str(self.port), PARK], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, universal_newlines=True, env=self.env)
+
+        def stop_namespace():
+            try:
+                kids = _read_text("/proc/%d/task/%d/children" % (proc.pid, proc.pid)).split()
+            except OSError:
+                kids = []
+            for k in kids:
+                self.kill_pid(int(k))  # pid 1 of the namespace; its death ends the namespace
+            self._stop_proc(proc)
+
+        self.addCleanup(stop_namespace)
+        try:
+            out, err = proc.communicate(timeout=90)
+        except subprocess.TimeoutExpired:
+            self.fail("the pid-1 server hung: park stopped it?")
+        if proc.returncode != 0 and "unshare" in err:
+            self.live_skip("unshare failed: %s" % err.strip())
+        self.assertEqual(proc.returncode, 0, err)
+        res = json.loads(out.strip().splitlines()[-1])
+        self.assertEqual(res["pid"], 1)
+        r = subprocess.CompletedProcess([], res["rc"], res["stdout"], res["stderr"])
+        self.check_output_form(r, "park as seen from pid 1: %r" % (res,))
+        self.assertEqual(res["rc"], 1, res)
+        self.assertRegex(res["stderr"], r"\b(pid 1|init)\b")
+
+    def test_other_users_process_is_refused(self):
+        if os.geteuid() != 0:
+            self.live_skip("needs root to run park as another user")
+        python = "/usr/bin/python3"
+        if not os.access(python, os.X_OK):
+            self.live_skip("no /usr/bin/python3 for the unprivileged run")
+        proc = self.start_asyncio(self.port)
+        pub = tempfile.mkdtemp(prefix="park-nobody-")
+        self.addCleanup(shutil.rmtree, pub, True)
+        os.chmod(pub, 0o755)
+        for src in (PARK, BACKEND):
+            dst = os.path.join(pub, os.path.basename(src))
+            shutil.copyfile(src, dst)
+            os.chmod(dst, 0o644)
+        home = os.path.join(pub, "home")
+        os.mkdir(home)
+        os.chmod(home, 0o777)
+        env = {"PATH": "/usr/bin:/bin", "PARK_HOME": home, "HOME": home, "NO_COLOR": "1"}
+        r = subprocess.run([python, os.path.join(pub, "park.py"), str(self.port)], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, universal_newlines=True, env=env, cwd=pub, timeout=CHILD_TIMEOUT,
+                           stdin=subprocess.DEVNULL, user=NOBODY, group=NOBODY, extra_groups=[])
+        self.check_output_form(r, "park as nobody: %r" % (r,))
+        self.assertEqual(r.returncode, 1, r)
+        self.assertRegex(r.stderr.lower(), r"root|another user|other user|uid 0", r.stderr)
+        self.assert_running(proc.pid)
+        self.assertEqual(self.get_count("127.0.0.1", self.port)[0], proc.pid)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Runner: `python3 test_park.py` ends with one line "N passed, N failed, N skipped".
+
+class _TallyResult(unittest.TextTestResult):
+    """Counts each test once: failed (any failure or error, also in a subtest), skipped, or passed."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.outcomes = {}
+
+    def _mark(self, test, outcome):
+        if self.outcomes.get(test.id()) != "failed":
+            self.outcomes[test.id()] = outcome
+
+    def addSuccess(self, test):
+        super().addSuccess(test)
+        self._mark(test, "passed")
+
+    def addFailure(self, test, err):
+        super().addFailure(test, err)
+        self._mark(test, "failed")
+
+    def addError(self, test, err):
+        super().addError(test, err)
+        self._mark(test, "failed")
+
+    def addSubTest(self, test, subtest, err):
+        super().addSubTest(test, subtest, err)
+        if err is not None:
+            self._mark(test, "failed")
+
+    def addSkip(self, test, reason):
+        super().addSkip(test, reason)
+        self._mark(test, "skipped")
+
+    def addExpectedFailure(self, test, err):
+        super().addExpectedFailure(test, err)
+        self._mark(test, "passed")
+
+    def addUnexpectedSuccess(self, test):
+        super().addUnexpectedSuccess(test)
+        self._mark(test, "failed")
+
+
+def run_all(argv=None):
+    """Run every test (or the names given), print the tally as the last line; 1 if anything failed."""
+    loader = unittest.TestLoader()
+    module = sys.modules[__name__]
+    names = list(argv or [])
+    suite = loader.loadTestsFromNames(names, module) if names else loader.loadTestsFromModule(module)
+    runner = unittest.TextTestRunner(stream=sys.stdout, verbosity=2, resultclass=_TallyResult)
+    started = time.monotonic()
+    result = runner.run(suite)
+    counts = {k: sum(1 for v in result.outcomes.values() if v == k) for k in ("passed", "failed", "skipped")}
+    sys.stdout.write("(%.1f s)\n" % (time.monotonic() - started))
+    sys.stdout.write("%d passed, %d failed, %d skipped\n" % (counts["passed"], counts["failed"], counts["skipped"]))
+    sys.stdout.flush()
+    return 1 if counts["failed"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_all(sys.argv[1:]))
