@@ -318,6 +318,30 @@ time.sleep(float(sys.argv[2]))
 '''
 
 # Runs as pid 1 of a new pid namespace (unshare --pid --fork --mount-proc) and runs park against itself.
+PY_SECCOMP = PY_BLOCKING.replace("ready()", r"""
+# An allow-everything seccomp filter: the process now shows "Seccomp: 2" in /proc/PID/status.
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+libc.prctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong)
+ret_allow = struct.pack("=HBBI", 0x06, 0, 0, 0x7FFF0000)  # BPF_RET|BPF_K, SECCOMP_RET_ALLOW
+buf = ctypes.create_string_buffer(ret_allow)
+prog = struct.pack("=HxxxxxxQ", 1, ctypes.addressof(buf))  # struct sock_fprog
+pbuf = ctypes.create_string_buffer(prog)
+assert libc.prctl(38, 1, 0, 0, 0) == 0  # PR_SET_NO_NEW_PRIVS
+assert libc.prctl(22, 2, ctypes.addressof(pbuf), 0, 0) == 0, ctypes.get_errno()  # PR_SET_SECCOMP, FILTER
+ready()
+""")
+
+PY_TRACER = r"""
+import ctypes, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+libc.ptrace.argtypes = (ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p)
+if libc.ptrace(0x4206, int(sys.argv[1]), None, None) != 0:  # PTRACE_SEIZE: traced, but not stopped
+    sys.exit("seize failed: %d" % ctypes.get_errno())
+print("READY", flush=True)
+time.sleep(600)
+"""
+
 PY_PID1 = r'''
 import json, os, socket, subprocess, sys
 port, park = int(sys.argv[1]), sys.argv[2]
@@ -1683,6 +1707,65 @@ class BehaviourTest(LiveTestCase):
         self.assertRegex(r.stderr.lower(), r"root|another user|other user|uid 0", r.stderr)
         self.assert_running(proc.pid)
         self.assertEqual(self.get_count("127.0.0.1", self.port)[0], proc.pid)
+
+
+class SafetyTest(LiveTestCase):
+    """Targets park must refuse or handle with care, and interruptions that must not break a target."""
+
+    def test_seccomp_target_needs_force(self):
+        proc, _ = self.start_python(PY_SECCOMP, self.port)
+        self.assertIn("Seccomp:\t2", _read_text("/proc/%d/status" % proc.pid))
+        pid, n = self.get_count("127.0.0.1", self.port)
+        self.wait_quiet(self.port)
+        r = self.park(self.port, expect=1)
+        self.assertIn("seccomp", r.stderr)
+        self.assertIn("--force", r.stderr)
+        self.assert_running(proc.pid)
+        self.assertEqual(self.get_count("127.0.0.1", self.port), (pid, n + 1))
+        self.wait_quiet(self.port)
+        before = snapshot(self.port)
+        self.park(self.port, "--force", expect=0)
+        self.assert_parked(proc.pid)
+        self.assert_port_free(self.port, [(socket.AF_INET, "127.0.0.1")])
+        self.park("resume", self.port, expect=0)
+        self.assertEqual(snapshot(self.port), before)
+        self.assertEqual(self.get_count("127.0.0.1", self.port), (pid, n + 2))
+
+    def test_traced_process_is_refused(self):
+        proc = self.start_asyncio(self.port)
+        tracer, _ = self.start_python(PY_TRACER, proc.pid)
+        r = self.park(self.port, expect=1)
+        self.assertIn("traced by pid %d" % tracer.pid, r.stderr)
+        self.assert_running(proc.pid)
+        self.assertEqual(self.entry(self.port), None, "a refused park left state behind")
+        self.kill_pid(tracer.pid)
+        tracer.wait(10)
+        self.assertEqual(self.get_count("127.0.0.1", self.port)[0], proc.pid)
+
+    def test_interrupted_park_leaves_target_whole(self):
+        """Ctrl+C or SIGTERM at any moment of `park PORT`: the target ends parked with its state, or running
+        with its listener; never in between. (The interrupt may land while the interpreter itself starts,
+        before park's code runs, so stderr is not checked here.)"""
+        proc = self.start_node(self.port)
+        rng = random.Random(7)
+        for i in range(10):
+            pid, n = self.get_count("127.0.0.1", self.port)
+            self.wait_quiet(self.port)
+            child = subprocess.Popen([sys.executable, PARK, str(self.port)], stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.env)
+            time.sleep(rng.uniform(0.0, 0.12))
+            child.send_signal(signal.SIGINT if i % 2 == 0 else signal.SIGTERM)
+            child.communicate(timeout=CHILD_TIMEOUT)
+            e = self.entry(self.port)
+            with self.subTest(round=i, rc=child.returncode, parked=e is not None):
+                if e is not None:
+                    self.assertEqual(e["status"], "parked")
+                    self.assert_parked(proc.pid)
+                    self.assertEqual(listen_inodes(self.port), set())
+                    self.park("resume", self.port, expect=0)
+                self.assert_running(proc.pid)
+                self.assertEqual(self.get_count("127.0.0.1", self.port), (pid, n + 1))
+
 
 
 # ---------------------------------------------------------------------------------------------------------
