@@ -23,6 +23,14 @@ import sys
 __version__ = "0.1.0"
 
 BACKENDS = {("linux", "x86_64"): "park_linux_x86_64", ("darwin", "arm64"): "park_darwin_arm64"}
+
+# Where park.py and its backends are published. In stdin mode (`curl -fsSL BASE_URL/park.py | python3 - 3000`)
+# the backend is fetched from here (PARK_BASE_URL overrides) and must match its sha256 below; test_park.py
+# fails, printing the line to paste, when a pin differs from the file.
+BASE_URL = "https://raw.githubusercontent.com/park-sh/park/main"
+PINS = {
+    "park_linux_x86_64": "52e9c00a0310443488d542f9bf1c9ea552901eee058605ec6931929e32d4b2d8",
+}
 SCHEMA = 1
 KIND = "park.parked"
 
@@ -47,35 +55,110 @@ class ParkError(Exception):
 # Backend
 
 def load_backend():
-    """The backend module for this platform, loaded from beside this file."""
-    import importlib.util
-
+    """The backend module for this platform: from beside this file, or in stdin mode a verified download."""
     machine = os.uname().machine.lower()  # platform.machine() says the same, but importing platform costs ~1.4 ms
     system = "linux" if sys.platform.startswith("linux") else sys.platform
     key = (system, "arm64" if machine == "aarch64" and system == "darwin" else machine)
     name = BACKENDS.get(key)
-    if name is None:
+    if name is None or name not in PINS:
         hint = ""
         if key == ("darwin", "x86_64"):
-            hint = " (an Intel python3 under Rosetta? run /usr/bin/python3 %s)" % " ".join(sys.argv)
+            hint = " (an Intel python3 under Rosetta? run /usr/bin/python3 instead)"
         raise ParkError("park does not support %s %s yet%s" % (key[0], key[1], hint),
-                        fix="park runs on Linux x86_64 and macOS arm64")
+                        fix="park runs on %s" % " and ".join("%s %s" % k for k, n in sorted(BACKENDS.items())
+                                                            if n in PINS))
     if name in sys.modules:
         return sys.modules[name]
-    here = os.path.dirname(os.path.abspath(__file__)) if __file__ != "<stdin>" else None
-    path = os.path.join(here, name + ".py") if here else None
-    if path is None or not os.path.exists(path):
-        raise ParkError("the backend %s.py is missing next to park.py" % name,
-                        fix="put %s.py in the same directory as park.py" % name)
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
+    here = script_dir()
+    if here is None:
+        return _load_pinned(name)
+    path = os.path.join(here, name + ".py")
+    if not os.path.exists(path):
+        raise ParkError("the backend %s.py is missing next to %s" % (name, os.path.join(here, "park.py")),
+                        fix="copy %s.py into %s (park.py and its backend go together)" % (name, here))
+    with open(path, "rb") as f:
+        return _exec_module(name, path, f.read(), cache=True)
+
+
+def script_dir():
+    """The directory park.py runs from, or None in stdin mode (`curl ... | python3 - 3000`)."""
+    path = globals().get("__file__")
+    if not path or path.startswith("<") or not os.path.isfile(path):
+        return None
+    return os.path.dirname(os.path.abspath(path))
+
+
+def _exec_module(name, path, source, cache=False):
+    """Run a backend's source as module `name`, without going through sys.path."""
+    import types
+    if cache:
+        import importlib.util
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        try:
+            spec.loader.exec_module(module)  # uses and writes __pycache__ like an import
+        except BaseException:
+            del sys.modules[name]
+            raise
+        return module
+    module = types.ModuleType(name)
+    module.__file__ = path
     sys.modules[name] = module
     try:
-        spec.loader.exec_module(module)
+        code = compile(source, path, "exec")
+        exec(code, module.__dict__)
     except BaseException:
         del sys.modules[name]
         raise
     return module
+
+
+def base_url():
+    return (os.environ.get("PARK_BASE_URL") or BASE_URL).rstrip("/")
+
+
+def _load_pinned(name):
+    """Stdin mode: the backend from ~/.park/lib if it matches its pin, else downloaded from the base URL and
+    checked against the sha256 pinned above. Nothing unverified ever runs."""
+    import hashlib
+    pin = PINS[name]
+    lib = _ensure_dir(os.path.join(_ensure_dir(home()), "lib"))
+    cache = os.path.join(lib, name + ".py")
+    stale = None
+    try:
+        with open(cache, "rb") as f:
+            data = f.read()
+        if hashlib.sha256(data).hexdigest() == pin:
+            return _exec_module(name, cache, data)
+        stale = cache
+    except OSError:
+        pass
+    url = "%s/%s.py" % (base_url(), name)
+    import urllib.request
+    try:
+        with urllib.request.urlopen(url, timeout=20) as r:
+            data = r.read()
+    except (OSError, ValueError) as e:
+        reason = getattr(e, "reason", None) or e
+        if stale:
+            raise ParkError("the cached backend %s does not match the sha256 pinned in park.py, and a fresh copy "
+                            "could not be downloaded from %s (%s)" % (stale, url, reason),
+                            fix="rm %s, then run park again with network access" % stale)
+        raise ParkError("cannot download the backend from %s (%s)" % (url, reason),
+                        fix="check the network, or run park from a checkout: python3 park.py %s"
+                        % " ".join(sys.argv[1:]))
+    got = hashlib.sha256(data).hexdigest()
+    if got != pin:
+        raise ParkError("%s does not match the sha256 pinned in park.py (got %s, want %s); nothing was run"
+                        % (url, got[:16], pin[:16]),
+                        fix="take park.py and its backend from the same release (PARK_BASE_URL=%s)" % base_url())
+    tmp = "%s.%d.tmp" % (cache, os.getpid())
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, cache)
+    return _exec_module(name, cache, data)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -601,6 +684,12 @@ def build_parser():
 
 
 def main(argv=None):
+    if sys.version_info < (3, 9):
+        sys.stderr.write("park: needs Python 3.9 or newer; this is %d.%d\n  fix: run it with a newer python3 "
+                         "(python3.9 park.py ...)\n" % sys.version_info[:2])
+        return EXIT_FAIL
+    if script_dir() is None and sys.path and sys.path[0] in ("", os.getcwd()):
+        del sys.path[0]  # stdin mode: files in the current directory must not shadow the standard library
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] not in COMMANDS and argv[0] not in ("-h", "--help", "--version", "park"):
         argv.insert(0, "park")
