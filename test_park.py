@@ -1768,6 +1768,261 @@ class SafetyTest(LiveTestCase):
 
 
 
+def sha256_file(path):
+    import hashlib
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+class PinTest(unittest.TestCase):
+    """The sha256 pins in park.py (stdin mode) and install.sh must equal the files they pin."""
+
+    def test_park_pins_its_backends(self):
+        park = load_module("park_pins_under_test", PARK)
+        for name, pin in park.PINS.items():
+            path = os.path.join(HERE, name + ".py")
+            self.assertTrue(os.path.exists(path), "park.py pins %s, which does not exist" % path)
+            got = sha256_file(path)
+            self.assertEqual(pin, got, "pin differs; paste this into park.py's PINS (or run .ci/update-pins):\n"
+                             '    "%s": "%s",' % (name, got))
+
+    def test_install_sh_pins_every_file(self):
+        with open(os.path.join(HERE, "install.sh")) as f:
+            text = f.read()
+        files = ["park.py"] + sorted(n + ".py" for n in load_module("park_pins_under_test", PARK).PINS)
+        for name in files:
+            var = "SHA256_" + name.replace(".", "_")
+            got = sha256_file(os.path.join(HERE, name))
+            m = re.search(r'^%s="([0-9a-f]*)"' % var, text, re.M)
+            self.assertIsNotNone(m, "install.sh has no %s" % var)
+            self.assertEqual(m.group(1), got, "pin differs; paste this into install.sh (or run .ci/update-pins):\n"
+                             '%s="%s"' % (var, got))
+
+
+class DistributionTest(LiveTestCase):
+    """Stdin mode, install.sh and vendoring, offline, against a local http.server serving a copy of the tree."""
+
+    def setUp(self):
+        super().setUp()
+        self.tree = os.path.join(self.tmp, "tree")
+        os.mkdir(self.tree)
+        for name in ("park.py", "park_linux_x86_64.py", "install.sh"):
+            shutil.copy(os.path.join(HERE, name), os.path.join(self.tree, name))
+        self.cwd = os.path.join(self.tmp, "cwd")
+        os.mkdir(self.cwd)
+        with open(PARK, "rb") as f:
+            self.park_source = f.read()
+        # Decoys where park runs from: in stdin mode sys.path[0] is the current directory, so a sibling
+        # import, or a lazy import of the standard library, would run these.
+        self.marker = os.path.join(self.tmp, "decoy-ran")
+        decoy = "open(%r, 'w').write(__name__)\nraise SystemExit('decoy imported')\n" % self.marker
+        for name in ("park_linux_x86_64.py", "json.py", "argparse.py", "hashlib.py", "fcntl.py"):
+            with open(os.path.join(self.cwd, name), "w") as f:
+                f.write(decoy)
+        self.addCleanup(lambda: self.assertFalse(os.path.exists(self.marker), "a decoy in the current "
+                                                 "directory was imported"))
+
+    def serve_tree(self):
+        port = free_port()
+        proc = self.spawn([sys.executable, "-m", "http.server", "--bind", "127.0.0.1", str(port)], cwd=self.tree)
+        self.wait_serving("127.0.0.1", port)
+        self.env["PARK_BASE_URL"] = "http://127.0.0.1:%d" % port
+        return proc
+
+    def stdin_park(self, *args, expect=None):
+        """`curl .../park.py | python3 - ARGS`, run from an empty directory."""
+        r = subprocess.run([sys.executable, "-"] + [str(a) for a in args], input=self.park_source,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.env, cwd=self.cwd,
+                           timeout=CHILD_TIMEOUT)
+        r = subprocess.CompletedProcess(r.args, r.returncode, r.stdout.decode(), r.stderr.decode())
+        what = "stdin park %s -> %d\nstdout: %s\nstderr: %s" % (args, r.returncode, r.stdout, r.stderr)
+        self.check_output_form(r, what)
+        if expect is not None:
+            self.assertEqual(r.returncode, expect, what)
+        return r
+
+    @property
+    def cache(self):
+        return os.path.join(self.home, "lib", "park_linux_x86_64.py")
+
+    def test_stdin_version_needs_no_backend(self):
+        r = self.stdin_park("--version", expect=0)
+        self.assertRegex(r.stdout, r"^park \d+\.\d+\.\d+")
+        self.assertFalse(os.path.exists(self.cache))
+
+    def test_stdin_cycle_cache_and_mode_switch(self):
+        server = self.serve_tree()
+        proc = self.start_asyncio(self.port)
+        pid, n = self.get_count("127.0.0.1", self.port)
+        self.wait_quiet(self.port)
+        self.stdin_park(self.port, expect=0)
+        self.assert_parked(proc.pid)
+        self.assertEqual(sha256_file(self.cache), sha256_file(BACKEND))
+        self.assertEqual(os.stat(self.cache).st_mode & 0o777, 0o600)
+        self.park("resume", self.port, expect=0)  # parked from a pipe, resumed from the file
+        self.assertEqual(self.get_count("127.0.0.1", self.port), (pid, n + 1))
+        self.wait_quiet(self.port)
+        self.park(self.port, expect=0)
+        self.kill_pid(server.pid)  # offline from here: the verified cache must do
+        server.wait(10)
+        self.stdin_park("resume", self.port, expect=0)  # and the reverse
+        self.assertEqual(self.get_count("127.0.0.1", self.port), (pid, n + 2))
+
+    def test_tampered_download_is_refused(self):
+        with open(os.path.join(self.tree, "park_linux_x86_64.py"), "a") as f:
+            f.write("\n# tampered\n")
+        self.serve_tree()
+        proc = self.start_asyncio(self.port)
+        r = self.stdin_park(self.port, expect=1)
+        self.assertIn("sha256", r.stderr)
+        self.assertFalse(os.path.exists(self.cache), "an unverified backend was kept")
+        self.assert_running(proc.pid)
+        self.assertEqual(self.get_count("127.0.0.1", self.port)[0], proc.pid)
+        self.assertEqual(self.park_list(), [])
+
+    def test_tampered_cache_is_refused_offline(self):
+        server = self.serve_tree()
+        self.stdin_park("list", expect=0)
+        self.assertTrue(os.path.exists(self.cache))
+        self.kill_pid(server.pid)
+        server.wait(10)
+        with open(self.cache, "a") as f:
+            f.write("\nimport os; os._exit(99)\n")
+        proc = self.start_asyncio(self.port)
+        r = self.stdin_park(self.port, expect=1)
+        self.assertIn(self.cache, r.stderr)
+        self.assert_running(proc.pid)
+        self.assertEqual(self.get_count("127.0.0.1", self.port)[0], proc.pid)
+
+    def test_vendored_copy_ignores_a_decoy_in_the_current_directory(self):
+        vendor = os.path.join(self.tmp, "dotfiles", "bin")
+        os.makedirs(vendor)
+        for name in ("park.py", "park_linux_x86_64.py"):
+            shutil.copy(os.path.join(HERE, name), vendor)
+        proc = self.start_asyncio(self.port)
+        for argv in ([sys.executable, os.path.join(vendor, "park.py"), "list"],
+                     [sys.executable, "../dotfiles/bin/park.py", str(self.port)],
+                     [sys.executable, "../dotfiles/bin/park.py", "resume", str(self.port)]):
+            r = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
+                               env=self.env, cwd=self.cwd, timeout=CHILD_TIMEOUT)
+            self.assertEqual(r.returncode, 0, r)
+        self.assertFalse(os.path.exists(self.marker), "a module from the current directory was run")
+        self.assertEqual(self.get_count("127.0.0.1", self.port)[0], proc.pid)
+
+    def install(self, *args, stdin_script=False, env=None):
+        env = env or self.env
+        if stdin_script:
+            with open(os.path.join(self.tree, "install.sh"), "rb") as f:
+                script = f.read()
+            argv, data = ["sh", "-s", "--"] + list(args), script
+        else:
+            argv, data = ["sh", os.path.join(self.tree, "install.sh")] + list(args), b""
+        r = subprocess.run(argv, input=data, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                           cwd=self.cwd, timeout=CHILD_TIMEOUT)
+        return subprocess.CompletedProcess(argv, r.returncode, r.stdout.decode(), r.stderr.decode())
+
+    def test_install_sh(self):
+        self.serve_tree()
+        prefix, bindir = os.path.join(self.tmp, "share", "park"), os.path.join(self.tmp, "bin")
+        args = ["--base-url", self.env["PARK_BASE_URL"], "--bin-dir", bindir, "--prefix", prefix]
+        r = self.install(*args)
+        self.assertEqual(r.returncode, 0, r)
+        self.assertIn('export PATH="%s:$PATH"' % bindir, r.stdout, "the PATH line to add is not printed")
+        launcher = os.path.join(bindir, "park")
+        v = subprocess.run([launcher, "--version"], stdout=subprocess.PIPE, universal_newlines=True, env=self.env)
+        self.assertRegex(v.stdout, r"^park \d+\.\d+\.\d+")
+        installed = {n: sha256_file(os.path.join(prefix, n)) for n in os.listdir(prefix) if n.endswith(".py")}
+        self.assertEqual(installed, {"park.py": sha256_file(PARK), "park_linux_x86_64.py": sha256_file(BACKEND)})
+        r = self.install(*args, stdin_script=True)  # curl -fsSL .../install.sh | sh -s -- ..., and idempotent
+        self.assertEqual(r.returncode, 0, r)
+        self.assertEqual(sorted(os.listdir(prefix)), sorted(installed))
+        r = self.install("--uninstall", "--bin-dir", bindir, "--prefix", prefix)
+        self.assertEqual(r.returncode, 0, r)
+        self.assertFalse(os.path.exists(launcher))
+        self.assertFalse(os.path.exists(prefix))
+
+    def test_install_sh_refuses_a_wrong_checksum(self):
+        with open(os.path.join(self.tree, "park.py"), "a") as f:
+            f.write("\n# tampered\n")
+        self.serve_tree()
+        prefix, bindir = os.path.join(self.tmp, "share", "park"), os.path.join(self.tmp, "bin")
+        r = self.install("--base-url", self.env["PARK_BASE_URL"], "--bin-dir", bindir, "--prefix", prefix)
+        self.assertNotEqual(r.returncode, 0, r)
+        self.assertIn("sha256", r.stderr)
+        self.assertFalse(os.path.exists(prefix), "something was installed")
+        self.assertFalse(os.path.exists(os.path.join(bindir, "park")))
+
+    def fake_path(self, drop=(), extra=None):
+        """A PATH with the tools install.sh uses, minus `drop`, plus scripts in `extra` {name: body}."""
+        d = tempfile.mkdtemp(prefix="path-", dir=self.tmp)
+        for tool in ("sh", "curl", "uname", "mktemp", "cut", "id", "mkdir", "cp", "chmod", "mv", "rm", "rmdir",
+                     "grep", "cat", "sha256sum", "shasum", "python3", "printf"):
+            if tool in drop:
+                continue
+            real = shutil.which(tool, path=os.environ.get("PATH", "") + ":/usr/bin:/bin")
+            if real:
+                os.symlink(real, os.path.join(d, tool))
+        for name, body in (extra or {}).items():
+            path = os.path.join(d, name)
+            if os.path.lexists(path):
+                os.unlink(path)
+            with open(path, "w") as f:
+                f.write("#!/bin/sh\n" + body)
+            os.chmod(path, 0o755)
+        env = dict(self.env)
+        env["PATH"] = d
+        return env
+
+    def test_install_sh_fails_clearly(self):
+        self.serve_tree()
+        args = ["--base-url", self.env["PARK_BASE_URL"], "--bin-dir", os.path.join(self.tmp, "b"),
+                "--prefix", os.path.join(self.tmp, "p")]
+        py = os.path.realpath(sys.executable)
+        cases = {
+            "sha256sum nor shasum": self.fake_path(drop=("sha256sum", "shasum")),
+            "python3 is not installed": self.fake_path(drop=("python3",)),
+            "needs 3.9 or newer": self.fake_path(extra={"python3": 'exec %s -c "import sys; sys.exit(1)"\n' % py}),
+            "does not support Darwin x86_64": self.fake_path(
+                extra={"uname": '[ "$1" = -s ] && echo Darwin || echo x86_64\n'}),
+        }
+        for words, env in cases.items():
+            with self.subTest(words=words):
+                r = self.install(*args, env=env)
+                self.assertEqual(r.returncode, 1, r)
+                self.assertIn(words, r.stderr)
+                self.assertFalse(os.path.exists(os.path.join(self.tmp, "p")), "something was installed")
+
+    def test_shellcheck_is_clean(self):
+        sc = shutil.which("shellcheck")
+        if not sc:
+            self.live_skip("shellcheck is not installed (CI installs it)")
+        r = subprocess.run([sc, os.path.join(HERE, "install.sh")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           universal_newlines=True)
+        self.assertEqual(r.returncode, 0, r.stdout)
+
+    def test_old_pythons_get_a_message(self):
+        found = [p for p in (glob.glob(os.path.expanduser("~/.pyenv/versions/*/bin/python")) +
+                             [shutil.which(n) for n in ("python2", "python3.6", "python3.7", "python3.8")])
+                 if p and os.path.exists(p)]
+        old = []
+        for p in sorted(set(os.path.realpath(x) for x in found)):
+            v = subprocess.run([p, "-c", "import sys; print(sys.version_info[0] * 100 + sys.version_info[1])"],
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, universal_newlines=True)
+            if v.returncode == 0 and int(v.stdout) < 309:
+                old.append(p)
+        if not old:
+            self.skipTest("no Python older than 3.9 on this machine")
+        for p in old:
+            with self.subTest(python=p):
+                r = subprocess.run([p, PARK, "3000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   universal_newlines=True, env=self.env, timeout=CHILD_TIMEOUT)
+                self.assertEqual(r.returncode, 1, r)
+                self.assertIn("needs Python 3.9 or newer", r.stderr)
+                self.assertNotIn("Traceback", r.stderr)
+                self.assertNotIn("SyntaxError", r.stderr)
+
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Runner: `python3 test_park.py` ends with one line "N passed, N failed, N skipped".
 
