@@ -603,16 +603,17 @@ def cmd_release(args):
     return EXIT_OK
 
 
-def cmd_list(args):
+def list_rows(backend, prune=False):
+    """One dict per parked port, as `list --json` prints it (and `park ui` shows it)."""
     import time
-    backend = load_backend()
     rows = []
     now = time.time()
     for r in all_states():
         status, states = record_status(backend, r)
-        if args.prune and status == "gone":
+        if prune and status == "gone":
             remove_state(r)
             continue
+        timer, hold = r.get("timer"), r.get("hold")
         rows.append({
             "port": r["port"],
             "pids": [h["pid"] for h in r["holders"]],
@@ -622,7 +623,27 @@ def cmd_list(args):
             "command": command_of(r["holders"][0]),
             "parked_at": r["parked_at"],
             "parked_for": round(now - r["parked_at"], 1),
+            "timer_left": round(max(0.0, timer["until"] - now), 1) if timer else None,
+            "pending": (timer or {}).get("pending"),
+            "waiting": hold_waiting(backend, hold),
         })
+    return rows
+
+
+def hold_waiting(backend, hold):
+    """Clients waiting on a --hold listener, or None when there is no live hold."""
+    if not hold:
+        return None
+    info = backend.process(hold["pid"])
+    if info is None or info["start"] != hold["starttime"]:
+        return None
+    queue = backend.queue_lengths([hold["inode"]], {hold["family"]}).get(hold["inode"])
+    return queue[0] if queue else None
+
+
+def cmd_list(args):
+    backend = load_backend()
+    rows = list_rows(backend, args.prune)
     if args.json:
         import json
         out(json.dumps(rows, indent=1))
