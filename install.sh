@@ -11,8 +11,8 @@ set -u
 BASE_URL="https://raw.githubusercontent.com/park-sh/park/main"
 
 # sha256 of each file at this release (test_park.py fails, printing these lines, when one differs).
-SHA256_park_py="3a3d3d8b657f02e0e58ed0ca63913d4e86075c503a13454b792351b0bfd30936"
-SHA256_park_linux_x86_64_py="52e9c00a0310443488d542f9bf1c9ea552901eee058605ec6931929e32d4b2d8"
+SHA256_park_py="81c04f14001297ba3e32596720338e01ed7c361dd3fe52709bbf5fe9e0d09e80"
+SHA256_park_linux_x86_64_py="c5946d78f5aaef36a44441b2b07f5b94817e2091cb67092e90a9bf40f191105c"
 
 say() { printf 'park-install: %s\n' "$*"; }
 err() { printf 'park-install: error: %s\n' "$*" >&2; }

@@ -29,7 +29,7 @@ BACKENDS = {("linux", "x86_64"): "park_linux_x86_64", ("darwin", "arm64"): "park
 # fails, printing the line to paste, when a pin differs from the file.
 BASE_URL = "https://raw.githubusercontent.com/park-sh/park/main"
 PINS = {
-    "park_linux_x86_64": "52e9c00a0310443488d542f9bf1c9ea552901eee058605ec6931929e32d4b2d8",
+    "park_linux_x86_64": "c5946d78f5aaef36a44441b2b07f5b94817e2091cb67092e90a9bf40f191105c",
 }
 SCHEMA = 1
 KIND = "park.parked"

@@ -47,6 +47,8 @@ NR_epoll_ctl = 233
 NR_restart_syscall = 219
 NR_pidfd_open = 434
 NR_pidfd_getfd = 438
+NR_connect = 42
+NR_recvmsg = 47
 
 # include/linux/errno.h: kernel-internal restart codes seen in rax of a thread stopped inside a syscall
 ERESTARTSYS, ERESTARTNOINTR, ERESTARTNOHAND, ERESTART_RESTARTBLOCK = 512, 513, 514, 516
@@ -57,6 +59,10 @@ F_SETFD = 2
 FD_CLOEXEC = 1
 EPOLL_CTL_ADD = 1  # include/uapi/linux/eventpoll.h
 SOCK_STREAM = 1
+AF_UNIX = 1
+SO_PEERCRED = 17
+SCM_RIGHTS = 1  # include/linux/socket.h
+MSG_CMSG_CLOEXEC = 0x40000000
 IPPROTO_TCP = 6
 SOL_SOCKET = 1
 SO_REUSEADDR = 2
@@ -739,8 +745,9 @@ class Tracer:
             # A pending event stop (seizing a group-stopped task) can land before the step: step again.
         raise Error("pid %d did not run the injected system call" % pid)
 
-    def scratch(self, pid, data):
-        """Copy data into the target's scratch area and return its address there (valid until release)."""
+    def scratch(self, pid, data, reset=False):
+        """Copy data into the target's scratch area and return its address there (valid until release).
+        reset=True starts a new sequence, reusing the area from its start."""
         p = self.procs[pid]
         self._prepare(p)
         if p.scratch is None:
@@ -750,12 +757,20 @@ class Tracer:
             if orig is None:
                 raise Error("cannot use the stack of pid %d for scratch memory" % pid)
             p.scratch, p.scratch_orig = base, orig
-        if p.used + len(data) > 1024:
+        if reset:
             p.used = 0
+        if p.used + len(data) > 1024:
+            raise Error("scratch memory exhausted in pid %d" % pid)
         addr = p.scratch + p.used
         self._write_mem(pid, addr, data)
         p.used += (len(data) + 15) & ~15
         return addr
+
+    def read_scratch(self, pid, addr, size):
+        data = self._read_mem(pid, addr, size)
+        if data is None:
+            raise Error("cannot read scratch memory in pid %d" % pid)
+        return data
 
     def _read_mem(self, pid, addr, size):
         buf = ctypes.create_string_buffer(size)
@@ -965,11 +980,11 @@ def _recreate(tracer, plan, force):
         raise
 
 
-def _recreate_one(tracer, l, force, placed):
+def _create(tracer, l, force, placed):
+    """socket, options, bind and listen in the first holder; returns the new fd there."""
     family, address = l["family"], l["address"]
-    first = l["holders"][0]
-    pid = first["pid"]
-    f0 = first["fds"][0]
+    pid = l["holders"][0]["pid"]
+    f0 = l["holders"][0]["fds"][0]
     kind = SOCK_STREAM | (O_NONBLOCK if l["nonblock"] else 0) | (O_CLOEXEC if f0["cloexec"] else 0)
     try:
         new = tracer.syscall(pid, NR_socket, family, kind, IPPROTO_TCP)
@@ -988,7 +1003,8 @@ def _recreate_one(tracer, l, force, placed):
     _setsockopt(tracer, pid, new, SOL_SOCKET, SO_REUSEADDR, "int", 1, "SO_REUSEADDR", False)
     addr = _sockaddr(family, address)
     try:
-        tracer.syscall(pid, NR_bind, new, tracer.scratch(pid, addr), len(addr))
+        _failpoint("bind")
+        tracer.syscall(pid, NR_bind, new, tracer.scratch(pid, addr, reset=True), len(addr))
         tracer.syscall(pid, NR_listen, new, l["backlog"])
     except OSError as e:
         raise Error("cannot listen on %s again: %s" % (_where(l), e.strerror), errno=e.errno)
@@ -997,28 +1013,87 @@ def _recreate_one(tracer, l, force, placed):
     for level, name, num, okind, value in l["options"]:
         if name in ("TCP_FASTOPEN", "TCP_DEFER_ACCEPT"):
             _setsockopt(tracer, pid, new, level, num, okind, value, name, force)
-    _place(tracer, pid, new, f0["cloexec"], first["fds"], placed)
-    donor_fd = f0["fd"]
-    for h in l["holders"][1:]:
+    return new
+
+
+def _give_fd(tracer, pid, local_fd):
+    """Put a copy of park's local_fd into pid, passed with SCM_RIGHTS over an abstract unix socket that
+    only pid may connect to; returns its fd number there (FD_CLOEXEC set)."""
+    name = b"\0park-%d-%s" % (os.getpid(), os.urandom(8).hex().encode())
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as lsock:
+        lsock.bind(name)
+        lsock.listen(1)
+        lsock.settimeout(5)
+        u = tracer.syscall(pid, NR_socket, AF_UNIX, SOCK_STREAM | O_CLOEXEC, 0)
         try:
-            pidfd = tracer.syscall(h["pid"], NR_pidfd_open, pid, 0)
+            sun = struct.pack("=H", AF_UNIX) + name
+            tracer.syscall(pid, NR_connect, u, tracer.scratch(pid, sun, reset=True), len(sun))
+            conn, _ = lsock.accept()
+            with conn:
+                peer = struct.unpack("=iII", conn.getsockopt(SOL_SOCKET, SO_PEERCRED, 12))[0]
+                if peer != pid:  # somebody else raced to the name: never hand them the socket
+                    raise Error("an unexpected process (pid %d) connected while park passed the listener" % peer)
+                conn.sendmsg([b"\0"], [(SOL_SOCKET, SCM_RIGHTS, struct.pack("=i", local_fd))])
+            buf = tracer.scratch(pid, bytes(8), reset=True)
+            cmsg = tracer.scratch(pid, bytes(24))
+            iov = tracer.scratch(pid, struct.pack("=QQ", buf, 1))
+            # struct msghdr (include/linux/socket.h): name, namelen, iov, iovlen, control, controllen, flags
+            msg = tracer.scratch(pid, struct.pack("=QI4xQQQQi4x", 0, 0, iov, 1, cmsg, 24, 0))
+            tracer.syscall(pid, NR_recvmsg, u, msg, MSG_CMSG_CLOEXEC)
+            length, level, kind, fd = struct.unpack("=QiiI4x", tracer.read_scratch(pid, cmsg, 24))
+            if level != SOL_SOCKET or kind != SCM_RIGHTS or length < 20:
+                raise Error("pid %d did not receive the listener" % pid)
+            return fd
         except OSError as e:
-            raise Error("pid %d cannot take the listener back (pidfd_open: %s)" % (h["pid"], e.strerror))
+            raise Error("cannot pass the listener to pid %d: %s" % (pid, e.strerror), errno=e.errno)
+        finally:
+            tracer.syscall(pid, NR_close, u)
+
+
+def _failpoint(name):
+    """PARK_FAILPOINT=NAME:N makes the Nth call here fail as EADDRINUSE (tests use it to prove rollbacks)."""
+    spec = os.environ.get("PARK_FAILPOINT", "")
+    if not spec.startswith(name + ":"):
+        return
+    _FAILS[name] = _FAILS.get(name, 0) + 1
+    if _FAILS[name] == int(spec.split(":")[1]):
+        raise OSError(errno.EADDRINUSE, os.strerror(errno.EADDRINUSE) + " (PARK_FAILPOINT)")
+
+
+_FAILS = {}
+
+
+def _recreate_one(tracer, l, force, placed, given=None):
+    """Recreate one listener in its holders. given: a listening socket of park's own (a --hold listener)
+    to hand over instead of creating one; its options are already set."""
+    first = l["holders"][0]
+    pid = first["pid"]
+    f0 = first["fds"][0]
+    if given is not None:
+        new = _give_fd(tracer, pid, given)
+        placed.append((pid, new))
+        tracer.syscall(pid, NR_listen, new, l["backlog"])  # from the hold's large backlog back to its own
+        _place(tracer, pid, new, True, first["fds"], placed)
+    else:
+        new = _create(tracer, l, force, placed)
+        _place(tracer, pid, new, f0["cloexec"], first["fds"], placed)
+    if len(l["holders"]) > 1:
+        # The other holders get the very same socket: park takes a copy from the first holder and passes it
+        # to each with SCM_RIGHTS, which works whatever user each holder runs as.
+        local = _pidfd_getfd(pid, f0["fd"])
         try:
-            got = tracer.syscall(h["pid"], NR_pidfd_getfd, pidfd, donor_fd, 0)
-        except OSError as e:
-            tracer.syscall(h["pid"], NR_close, pidfd)
-            raise Error("pid %d cannot take the listener back from pid %d (pidfd_getfd: %s)"
-                        % (h["pid"], pid, e.strerror))
-        tracer.syscall(h["pid"], NR_close, pidfd)
-        placed.append((h["pid"], got))
-        _place(tracer, h["pid"], got, True, h["fds"], placed)  # pidfd_getfd sets FD_CLOEXEC
+            for h in l["holders"][1:]:
+                got = _give_fd(tracer, h["pid"], local)
+                placed.append((h["pid"], got))
+                _place(tracer, h["pid"], got, True, h["fds"], placed)
+        finally:
+            os.close(local)
     for h in l["holders"]:
         for r in h["epoll"]:
             ev = struct.pack("=IQ", r["events"], r["data"])  # packed on x86_64 (include/uapi/linux/eventpoll.h)
             try:
                 tracer.syscall(h["pid"], NR_epoll_ctl, r["epfd"], EPOLL_CTL_ADD, r["tfd"],
-                               tracer.scratch(h["pid"], ev))
+                               tracer.scratch(h["pid"], ev, reset=True))
             except OSError as e:
                 if e.errno != errno.EEXIST:  # an epoll instance shared by several holders: already added
                     raise Error("epoll_ctl failed in pid %d: %s" % (h["pid"], e.strerror))
@@ -1045,7 +1120,7 @@ def _place(tracer, pid, new, new_cloexec, fds, placed):
 def _setsockopt(tracer, pid, fd, level, num, kind, value, name, force):
     data = _option_bytes(kind, value)
     try:
-        tracer.syscall(pid, NR_setsockopt, fd, level, num, tracer.scratch(pid, data), len(data))
+        tracer.syscall(pid, NR_setsockopt, fd, level, num, tracer.scratch(pid, data, reset=True), len(data))
     except OSError as e:
         if not force:
             raise Error("cannot restore %s on the listener in pid %d: %s" % (name, pid, e.strerror),
