@@ -11,8 +11,8 @@ set -u
 BASE_URL="https://raw.githubusercontent.com/park-sh/park/main"
 
 # sha256 of each file at this release (test_park.py fails, printing these lines, when one differs).
-SHA256_park_py="81c04f14001297ba3e32596720338e01ed7c361dd3fe52709bbf5fe9e0d09e80"
-SHA256_park_linux_x86_64_py="c5946d78f5aaef36a44441b2b07f5b94817e2091cb67092e90a9bf40f191105c"
+SHA256_park_py="d17b9145b223126eb3a659e7d14527c8c349c699a48b23cfb3cb275779c99111"
+SHA256_park_linux_x86_64_py="9924c7099e7272d2fe85940447031feff49b82da6b53f7e6e40219aed3ec0f56"
 
 say() { printf 'park-install: %s\n' "$*"; }
 err() { printf 'park-install: error: %s\n' "$*" >&2; }

@@ -29,7 +29,7 @@ BACKENDS = {("linux", "x86_64"): "park_linux_x86_64", ("darwin", "arm64"): "park
 # fails, printing the line to paste, when a pin differs from the file.
 BASE_URL = "https://raw.githubusercontent.com/park-sh/park/main"
 PINS = {
-    "park_linux_x86_64": "c5946d78f5aaef36a44441b2b07f5b94817e2091cb67092e90a9bf40f191105c",
+    "park_linux_x86_64": "9924c7099e7272d2fe85940447031feff49b82da6b53f7e6e40219aed3ec0f56",
 }
 SCHEMA = 1
 KIND = "park.parked"
@@ -398,53 +398,61 @@ def out(text=""):
     sys.stdout.flush()
 
 
+def _prepare(backend, port, force):
+    """Everything park needs to park port: (record, plan, seccomp); nothing is changed yet."""
+    import time
+    path = state_path(port)
+    if os.path.exists(path):
+        old = read_state(path)
+        status, _ = record_status(backend, old)
+        if status == "parked":
+            raise ParkError("pid %s on :%d is already parked" % (_pids(old), port), fix="park resume %d" % port)
+        if status == "running":
+            raise ParkError("pid %s, parked on :%d, was continued by something else and runs without its "
+                            "listener" % (_pids(old), port), fix="park resume %d" % port)
+        remove_state(old)  # its processes are gone
+    found = backend.listeners(port)
+    if not found:
+        raise ParkError("nothing is listening on :%d" % port, fix="park list  (shows what is parked)")
+    me = os.geteuid()
+    infos = {}
+    for l in found:
+        if not l["holders"]:
+            raise ParkError("cannot see which process listens on %s (another user's?)"
+                            % where([l["host"], l["port"]]), fix="sudo park %d" % port)
+        for pid in l["holders"]:
+            info = backend.process(pid)
+            if info is None:
+                raise ParkError("pid %d exited while park looked at it" % pid, fix="park %d" % port)
+            why = refusal(info, port, me, force)
+            if why:
+                raise ParkError(why[0], fix=why[1])
+            infos[pid] = info
+    plan = [backend.inspect(l, force) for l in found]
+    record = {
+        "kind": KIND, "schema": SCHEMA, "version": __version__, "port": port, "parked_at": time.time(),
+        "holders": [{"pid": i["pid"], "starttime": i["start"], "uid": i["uid"], "name": i["name"],
+                     "argv": i["argv"]} for _, i in sorted(infos.items())],
+        "listeners": plan,
+    }
+    return record, plan, any(i["seccomp"] == 2 for i in infos.values()) and me == 0
+
+
 def cmd_park(args):
+    import time
+    seconds = parse_duration(args.for_) if args.for_ is not None else None
     backend = load_backend()
     port = parse_port(args.port)
     with PortLock(port):
-        path = state_path(port)
-        if os.path.exists(path):
-            old = read_state(path)
-            status, _ = record_status(backend, old)
-            if status == "parked":
-                raise ParkError("pid %s on :%d is already parked" % (_pids(old), port),
-                                fix="park resume %d" % port)
-            if status == "running":
-                raise ParkError("pid %s, parked on :%d, was continued by something else and runs without its "
-                                "listener" % (_pids(old), port), fix="park resume %d" % port)
-            remove_state(old)  # its processes are gone
-        found = backend.listeners(port)
-        if not found:
-            raise ParkError("nothing is listening on :%d" % port, fix="park list  (shows what is parked)")
-        me = os.geteuid()
-        infos = {}
-        for l in found:
-            if not l["holders"]:
-                raise ParkError("cannot see which process listens on %s (another user's?)"
-                                % where([l["host"], l["port"]]), fix="sudo park %d" % port)
-            for pid in l["holders"]:
-                info = backend.process(pid)
-                if info is None:
-                    raise ParkError("pid %d exited while park looked at it" % pid, fix="park %d" % port)
-                why = refusal(info, port, me, args.force)
-                if why:
-                    raise ParkError(why[0], fix=why[1])
-                infos[pid] = info
-        plan = [backend.inspect(l, args.force) for l in found]
-        seccomp = any(i["seccomp"] == 2 for i in infos.values())
-        import time
-        record = {
-            "kind": KIND, "schema": SCHEMA, "version": __version__, "port": port, "parked_at": time.time(),
-            "holders": [{"pid": i["pid"], "starttime": i["start"], "uid": i["uid"], "name": i["name"],
-                         "argv": i["argv"]} for _, i in sorted(infos.items())],
-            "listeners": plan,
-        }
+        record, plan, seccomp = _prepare(backend, port, args.force)
+        if seconds is not None:
+            record["timer"] = {"until": record["parked_at"] + seconds}
         # The state goes to disk before the target is touched, so a park that dies halfway leaves a record
         # that `park resume` can use; it is removed again if park fails and the target runs as before.
         write_state(record)
         try:
             with Critical():
-                result = backend.park(plan, drain=args.drain, suspend_seccomp=seccomp and me == 0)
+                result = backend.park(plan, drain=args.drain, suspend_seccomp=seccomp)
         except backend.Error as e:
             if not e.parked:
                 remove_state(record)
@@ -458,7 +466,189 @@ def cmd_park(args):
     out("  was listening on %s" % ", ".join(where(l["address"]) for l in plan))
     if result["reset"]:
         out("  warning: %d queued connection(s) were not accepted in time and were reset" % result["reset"])
-    out("  resume: park resume %d" % port)
+    if args.hold:
+        return _hold(backend, record, seconds)
+    if seconds is not None:
+        _start_timer(port, record["parked_at"])
+        out("  resumes by itself in %s, at %s (log: %s)" % (format_duration(seconds), time.strftime(
+            "%H:%M:%S", time.localtime(record["timer"]["until"])), _timer_log(port)))
+        out("  resume sooner: park resume %d" % port)
+    else:
+        out("  resume: park resume %d" % port)
+    return EXIT_OK
+
+
+def parse_duration(text):
+    """'30s', '5m', '1h30m', or a bare number of seconds, to seconds; a usage error otherwise."""
+    import re
+    m = re.match(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+(?:\.\d+)?)s?)?$", text.strip())
+    if not text.strip() or not m:
+        raise ParkError("not a duration: %r (e.g. 30s, 5m, 1h30m, or seconds)" % text, code=EXIT_USAGE)
+    h, mi, sec = m.groups()
+    seconds = int(h or 0) * 3600 + int(mi or 0) * 60 + float(sec or 0)
+    if seconds <= 0:
+        raise ParkError("the duration must be more than 0: %r" % text, code=EXIT_USAGE)
+    return seconds
+
+
+# ---------------------------------------------------------------------------------------------------------
+# park PORT --for: a detached resumer
+
+RETRY_SECONDS = 600  # how long a timed resume keeps trying while the port is taken
+
+
+def _timer_log(port):
+    return os.path.join(_ensure_dir(os.path.join(home(), "timers")), "%d.log" % port)
+
+
+def _start_timer(port, token):
+    """Fork a resumer that outlives this terminal (its own session, no tty, SIGHUP ignored)."""
+    import signal
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.setsid()
+            if os.fork() != 0:
+                os._exit(0)
+            fd = os.open(os.devnull, os.O_RDWR)
+            for n in (0, 1, 2):
+                os.dup2(fd, n)
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            code = _timer_run(port, token)
+        finally:
+            os._exit(code)
+    os.waitpid(pid, 0)
+
+
+def _timer_run(port, token):
+    """Sleep until the timer is due, then resume; keep trying while the port is taken. Returns an exit code."""
+    import time
+    backend = load_backend()
+    log_path = _timer_log(port)
+
+    def log(text):
+        with open(log_path, "a") as f:
+            f.write("%s :%d %s\n" % (time.strftime("%Y-%m-%d %H:%M:%S"), port, text))
+
+    def ours():
+        try:
+            r = read_state(state_path(port))
+        except ParkError:
+            return None
+        return r if r.get("parked_at") == token and r.get("timer") else None
+
+    log("timer started (pid %d)" % os.getpid())
+    record = ours()
+    while record is not None and time.time() < record["timer"]["until"]:
+        time.sleep(min(1.0, max(0.05, record["timer"]["until"] - time.time())))
+        record = ours()
+    give_up = time.time() + RETRY_SECONDS
+    last = None
+    while True:
+        if ours() is None:
+            log("resumed or released by hand before the timer; nothing to do")
+            return EXIT_OK
+        try:
+            with PortLock(port):
+                record = ours()
+                if record is None:
+                    continue
+                plan, notes = _live_plan(backend, record)
+                _resume_plan(backend, record, plan, force=False, wait=0)
+                remove_state(record)
+            log("resumed pid %s" % _pids(record))
+            return EXIT_OK
+        except PortBusy as e:
+            why = "resume pending: :%d is in use by %s" % (port, e.holders)
+        except ParkError as e:
+            if "another park command" not in str(e):
+                log("cannot resume: %s" % e)
+                return EXIT_FAIL
+            why = None
+        if time.time() > give_up:
+            log("gave up after %d s; the process stays parked (park resume %d)" % (RETRY_SECONDS, port))
+            _set_pending(port, token, "gave up at %s: %s" % (time.strftime("%H:%M:%S"), last or "busy"))
+            return EXIT_FAIL
+        if why and why != last:
+            log(why + "; retrying every second")
+            _set_pending(port, token, why)
+            last = why
+        time.sleep(1.0)
+
+
+def _set_pending(port, token, text):
+    """Note in the state why a timed resume is waiting (shown by list and the dashboard)."""
+    try:
+        with PortLock(port):
+            record = read_state(state_path(port))
+            if record.get("parked_at") == token and record.get("timer"):
+                record["timer"]["pending"] = text
+                record.pop("_path", None)
+                write_state(record)
+    except ParkError:
+        pass
+
+
+# ---------------------------------------------------------------------------------------------------------
+# park PORT --hold: keep the port open so clients wait, then hand them to the parked process
+
+def _hold(backend, record, seconds):
+    import signal
+    import time
+    port = record["port"]
+    try:
+        socks = [backend.hold_socket(l) for l in record["listeners"]]
+    except (OSError, backend.Error) as e:
+        raise ParkError("parked, but cannot hold :%d open: %s; pid %s stays parked"
+                        % (port, getattr(e, "strerror", None) or e, _pids(record)), fix="park resume %d" % port)
+    me = backend.process(os.getpid())
+    with PortLock(port):
+        record = read_state(state_path(port))
+        record.pop("_path", None)
+        record["hold"] = {"pid": os.getpid(), "starttime": me["start"] if me else 0,
+                          "sockets": [{"inode": os.fstat(s.fileno()).st_ino, "family": int(s.family)} for s in socks]}
+        write_state(record)
+    token = record["parked_at"]
+    until = time.time() + seconds if seconds is not None else None
+    woke = []
+    handler = lambda signum, frame: woke.append(signum)  # noqa: E731
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1):
+        signal.signal(sig, handler)
+    tty = sys.stderr.isatty()
+    out("  holding :%d: clients wait instead of being refused. Ctrl+C (or park resume %d elsewhere) hands them "
+        "over%s" % (port, port, " in %s" % format_duration(seconds) if seconds is not None else ""))
+    waiting = 0
+    while not woke and (until is None or time.time() < until):
+        try:
+            rec = read_state(state_path(port))
+        except ParkError:
+            rec = None
+        if rec is None or rec.get("parked_at") != token:  # released or resumed without us
+            for s in socks:
+                s.close()
+            out("  :%d is no longer parked; stopped holding" % port)
+            return EXIT_OK
+        waiting = hold_waiting(backend, rec["hold"]) or 0
+        if tty:
+            sys.stderr.write("\r  %d client(s) waiting on :%d   " % (waiting, port))
+            sys.stderr.flush()
+        time.sleep(0.25)
+    if tty:
+        sys.stderr.write("\n")
+    with PortLock(port):
+        record = read_state(state_path(port))
+        waiting = hold_waiting(backend, record["hold"]) or 0
+        plan, notes = _live_plan(backend, record)
+        given = [s.fileno() for s in socks]
+        _resume_plan(backend, record, plan, force=False, wait=0, given=given)
+        remove_state(record)
+    for s in socks:
+        s.close()  # the processes have their own copies now
+    for h in record["holders"]:
+        out("resumed :%d  pid %d  %s" % (port, h["pid"], command_of(h)))
+    out("  handed over %d waiting client(s) on %s" % (waiting, ", ".join(where(l["address"]) for l in plan)))
     return EXIT_OK
 
 
@@ -495,48 +685,37 @@ def _holders_text(backend, port):
     return ", ".join(sorted(set(parts))) or "a process park cannot see"
 
 
+class PortBusy(ParkError):
+    """Resume is blocked because another process holds the port; the target stays parked."""
+
+    def __init__(self, message, fix, holders):
+        super().__init__(message, fix)
+        self.holders = holders
+
+
 def cmd_resume(args):
     import time
     backend = load_backend()
     record = find_record(args.target)
     port = record["port"]
-    deadline = time.monotonic() + (args.wait or 0)
+    hold = record.get("hold")
+    if hold and hold_waiting(backend, hold) is not None:
+        # A `park --hold` owns the port: ask it to hand its waiting clients over, and wait for it.
+        import signal
+        os.kill(hold["pid"], signal.SIGUSR1)
+        deadline = time.monotonic() + 15
+        while os.path.exists(record["_path"]) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if os.path.exists(record["_path"]):
+            raise ParkError("the park holding :%d (pid %d) did not hand over in time" % (port, hold["pid"]),
+                            fix="press Ctrl+C in its terminal, or: kill %d; park resume %d" % (hold["pid"], port))
+        out("resumed :%d  pid %s, handed over by the park holding the port (pid %d)" % (port, _pids(record),
+                                                                                       hold["pid"]))
+        return EXIT_OK
     with PortLock(port):
         record = read_state(record["_path"])  # re-read under the lock
         plan, notes = _live_plan(backend, record)
-        cleared = False
-        while True:
-            pause = 0.05
-            if not backend.listeners(port):
-                try:
-                    with Critical():
-                        result = backend.resume(plan, force=args.force, suspend_seccomp=os.geteuid() == 0)
-                    debug("threads held by ptrace %.2f ms" % (result["held"] * 1000))
-                    break
-                except backend.Error as e:
-                    if e.errno != EADDRINUSE:
-                        raise _from_backend(backend, e, port, "resume")
-                # No listener, yet the address is in use: TIME_WAIT left by connections the server closed.
-                # A listener without SO_REUSEADDR cannot bind over them; clear them once (needs root).
-                tw = [t for l in plan if not _option(l, "SO_REUSEADDR") for t in backend.time_wait(l)]
-                if tw and not cleared:
-                    cleared = True
-                    try:
-                        debug("cleared %d TIME_WAIT connection(s)" % backend.clear_time_wait(tw))
-                        continue
-                    except OSError:
-                        pass
-                if tw and time.monotonic() >= deadline:
-                    raise ParkError("cannot resume: %d TIME_WAIT connection(s) on :%d block the listener, which has "
-                                    "no SO_REUSEADDR; pid %s stays parked" % (len(tw), port, _pids(record)),
-                                    fix="park resume %d --wait 60  (they expire within 60 s), or: sudo park resume %d"
-                                    % (port, port))
-                pause = 0.5
-            if time.monotonic() >= deadline:
-                raise ParkError("cannot resume: :%d is in use by %s; pid %s stays parked"
-                                % (port, _holders_text(backend, port), _pids(record)),
-                                fix="stop that process, or: park resume %d --wait" % port)
-            time.sleep(pause)
+        _resume_plan(backend, record, plan, args.force, args.wait or 0)
         remove_state(record)
     for n in notes:
         out(n)
@@ -545,6 +724,46 @@ def cmd_resume(args):
             out("resumed :%d  pid %d  %s" % (port, h["pid"], command_of(h)))
     out("  listening on %s" % ", ".join(where(l["address"]) for l in plan))
     return EXIT_OK
+
+
+def _resume_plan(backend, record, plan, force, wait, given=None):
+    """Recreate the listeners (or hand over `given` sockets), waiting up to `wait` s for a busy port."""
+    import time
+    port = record["port"]
+    deadline = time.monotonic() + wait
+    cleared = False
+    while True:
+        pause = 0.05
+        if given is not None or not backend.listeners(port):
+            try:
+                with Critical():
+                    result = backend.resume(plan, force=force, suspend_seccomp=os.geteuid() == 0, given=given)
+                debug("threads held by ptrace %.2f ms" % (result["held"] * 1000))
+                return
+            except backend.Error as e:
+                if e.errno != EADDRINUSE or given is not None:
+                    raise _from_backend(backend, e, port, "resume")
+            # No listener, yet the address is in use: TIME_WAIT left by connections the server closed.
+            # A listener without SO_REUSEADDR cannot bind over them; clear them once (needs root).
+            tw = [t for l in plan if not _option(l, "SO_REUSEADDR") for t in backend.time_wait(l)]
+            if tw and not cleared:
+                cleared = True
+                try:
+                    debug("cleared %d TIME_WAIT connection(s)" % backend.clear_time_wait(tw))
+                    continue
+                except OSError:
+                    pass
+            if tw and time.monotonic() >= deadline:
+                raise ParkError("cannot resume: %d TIME_WAIT connection(s) on :%d block the listener, which has "
+                                "no SO_REUSEADDR; pid %s stays parked" % (len(tw), port, _pids(record)),
+                                fix="park resume %d --wait 60  (they expire within 60 s), or: sudo park resume %d"
+                                % (port, port))
+            pause = 0.5
+        if time.monotonic() >= deadline:
+            holders = _holders_text(backend, port)
+            raise PortBusy("cannot resume: :%d is in use by %s; pid %s stays parked" % (port, holders, _pids(record)),
+                           "stop that process, or: park resume %d --wait" % port, holders)
+        time.sleep(pause)
 
 
 def _live_plan(backend, record):
@@ -569,6 +788,39 @@ def _live_plan(backend, record):
         if l["holders"]:
             plan.append(l)
     return plan, notes
+
+
+def cmd_swap(args):
+    backend = load_backend()
+    p1, p2 = parse_port(args.port1), parse_port(args.port2)
+    if p1 == p2:
+        raise ParkError("swap needs two different ports", code=EXIT_USAGE)
+    with PortLock(min(p1, p2)), PortLock(max(p1, p2)):
+        records = [_prepare(backend, p, args.force) for p in (p1, p2)]
+        for record, _, _ in records:  # as for park: a record on disk while the processes are changed
+            record["swapping"] = True
+            write_state(record)
+        try:
+            with Critical():
+                result = backend.swap(records[0][1], records[1][1],
+                                      suspend_seccomp=records[0][2] or records[1][2])
+        except backend.Error as e:
+            if not e.parked:
+                for record, _, _ in records:
+                    remove_state(record)
+            raise _from_backend(backend, e, p1, "swap")
+        except BaseException:
+            for record, _, _ in records:
+                remove_state(record)
+            raise
+        for record, _, _ in records:
+            remove_state(record)
+    debug("threads held by ptrace %.2f ms" % (result["held"] * 1000))
+    out("swapped :%d and :%d" % (p1, p2))
+    for (record, plan, _), new in zip(records, (p2, p1)):
+        for h in record["holders"]:
+            out("  pid %d  %s  now on :%d" % (h["pid"], command_of(h), new))
+    return EXIT_OK
 
 
 def cmd_release(args):
@@ -631,14 +883,15 @@ def list_rows(backend, prune=False):
 
 
 def hold_waiting(backend, hold):
-    """Clients waiting on a --hold listener, or None when there is no live hold."""
+    """Clients waiting on a --hold listener, or None when no live park holds it."""
     if not hold:
         return None
     info = backend.process(hold["pid"])
     if info is None or info["start"] != hold["starttime"]:
         return None
-    queue = backend.queue_lengths([hold["inode"]], {hold["family"]}).get(hold["inode"])
-    return queue[0] if queue else None
+    socks = hold.get("sockets", [])
+    queues = backend.queue_lengths([x["inode"] for x in socks], {x["family"] for x in socks})
+    return sum(q[0] for q in queues.values())
 
 
 def cmd_list(args):
@@ -656,20 +909,29 @@ def cmd_list(args):
         table.append((":%d" % row["port"], ",".join(map(str, row["pids"])), ",".join(row["addresses"]),
                       format_duration(row["parked_for"]), row["status"], row["command"]))
     widths = [max(len(r[i]) for r in table) for i in range(5)]
-    for r in table:
+    for r, row in zip(table, [None] + rows):
         out("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[5])
+        if row and row["pending"]:
+            out("    timer: %s" % row["pending"])
+        elif row and row["timer_left"] is not None:
+            out("    timer: resumes in %s" % format_duration(row["timer_left"]))
+        if row and row["waiting"] is not None:
+            out("    hold: %d client(s) waiting" % row["waiting"])
     return EXIT_OK
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Command line
 
-COMMANDS = ("resume", "list", "release")
+COMMANDS = ("resume", "list", "release", "swap")
 
-USAGE = """park PORT [--force]              pause the server(s) on PORT and free the port
+USAGE = """park PORT [--for DURATION] [--hold] [--force]
+                                         pause the server(s) on PORT and free the port
        park resume PORT|PID [--wait [S]]  bring them back, listening on PORT again
        park list [--json] [--prune]       what is parked
-       park release PORT|PID [--kill [--force]]  continue without the listener, or end it"""
+       park swap PORT1 PORT2              swap which server listens on which port
+       park release PORT|PID [--kill [--force]]
+                                         continue without the listener, or end it"""
 
 EPILOG = """exit codes: 0 ok, 1 failed (the target is left as it was), 2 usage error, 130 interrupted.
 state: $PARK_HOME or ~/.park"""
@@ -682,11 +944,15 @@ def build_parser():
                                             "later as the same process.",
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version="park " + __version__)
-    sub = p.add_subparsers(dest="command", metavar="{resume,list,release}")
-    pk = sub.add_parser("park", help=argparse.SUPPRESS)
+    sub = p.add_subparsers(dest="command", metavar="{resume,list,release,swap}")
+    pk = sub.add_parser("park", usage="park PORT [--for DURATION] [--hold] [--force]")
     pk.add_argument("port", help="PORT or :PORT")
     pk.add_argument("--force", action="store_true",
                     help="park even when an option cannot be restored or a seccomp filter is present")
+    pk.add_argument("--for", dest="for_", metavar="DURATION",
+                    help="resume by itself after DURATION (30s, 5m, 1h30m, or seconds)")
+    pk.add_argument("--hold", action="store_true",
+                    help="keep the port open in the foreground so clients wait; Ctrl+C hands them over")
     pk.add_argument("--drain", type=float, default=2.0, metavar="S", help=argparse.SUPPRESS)
     r = sub.add_parser("resume", help="bring parked processes back", usage="park resume PORT|PID [--wait [S]]")
     r.add_argument("target", metavar="PORT|PID")
@@ -696,6 +962,10 @@ def build_parser():
     ls = sub.add_parser("list", help="show what is parked", usage="park list [--json] [--prune]")
     ls.add_argument("--json", action="store_true")
     ls.add_argument("--prune", action="store_true", help="forget entries whose processes are gone")
+    sw = sub.add_parser("swap", help="swap the servers on two ports", usage="park swap PORT1 PORT2 [--force]")
+    sw.add_argument("port1", metavar="PORT1")
+    sw.add_argument("port2", metavar="PORT2")
+    sw.add_argument("--force", action="store_true", help="as for park")
     rl = sub.add_parser("release", help="continue without the listener, or end the process",
                         usage="park release PORT|PID [--kill [--force]]")
     rl.add_argument("target", metavar="PORT|PID")
@@ -725,7 +995,8 @@ def main(argv=None):
     if args.command == "release" and args.force and not args.kill:
         sys.stderr.write("park: --force goes with --kill (park release PORT --kill --force)\n")
         return EXIT_USAGE
-    run = {"park": cmd_park, "resume": cmd_resume, "list": cmd_list, "release": cmd_release}[args.command]
+    run = {"park": cmd_park, "resume": cmd_resume, "list": cmd_list, "release": cmd_release,
+           "swap": cmd_swap}[args.command]
     try:
         return run(args)
     except ParkError as e:

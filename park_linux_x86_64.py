@@ -426,6 +426,14 @@ def clear_time_wait(entries):
     return gone
 
 
+def _clear_quietly(entries):
+    """clear_time_wait, False when not permitted."""
+    try:
+        return clear_time_wait(entries) > 0
+    except OSError:
+        return False
+
+
 def _pidfd_getfd(pid, fd):
     """A duplicate of another process's fd (pidfd_getfd(2)); the caller must close it."""
     pidfd = os.pidfd_open(pid)
@@ -866,6 +874,39 @@ def _option_bytes(kind, value):
     return value.encode("latin-1") + b"\0"
 
 
+def hold_socket(l):
+    """A listener of park's own at l's address, with l's options and flags and a large backlog, that accepts
+    nothing: clients queue on it until it is handed to the parked process (park --hold)."""
+    sock = socket.socket(l["family"], socket.SOCK_STREAM)
+    try:
+        for level, name, num, kind, value in l["options"]:
+            if name != "SO_REUSEADDR":
+                sock.setsockopt(level, num, _option_bytes(kind, value))
+        sock.setsockopt(SOL_SOCKET, SO_REUSEADDR, 1)
+        address = tuple(l["address"])
+        try:
+            sock.bind(address)
+        except OSError as e:
+            if e.errno != errno.EADDRINUSE or not time_wait(l):
+                raise
+            clear_time_wait(time_wait(l))  # the same TIME_WAIT rule as for resume (needs root)
+            sock.bind(address)
+        sock.listen(4096)  # clamped to net.core.somaxconn
+        sock.setsockopt(SOL_SOCKET, SO_REUSEADDR, _value(l, "SO_REUSEADDR"))
+        sock.setblocking(not l["nonblock"])
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _value(l, name):
+    for o in l["options"]:
+        if o[1] == name:
+            return o[4]
+    return 0
+
+
 def still_listening(listeners_):
     """The inodes of these listeners that are still in LISTEN."""
     want = {l["inode"] for l in listeners_}
@@ -935,8 +976,55 @@ def park(plan, drain=2.0, suspend_seccomp=False):
     return {"reset": reset, "held": tracer.held}
 
 
-def resume(plan, force=False, suspend_seccomp=False):
-    """Recreate each listener in its stopped holders and continue them. On failure they stay as they were."""
+def swap(plan_a, plan_b, suspend_seccomp=False):
+    """Move the listeners of plan_a to plan_b's port and those of plan_b to plan_a's, in their own processes,
+    with everything else kept. All or nothing: on failure both are put back on their ports, running."""
+    port_a, port_b = plan_a[0]["port"], plan_b[0]["port"]
+    moved = [_on_port(l, port_b) for l in plan_a] + [_on_port(l, port_a) for l in plan_b]
+    both = plan_a + plan_b
+    pids = sorted({h["pid"] for l in both for h in l["holders"]})
+    tracer = Tracer(suspend_seccomp)
+    try:
+        tracer.stop(pids)
+        closed = []
+        try:
+            for l in both:
+                for h in l["holders"]:
+                    for f in h["fds"]:
+                        tracer.syscall(h["pid"], NR_close, f["fd"])
+                        closed.append(f)
+            if still_listening(both):
+                raise Error("a listener stayed open after park closed it in every holder it found; nothing "
+                            "was swapped")
+            _recreate(tracer, moved, force=False)
+        except BaseException as failure:
+            if not closed:
+                raise
+            try:
+                _recreate(tracer, both, force=True)
+            except BaseException:
+                tracer.release(stop_signal=True)
+                raise Error("%s; the listeners could not be put back either, so the processes are parked"
+                            % failure, fix="park resume %d; park resume %d" % (port_a, port_b), parked=True)
+            raise
+    except BaseException:
+        tracer.release()
+        raise
+    tracer.release()
+    return {"held": tracer.held}
+
+
+def _on_port(l, port):
+    """The same listener, moved to another port."""
+    out = dict(l)
+    out["port"] = port
+    out["address"] = [l["address"][0], port] + list(l["address"][2:])
+    return out
+
+
+def resume(plan, force=False, suspend_seccomp=False, given=None):
+    """Recreate each listener in its stopped holders and continue them. On failure they stay as they were.
+    given: park's own listening fds (from hold_socket), one per listener, to hand over instead."""
     pids = sorted({h["pid"] for l in plan for h in l["holders"]})
     group_stopped = {pid for pid in pids if _all_threads_stopped(pid)}
     tracer = Tracer(suspend_seccomp)
@@ -952,7 +1040,7 @@ def resume(plan, force=False, suspend_seccomp=False):
                                     fix="park release %d  (continue it as it is), or restart the server"
                                     % h["pid"])
         tracer.stop(pids, group_stopped)
-        _recreate(tracer, plan, force)
+        _recreate(tracer, plan, force, given)
     except BaseException:
         tracer.release()
         raise
@@ -965,12 +1053,12 @@ def resume(plan, force=False, suspend_seccomp=False):
     return {"held": tracer.held}
 
 
-def _recreate(tracer, plan, force):
+def _recreate(tracer, plan, force, given=None):
     """Inject socket/options/bind/listen/dup3/epoll_ctl for every listener; all or nothing."""
     placed = []  # (pid, fd) now holding a new socket, closed again if anything fails
     try:
-        for l in plan:
-            _recreate_one(tracer, l, force, placed)
+        for i, l in enumerate(plan):
+            _recreate_one(tracer, l, force, placed, given[i] if given else None)
     except BaseException:
         for pid, fd in reversed(placed):
             try:
@@ -1004,7 +1092,15 @@ def _create(tracer, l, force, placed):
     addr = _sockaddr(family, address)
     try:
         _failpoint("bind")
-        tracer.syscall(pid, NR_bind, new, tracer.scratch(pid, addr, reset=True), len(addr))
+        try:
+            tracer.syscall(pid, NR_bind, new, tracer.scratch(pid, addr, reset=True), len(addr))
+        except OSError as e:
+            # Without SO_REUSEADDR even the borrowed one does not pass TIME_WAIT entries that the server's
+            # own connections left (their reuse flag is 0). Root may clear them (SOCK_DESTROY) and retry.
+            tw = time_wait(l) if e.errno == errno.EADDRINUSE else []
+            if not tw or not _clear_quietly(tw):
+                raise
+            tracer.syscall(pid, NR_bind, new, tracer.scratch(pid, addr, reset=True), len(addr))
         tracer.syscall(pid, NR_listen, new, l["backlog"])
     except OSError as e:
         raise Error("cannot listen on %s again: %s" % (_where(l), e.strerror), errno=e.errno)
