@@ -342,6 +342,42 @@ print("READY", flush=True)
 time.sleep(600)
 """
 
+PY_TWO_PORTS = PY_COMMON + r'''
+# One process listening on two ports; each answer says which socket served it.
+import selectors
+PORT2 = int(sys.argv[2])
+socks = {}
+for name, port in (("A", PORT), ("B", PORT2)):
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("127.0.0.1", port))
+    s.listen(32 if name == "A" else 16)
+    s.setblocking(False)
+    socks[s] = name
+sel = selectors.EpollSelector()
+for s in socks:
+    sel.register(s, selectors.EVENT_READ)
+ready()
+while True:
+    for key, _ in sel.select():
+        try:
+            conn, _ = key.fileobj.accept()
+        except BlockingIOError:
+            continue
+        conn.setblocking(True)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = conn.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+        body = ("pid=%d count=%d sock=%s\n" % (os.getpid(), next_count(), socks[key.fileobj])).encode()
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body)
+        while conn.recv(4096):  # the client closes first: no TIME_WAIT on our ports
+            pass
+        conn.close()
+'''
+
 PY_PID1 = r'''
 import json, os, socket, subprocess, sys
 port, park = int(sys.argv[1]), sys.argv[2]
@@ -2020,6 +2056,252 @@ class DistributionTest(LiveTestCase):
                 self.assertIn("needs Python 3.9 or newer", r.stderr)
                 self.assertNotIn("Traceback", r.stderr)
                 self.assertNotIn("SyntaxError", r.stderr)
+
+
+
+def without_port(snap):
+    """A snapshot with the port numbers taken out, to compare listeners that moved to another port."""
+    out = {}
+    for pid, recs in snap.items():
+        out[pid] = []
+        for r in recs:
+            r = dict(r, options=dict(r["options"]))
+            r["options"].pop("port")
+            r.pop("socket")
+            out[pid].append(r)
+    return out
+
+
+class TimerTest(LiveTestCase):
+    """park PORT --for DURATION."""
+
+    def wait_until(self, what, predicate, timeout=15):
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() > deadline:
+                self.fail("timed out waiting for " + what)
+            time.sleep(0.1)
+
+    def test_for_resumes_by_itself_after_the_shell_exits(self):
+        proc = self.start_asyncio(self.port)
+        pid, n = self.get_count("127.0.0.1", self.port)
+        self.wait_quiet(self.port)
+        before = snapshot(self.port)
+        # The launching shell exits right after park returns; the resumer must outlive it.
+        r = subprocess.run(["sh", "-c", '"$0" "$1" "$2" --for 2s; echo shell-done', sys.executable, PARK,
+                            str(self.port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           universal_newlines=True, env=self.env, timeout=CHILD_TIMEOUT, stdin=subprocess.DEVNULL)
+        self.assertEqual(r.returncode, 0, r)
+        self.assertIn("resumes by itself in 2s", r.stdout)
+        self.assert_parked(proc.pid)
+        e = self.entry(self.port)
+        self.assertTrue(0 < e["timer_left"] <= 2, e)
+        self.wait_until("the timed resume", lambda: proc_state(proc.pid) not in ("T", "t"))
+        self.assertEqual(self.get_count("127.0.0.1", self.port), (pid, n + 1))
+        self.assertEqual(snapshot(self.port), before)
+        self.assertEqual(self.park_list(), [])
+        with open(os.path.join(self.home, "timers", "%d.log" % self.port)) as f:
+            self.assertIn("resumed pid %d" % proc.pid, f.read())
+
+    def test_manual_resume_before_the_timer_wins(self):
+        proc = self.start_asyncio(self.port)
+        pid, n = self.get_count("127.0.0.1", self.port)
+        self.wait_quiet(self.port)
+        self.park(self.port, "--for", "1", expect=0)
+        self.park("resume", self.port, expect=0)
+        self.assertEqual(self.get_count("127.0.0.1", self.port), (pid, n + 1))
+        log = os.path.join(self.home, "timers", "%d.log" % self.port)
+        self.wait_until("the timer to notice", lambda: "by hand" in open(log).read())
+        self.assert_running(proc.pid)
+        self.assertEqual(self.get_count("127.0.0.1", self.port), (pid, n + 2))
+
+    def test_timer_with_the_port_taken_stays_parked_and_says_why(self):
+        proc = self.start_asyncio(self.port)
+        pid, n = self.get_count("127.0.0.1", self.port)
+        self.wait_quiet(self.port)
+        self.park(self.port, "--for", "1s", expect=0)
+        blocker = self.start_asyncio(self.port)  # another server takes the port meanwhile
+        self.wait_until("the pending note", lambda: (self.entry(self.port) or {}).get("pending"))
+        e = self.entry(self.port)
+        self.assertEqual(e["status"], "parked")
+        self.assertIn("in use by pid %d" % blocker.pid, e["pending"])
+        self.assert_parked(proc.pid)
+        r = self.park("list", expect=0)
+        self.assertIn("in use by pid %d" % blocker.pid, r.stdout)
+        self.kill_pid(blocker.pid)
+        blocker.wait(10)
+        self.wait_until("the retried resume", lambda: proc_state(proc.pid) not in ("T", "t"))
+        self.assertEqual(self.get_count("127.0.0.1", self.port), (pid, n + 1))
+
+    def test_bad_durations(self):
+        for bad in ("0", "abc", "5x", "-3", ""):
+            with self.subTest(bad=bad):
+                self.park(self.port, "--for", bad, expect=2)
+
+
+class HoldTest(LiveTestCase):
+    """park PORT --hold: clients wait on park's listener and are handed to the server, none reset."""
+
+    def start_hold(self):
+        hold = subprocess.Popen([sys.executable, PARK, str(self.port), "--hold"], stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.env,
+                                universal_newlines=True)
+        self.addCleanup(self._stop_proc, hold)
+        deadline = time.monotonic() + 20
+        while not (self.entry(self.port) or {}).get("waiting") == 0:
+            if hold.poll() is not None or time.monotonic() > deadline:
+                self.fail("the hold did not start: %s" % (hold.communicate(timeout=5),))
+            time.sleep(0.05)
+        return hold
+
+    def clients(self, host, n):
+        """n clients that connect now (while parked) and wait for their answer, in threads."""
+        results = []
+
+        def one():
+            try:
+                results.append(http_get(host, self.port, timeout=30))
+            except Exception as e:  # counted as a failure below
+                results.append(e)
+
+        threads = [threading.Thread(target=one) for _ in range(n)]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 10
+        while (self.entry(self.port) or {}).get("waiting") != n:
+            if time.monotonic() > deadline:
+                self.fail("%d clients are not waiting on the hold: %s" % (n, self.entry(self.port)))
+            time.sleep(0.05)
+        return threads, results
+
+    def finish(self, threads, results, n):
+        for t in threads:
+            t.join(30)
+        self.assertEqual(len(results), n)
+        bad = [r for r in results if not (isinstance(r, tuple) and r[0] == 200)]
+        self.assertEqual(bad, [], "held clients were not all served")
+        return results
+
+    def test_hold_ctrl_c_hands_clients_to_node(self):
+        proc = self.start_node(self.port)
+        pid, n = self.get_count("127.0.0.1", self.port)
+        self.wait_quiet(self.port)
+        before = snapshot(self.port)
+        hold = self.start_hold()
+        self.assert_parked(proc.pid)
+        threads, results = self.clients("127.0.0.1", 5)
+        hold.send_signal(signal.SIGINT)
+        out, err = hold.communicate(timeout=30)
+        self.assertEqual(hold.returncode, 0, err)
+        self.assertIn("handed over 5 waiting client(s)", out)
+        self.assertNotIn("Traceback", err)
+        results = self.finish(threads, results, 5)
+        self.assertEqual(sorted(parse_counter(b)[1] for _, b in results), list(range(n + 1, n + 6)))
+        self.assert_running(proc.pid)
+        self.assertEqual(snapshot(self.port), before)
+        self.assertEqual(self.park_list(), [])
+
+    def test_hold_resume_from_elsewhere_poll_server(self):
+        root = os.path.join(self.tmp, "www")
+        os.mkdir(root)
+        proc = self.spawn([sys.executable, "-m", "http.server", "--bind", "127.0.0.1", str(self.port)], cwd=root)
+        self.wait_serving("127.0.0.1", self.port)
+        self.wait_quiet(self.port, allow_time_wait=True)
+        before = snapshot(self.port)
+        hold = self.start_hold()
+        threads, results = self.clients("127.0.0.1", 4)
+        r = self.park("resume", self.port, expect=0)
+        self.assertIn("handed over", r.stdout)
+        self.finish(threads, results, 4)
+        hold.communicate(timeout=30)
+        self.assertEqual(hold.returncode, 0)
+        self.assert_running(proc.pid)
+        self.assertEqual(snapshot(self.port), before)
+
+    def test_killing_the_holder_leaves_the_target_parked(self):
+        proc = self.start_node(self.port)
+        pid, n = self.get_count("127.0.0.1", self.port)
+        self.wait_quiet(self.port)
+        hold = self.start_hold()
+        self.kill_pid(hold.pid)
+        hold.wait(10)
+        self.assert_parked(proc.pid)
+        e = self.entry(self.port)
+        self.assertEqual((e["status"], e["waiting"]), ("parked", None))
+        self.park("resume", self.port, expect=0)
+        self.assertEqual(self.get_count("127.0.0.1", self.port), (pid, n + 1))
+
+
+class SwapTest(LiveTestCase):
+    """park swap PORT1 PORT2."""
+
+    def test_swap_ipv4_and_dual_stack_servers(self):
+        p1, p2 = self.port, free_port()
+        a = self.start_asyncio(p1)
+        b, _ = self.start_python(PY_DUAL_STACK, p2)
+        self.wait_serving("127.0.0.1", p2)
+        na, nb = self.get_count("127.0.0.1", p1)[1], self.get_count("127.0.0.1", p2)[1]
+        self.wait_quiet(p1)
+        self.wait_quiet(p2)
+        s1, s2 = snapshot(p1), snapshot(p2)
+        r = self.park("swap", p1, p2, expect=0)
+        self.assertIn("swapped :%d and :%d" % (p1, p2), r.stdout)
+        self.assert_running(a.pid)
+        self.assert_running(b.pid)
+        self.assertEqual(self.get_count("127.0.0.1", p1), (b.pid, nb + 1))
+        self.assertEqual(self.get_count("127.0.0.1", p2), (a.pid, na + 1))
+        self.wait_quiet(p1)
+        self.wait_quiet(p2)
+        self.assertEqual(without_port(snapshot(p2)), without_port(s1), "the IPv4 listener changed on its way")
+        self.assertEqual(without_port(snapshot(p1)), without_port(s2), "the dual-stack listener changed")
+        self.assertEqual(snapshot(p1)[b.pid][0]["options"]["IPV6_V6ONLY"], 0)
+        self.park("swap", p2, p1, expect=0)  # and back
+        self.assertEqual(self.get_count("127.0.0.1", p1), (a.pid, na + 2))
+        self.assertEqual(self.park_list(), [])
+
+    def test_swap_within_one_process(self):
+        p1, p2 = self.port, free_port()
+        path = self.write("two.py", PY_TWO_PORTS)
+        proc = self.spawn([sys.executable, "-u", path, str(p1), str(p2)])
+        self.read_ready(proc)
+        self.assertIn("sock=A", http_get("127.0.0.1", p1)[1])
+        self.wait_quiet(p1)
+        self.wait_quiet(p2)
+        s1, s2 = snapshot(p1), snapshot(p2)
+        self.park("swap", p1, p2, expect=0)
+        self.assertIn("sock=A", http_get("127.0.0.1", p2)[1])
+        self.assertIn("sock=B", http_get("127.0.0.1", p1)[1])
+        self.wait_quiet(p1)
+        self.wait_quiet(p2)
+        self.assertEqual(without_port(snapshot(p2)), without_port(s1))
+        self.assertEqual(without_port(snapshot(p1)), without_port(s2))
+
+    def test_failed_swap_leaves_both_as_they_were(self):
+        p1, p2 = self.port, free_port()
+        a = self.start_node(p1)
+        b = self.start_asyncio(p2)
+        na, nb = self.get_count("127.0.0.1", p1)[1], self.get_count("127.0.0.1", p2)[1]
+        self.wait_quiet(p1)
+        self.wait_quiet(p2)
+        s1, s2 = snapshot(p1), snapshot(p2)
+        env = dict(self.env, PARK_FAILPOINT="bind:2")  # the second rebind fails (as EADDRINUSE)
+        r = self.park("swap", p1, p2, expect=1, env=env)
+        self.assertIn("Address already in use", r.stderr)
+        self.assert_running(a.pid)
+        self.assert_running(b.pid)
+        self.assertEqual(self.get_count("127.0.0.1", p1), (a.pid, na + 1))
+        self.assertEqual(self.get_count("127.0.0.1", p2), (b.pid, nb + 1))
+        self.wait_quiet(p1)
+        self.wait_quiet(p2)
+        self.assertEqual((snapshot(p1), snapshot(p2)), (s1, s2))
+        self.assertEqual(self.park_list(), [])
+
+    def test_swap_needs_two_listeners(self):
+        proc = self.start_asyncio(self.port)
+        r = self.park("swap", self.port, free_port(), expect=1)
+        self.assertIn("nothing is listening", r.stderr)
+        self.assert_running(proc.pid)
+        self.park("swap", self.port, self.port, expect=2)
 
 
 
