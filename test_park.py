@@ -213,6 +213,10 @@ for i in range(2):
     pid = os.fork()
     if pid == 0:
         ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: never outlive the parent
+        if os.environ.get("FIXTURE_WORKER_UID"):  # like nginx: a root master, unprivileged workers
+            os.setgroups([])
+            os.setgid(int(os.environ["FIXTURE_WORKER_UID"]))
+            os.setuid(int(os.environ["FIXTURE_WORKER_UID"]))
         lsock = s if i == 0 else socket.socket(fileno=9)  # child 0 accepts on fd s, child 1 on fd 9
         while True:
             conn, _ = lsock.accept()
@@ -1332,7 +1336,18 @@ class ServerCycleTest(LiveTestCase):
         self.assertTrue(in_accept() or self.get_count("127.0.0.1", self.port))
 
     def test_prefork_shared_listener(self):
-        proc, words = self.start_python(PY_PREFORK, self.port)
+        self.prefork_cycle()
+
+    def test_prefork_root_master_with_workers_of_another_user(self):
+        if os.geteuid() != 0:
+            self.live_skip("needs root to start workers as another user")
+        children = self.prefork_cycle(dict(self.env, FIXTURE_WORKER_UID=str(NOBODY)))
+        for pid in children:
+            with open("/proc/%d/status" % pid) as f:
+                self.assertIn("Uid:\t%d" % NOBODY, f.read())
+
+    def prefork_cycle(self, env=None):
+        proc, words = self.start_python(PY_PREFORK, self.port, env=env)
         children = [int(w) for w in words]
         for pid in children:
             self.addCleanup(self.kill_pid, pid)
@@ -1376,6 +1391,7 @@ class ServerCycleTest(LiveTestCase):
             if seen == set(children):
                 break
         self.assertEqual(seen, set(children), "a child no longer accepts after resume")
+        return children
 
     def test_dual_stack_v6only_off(self):
         proc, _ = self.start_python(PY_DUAL_STACK, self.port)
