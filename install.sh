@@ -11,8 +11,8 @@ set -u
 BASE_URL="https://raw.githubusercontent.com/park-sh/park/main"
 
 # sha256 of each file at this release (test_park.py fails, printing these lines, when one differs).
-SHA256_park_py="d17b9145b223126eb3a659e7d14527c8c349c699a48b23cfb3cb275779c99111"
-SHA256_park_linux_x86_64_py="9924c7099e7272d2fe85940447031feff49b82da6b53f7e6e40219aed3ec0f56"
+SHA256_park_py="b23606299633b90c9510ce1edb432b20298e5772a7473abc82a9c27212b289a6"
+SHA256_park_linux_x86_64_py="975b7fb7cf207eb6efd062acf046a892857d9d02b78df4f907f9fcc5862dfaa6"
 
 say() { printf 'park-install: %s\n' "$*"; }
 err() { printf 'park-install: error: %s\n' "$*" >&2; }

@@ -29,7 +29,7 @@ BACKENDS = {("linux", "x86_64"): "park_linux_x86_64", ("darwin", "arm64"): "park
 # fails, printing the line to paste, when a pin differs from the file.
 BASE_URL = "https://raw.githubusercontent.com/park-sh/park/main"
 PINS = {
-    "park_linux_x86_64": "9924c7099e7272d2fe85940447031feff49b82da6b53f7e6e40219aed3ec0f56",
+    "park_linux_x86_64": "975b7fb7cf207eb6efd062acf046a892857d9d02b78df4f907f9fcc5862dfaa6",
 }
 SCHEMA = 1
 KIND = "park.parked"
@@ -167,7 +167,7 @@ def _load_pinned(name):
 def parse_port(text):
     """'3000' or ':3000' to 3000; a usage error otherwise."""
     t = text[1:] if text.startswith(":") else text
-    if not t.isdigit() or not 1 <= int(t) <= 65535:
+    if not (t.isascii() and t.isdigit()) or not 1 <= int(t) <= 65535:
         raise ParkError("not a port: %r (expected 1-65535, e.g. 3000 or :3000)" % text, code=EXIT_USAGE)
     return int(t)
 
@@ -176,7 +176,7 @@ def parse_target(text):
     """A PORT|PID argument: ('port', n) for ':n', else ('any', n)."""
     if text.startswith(":"):
         return "port", parse_port(text)
-    if not text.isdigit() or int(text) < 1:
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
         raise ParkError("not a port or pid: %r" % text, code=EXIT_USAGE)
     return "any", int(text)
 
@@ -336,18 +336,34 @@ class PortLock:
         os.close(self.fd)
 
 
-class Critical:
-    """Hold off Ctrl+C, SIGTERM and SIGHUP while a target is half-changed; they take effect afterwards."""
+DEFERRED = []  # signals that arrived while a target was being changed
 
-    SIGNALS = ()
+
+class Critical:
+    """Hold off signals while a target is half-changed (a signal that killed park then could leave a thread
+    with injected registers). Ctrl+C, SIGTERM, SIGHUP and SIGQUIT that arrive meanwhile are taken off the
+    queue and remembered: the command finishes its work and output, then main() exits 130."""
+
+    CAUGHT = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT")
 
     def __enter__(self):
         import signal
         self.signal = signal
-        self.old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
+        # Faults stay deliverable (blocking them does not help), SIGKILL and SIGSTOP cannot be blocked.
+        keep = {signal.SIGKILL, signal.SIGSTOP, signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGILL,
+                signal.SIGTRAP}
+        self.old = signal.pthread_sigmask(signal.SIG_BLOCK, set(signal.valid_signals()) - keep)
+        return self
 
     def __exit__(self, *exc):
-        self.signal.pthread_sigmask(self.signal.SIG_SETMASK, self.old)
+        signal = self.signal
+        caught = {getattr(signal, n) for n in self.CAUGHT} - set(self.old)
+        while caught:
+            info = signal.sigtimedwait(caught, 0)
+            if info is None:
+                break
+            DEFERRED.append(info.si_signo)
+        signal.pthread_sigmask(signal.SIG_SETMASK, self.old)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -428,14 +444,19 @@ def _prepare(backend, port, force):
             if why:
                 raise ParkError(why[0], fix=why[1])
             infos[pid] = info
-    plan = [backend.inspect(l, force) for l in found]
+    try:
+        plan = [backend.inspect(l, force) for l in found]
+    except backend.Error as e:
+        raise _from_backend(backend, e, port, "park")
     record = {
         "kind": KIND, "schema": SCHEMA, "version": __version__, "port": port, "parked_at": time.time(),
         "holders": [{"pid": i["pid"], "starttime": i["start"], "uid": i["uid"], "name": i["name"],
                      "argv": i["argv"]} for _, i in sorted(infos.items())],
         "listeners": plan,
+        # As root, park suspends a target's seccomp filter while it injects (PTRACE_O_SUSPEND_SECCOMP).
+        "seccomp": any(i["seccomp"] == 2 for i in infos.values()) and me == 0,
     }
-    return record, plan, any(i["seccomp"] == 2 for i in infos.values()) and me == 0
+    return record, plan, record["seccomp"]
 
 
 def cmd_park(args):
@@ -557,7 +578,6 @@ def _timer_run(port, token):
                     continue
                 plan, notes = _live_plan(backend, record)
                 _resume_plan(backend, record, plan, force=False, wait=0)
-                remove_state(record)
             log("resumed pid %s" % _pids(record))
             return EXIT_OK
         except PortBusy as e:
@@ -643,7 +663,6 @@ def _hold(backend, record, seconds):
         plan, notes = _live_plan(backend, record)
         given = [s.fileno() for s in socks]
         _resume_plan(backend, record, plan, force=False, wait=0, given=given)
-        remove_state(record)
     for s in socks:
         s.close()  # the processes have their own copies now
     for h in record["holders"]:
@@ -652,21 +671,13 @@ def _hold(backend, record, seconds):
     return EXIT_OK
 
 
-def _option(listener, name):
-    """The recorded value of a socket option (0 when it was not recorded: the default)."""
-    for o in listener.get("options", []):
-        if o[1] == name:
-            return o[4]
-    return 0
-
-
 def _pids(record):
     return ", ".join(str(h["pid"]) for h in record["holders"])
 
 
 def _from_backend(backend, e, port, verb):
     import errno as E
-    if e.errno in (E.EPERM, E.EACCES):
+    if e.errno in (E.EPERM, E.EACCES) and os.geteuid() != 0:
         scope = backend.ptrace_scope()
         if scope:
             return ParkError("%s (kernel.yama.ptrace_scope is %d, which forbids it)" % (e, scope),
@@ -716,7 +727,6 @@ def cmd_resume(args):
         record = read_state(record["_path"])  # re-read under the lock
         plan, notes = _live_plan(backend, record)
         _resume_plan(backend, record, plan, args.force, args.wait or 0)
-        remove_state(record)
     for n in notes:
         out(n)
     for h in record["holders"]:
@@ -727,43 +737,36 @@ def cmd_resume(args):
 
 
 def _resume_plan(backend, record, plan, force, wait, given=None):
-    """Recreate the listeners (or hand over `given` sockets), waiting up to `wait` s for a busy port."""
+    """Recreate the listeners (or hand over `given` sockets) and forget the state, waiting up to `wait` s
+    while the port is in use."""
     import time
     port = record["port"]
     deadline = time.monotonic() + wait
-    cleared = False
     while True:
-        pause = 0.05
         if given is not None or not backend.listeners(port):
             try:
                 with Critical():
-                    result = backend.resume(plan, force=force, suspend_seccomp=os.geteuid() == 0, given=given)
+                    result = backend.resume(plan, force=force, suspend_seccomp=bool(record.get("seccomp")),
+                                            given=given)
+                    remove_state(record)
                 debug("threads held by ptrace %.2f ms" % (result["held"] * 1000))
                 return
             except backend.Error as e:
                 if e.errno != EADDRINUSE or given is not None:
                     raise _from_backend(backend, e, port, "resume")
-            # No listener, yet the address is in use: TIME_WAIT left by connections the server closed.
-            # A listener without SO_REUSEADDR cannot bind over them; clear them once (needs root).
-            tw = [t for l in plan if not _option(l, "SO_REUSEADDR") for t in backend.time_wait(l)]
-            if tw and not cleared:
-                cleared = True
-                try:
-                    debug("cleared %d TIME_WAIT connection(s)" % backend.clear_time_wait(tw))
-                    continue
-                except OSError:
-                    pass
+            # No listener, yet the address is in use: TIME_WAIT entries that the backend could not clear
+            # (that needs root) and that a listener without SO_REUSEADDR cannot bind over.
+            tw = [t for l in plan for t in backend.time_wait(l)]
             if tw and time.monotonic() >= deadline:
-                raise ParkError("cannot resume: %d TIME_WAIT connection(s) on :%d block the listener, which has "
-                                "no SO_REUSEADDR; pid %s stays parked" % (len(tw), port, _pids(record)),
+                raise ParkError("cannot resume: %d TIME_WAIT connection(s) on :%d block the listener; pid %s stays "
+                                "parked" % (len(tw), port, _pids(record)),
                                 fix="park resume %d --wait 60  (they expire within 60 s), or: sudo park resume %d"
                                 % (port, port))
-            pause = 0.5
         if time.monotonic() >= deadline:
             holders = _holders_text(backend, port)
             raise PortBusy("cannot resume: :%d is in use by %s; pid %s stays parked" % (port, holders, _pids(record)),
                            "stop that process, or: park resume %d --wait" % port, holders)
-        time.sleep(pause)
+        time.sleep(0.1)
 
 
 def _live_plan(backend, record):
@@ -804,6 +807,8 @@ def cmd_swap(args):
             with Critical():
                 result = backend.swap(records[0][1], records[1][1],
                                       suspend_seccomp=records[0][2] or records[1][2])
+                for record, _, _ in records:
+                    remove_state(record)
         except backend.Error as e:
             if not e.parked:
                 for record, _, _ in records:
@@ -813,8 +818,6 @@ def cmd_swap(args):
             for record, _, _ in records:
                 remove_state(record)
             raise
-        for record, _, _ in records:
-            remove_state(record)
     debug("threads held by ptrace %.2f ms" % (result["held"] * 1000))
     out("swapped :%d and :%d" % (p1, p2))
     for (record, plan, _), new in zip(records, (p2, p1)):
@@ -998,7 +1001,11 @@ def main(argv=None):
     run = {"park": cmd_park, "resume": cmd_resume, "list": cmd_list, "release": cmd_release,
            "swap": cmd_swap}[args.command]
     try:
-        return run(args)
+        code = run(args)
+        if DEFERRED:
+            sys.stderr.write("park: interrupted; what park was doing to the processes was finished first\n")
+            return EXIT_INTERRUPTED
+        return code
     except ParkError as e:
         sys.stderr.write("park: %s\n" % e)
         if e.fix:

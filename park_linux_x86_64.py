@@ -436,7 +436,7 @@ def _clear_quietly(entries):
 
 def _pidfd_getfd(pid, fd):
     """A duplicate of another process's fd (pidfd_getfd(2)); the caller must close it."""
-    pidfd = os.pidfd_open(pid)
+    pidfd = _check(_libc.syscall(NR_pidfd_open, pid, 0, 0), "pidfd_open")  # os.pidfd_open is not in every 3.9
     try:
         return _check(_libc.syscall(NR_pidfd_getfd, pidfd, fd, 0), "pidfd_getfd")
     finally:
@@ -506,31 +506,8 @@ def inspect(listener, force=False):
     out["family"] = int(family)
     out["address"] = list(name)
     out["options"] = options
-    out["holders"] = []
-    for pid in sorted(holders):
-        fds = []
-        for fd in holders[pid]:
-            try:
-                flags = parse_fdinfo_flags(_read("/proc/%d/fdinfo/%d" % (pid, fd)))
-            except OSError:
-                raise Error("pid %d exited while park looked at it" % pid)
-            fds.append({"fd": fd, "cloexec": bool(flags & O_CLOEXEC), "nonblock": bool(flags & O_NONBLOCK)})
-        regs = []
-        for epfd, link in sorted(_proc_fds(pid).items()):
-            if link != "anon_inode:[eventpoll]":
-                continue
-            try:
-                text = _read("/proc/%d/fdinfo/%d" % (pid, epfd))
-            except OSError:
-                continue
-            for tfd, events, data, ino in parse_fdinfo_epoll(text):
-                if ino == listener["inode"]:
-                    if tfd not in holders[pid] and not force:
-                        raise Error("pid %d watches the listener in epoll under fd %d, which is closed; park cannot "
-                                    "restore that registration" % (pid, tfd),
-                                    fix="park %d --force  (that registration will not come back)" % name[1])
-                    regs.append({"epfd": epfd, "tfd": tfd, "events": events, "data": data})
-        out["holders"].append({"pid": pid, "fds": fds, "epoll": regs})
+    out["holders"] = [_holder_view(pid, holders[pid], listener["inode"], name[1], force)
+                      for pid in sorted(holders)]
     out["nonblock"] = out["holders"][0]["fds"][0]["nonblock"]
     queue, backlog = queue_lengths([listener["inode"]], {family}).get(listener["inode"], (0, None))
     if backlog is None:
@@ -540,6 +517,80 @@ def inspect(listener, force=False):
             backlog = 4096
     out["backlog"] = backlog
     return out
+
+
+def _holder_view(pid, fds_, inode, port, force):
+    """One holder's fds of the socket (with their flags) and its epoll registrations of it."""
+    links = _proc_fds(pid)
+    if "anon_inode:[io_uring]" in links.values() and not force:
+        raise Error("pid %d uses io_uring, where a pending accept can hold the listener out of park's sight" % pid,
+                    fix="park %d --force" % port)
+    fds = []
+    for fd in fds_:
+        try:
+            flags = parse_fdinfo_flags(_read("/proc/%d/fdinfo/%d" % (pid, fd)))
+        except OSError:
+            raise Error("pid %d exited while park looked at it" % pid)
+        fds.append({"fd": fd, "cloexec": bool(flags & O_CLOEXEC), "nonblock": bool(flags & O_NONBLOCK)})
+    regs = []
+    for epfd, link in sorted(links.items()):
+        if link != "anon_inode:[eventpoll]":
+            continue
+        try:
+            text = _read("/proc/%d/fdinfo/%d" % (pid, epfd))
+        except OSError:
+            continue
+        for tfd, events, data, ino in parse_fdinfo_epoll(text):
+            if ino != inode:
+                continue
+            if tfd not in fds_:
+                if not force:
+                    raise Error("pid %d watches the listener in epoll under fd %d, which is closed; park cannot "
+                                "restore that registration" % (pid, tfd),
+                                fix="park %d --force  (that registration will not come back)" % port)
+                continue  # --force: left out, as the fix says
+            regs.append({"epfd": epfd, "tfd": tfd, "events": events, "data": data})
+    return {"pid": pid, "fds": fds, "epoll": regs}
+
+
+def _verify(plan, pids):
+    """Once every thread is stopped: the listeners are exactly as recorded (fds, flags, epoll) and no process
+    outside pids (a child forked meanwhile) holds one. Anything else is an Error: nothing has changed yet."""
+    for l in plan:
+        want = "socket:[%d]" % l["inode"]
+        for h in l["holders"]:
+            links = _proc_fds(h["pid"])
+            if any(links.get(f["fd"]) != want for f in h["fds"]):
+                raise Error("pid %d changed its listener while park worked; nothing was changed" % h["pid"],
+                            fix="park %d  (again)" % l["port"])
+            now = _holder_view(h["pid"], [f["fd"] for f in h["fds"]], l["inode"], l["port"], True)
+            if now != h:
+                raise Error("pid %d changed its listener's flags or epoll registration while park worked; "
+                            "nothing was changed" % h["pid"], fix="park %d  (again)" % l["port"])
+    wanted = {"socket:[%d]" % l["inode"] for l in plan}
+    for pid in pids:
+        for kid in _children(pid):
+            if kid not in pids and wanted & set(_proc_fds(kid).values()):
+                raise Error("pid %d (a new child of %d) shares the listener; nothing was changed" % (kid, pid),
+                            fix="park %d  (again)" % plan[0]["port"])
+
+
+def _children(pid):
+    kids = []
+    try:
+        for tid in os.listdir("/proc/%d/task" % pid):
+            kids += [int(k) for k in _read("/proc/%d/task/%s/children" % (pid, tid)).split()]
+    except (OSError, ValueError):
+        pass
+    return kids
+
+
+def _scratch_base(regs):
+    """Below the 128-byte red zone and well below anything the interrupted code may use (SysV ABI)."""
+    return (regs.rsp - 128 - 2048) & ~0xF
+
+
+SCRATCH_SIZE = 1024
 
 
 def queue_lengths(inodes, families):
@@ -612,10 +663,8 @@ class Tracer:
         self.held = 0.0
 
     # -- stopping --
-    def stop(self, pids, group_stopped=()):
-        """Stop every thread of pids; of a pid in group_stopped (all its threads already in state T, so
-        none can run until SIGCONT), only one thread is taken, to inject into (seizing a stopped thread
-        costs ~80 us each)."""
+    def stop(self, pids):
+        """Stop every thread of pids (rescanning until no new thread appears)."""
         if self.stopped_at is None:
             self.stopped_at = time.perf_counter()
         for pid in pids:
@@ -625,21 +674,11 @@ class Tracer:
                     tids = {int(t) for t in os.listdir("/proc/%d/task" % pid)}
                 except OSError:
                     raise Error("pid %d exited" % pid)
-                if pid in group_stopped:
-                    tids = {pid} if pid in tids else set(sorted(tids)[:1])
                 new = sorted(tids - set(p.tids))
                 if not new:
                     break
-                seized = []
-                for tid in new:
-                    try:
-                        _ptrace(PTRACE_SEIZE, tid, 0, self.options)
-                    except OSError as e:
-                        if e.errno == errno.ESRCH:
-                            continue
-                        raise Error("cannot stop pid %d (ptrace: %s)" % (pid, os.strerror(e.errno)), errno=e.errno)
-                    p.tids.append(tid)
-                    seized.append(tid)
+                seized = [tid for tid in new if self._seize(pid, tid)]
+                p.tids += seized
                 for tid in seized:
                     try:
                         _ptrace(PTRACE_INTERRUPT, tid)
@@ -653,13 +692,37 @@ class Tracer:
             if not p.tids:
                 raise Error("pid %d exited" % pid)
 
-    def _wait_stopped(self, tid):
-        """Wait until tid is in a ptrace stop; False if it exited. Signals that arrive first are delivered."""
-        for _ in range(100):
+    def _seize(self, pid, tid):
+        """PTRACE_SEIZE one thread; False if it is gone."""
+        try:
+            _ptrace(PTRACE_SEIZE, tid, 0, self.options)
+            return True
+        except OSError as e:
+            if e.errno == errno.ESRCH:
+                return False
+            if self.options and e.errno in (errno.EPERM, errno.EINVAL):
+                # PTRACE_O_SUSPEND_SECCOMP needs CAP_SYS_ADMIN and CONFIG_CHECKPOINT_RESTORE: go on without it.
+                self.options = 0
+                return self._seize(pid, tid)
+            raise Error("cannot stop pid %d (ptrace: %s)" % (pid, os.strerror(e.errno)), errno=e.errno)
+
+    def _wait_stopped(self, tid, timeout=3.0):
+        """Wait until tid is in a ptrace stop; False if it exited. Signals that arrive first are delivered.
+        A thread that never stops (uninterruptible sleep: NFS, FUSE, vfork) is an Error after timeout."""
+        deadline = time.monotonic() + timeout
+        pause = 0.00005
+        while True:
             try:
-                _, status = os.waitpid(tid, WALL)
+                got, status = os.waitpid(tid, WALL | os.WNOHANG)
             except ChildProcessError:
                 return False
+            if got == 0:
+                if time.monotonic() > deadline:
+                    raise Error("thread %d does not stop (it may be in an uninterruptible wait); nothing was "
+                                "changed" % tid, fix="try again in a moment")
+                time.sleep(pause)
+                pause = min(pause * 2, 0.005)
+                continue
             if not os.WIFSTOPPED(status):
                 return False
             sig, event = os.WSTOPSIG(status), status >> 16
@@ -670,21 +733,30 @@ class Tracer:
                 _ptrace(PTRACE_CONT, tid, 0, sig)
             except OSError:
                 return False
-        return True
 
     # -- injecting --
+    def choose(self, p):
+        """(tid, regs) of the thread to inject into: the first, leader first, that sits in a system call.
+        A thread stopped in user mode could be inside an rseq critical section, which an injected syscall's
+        return would disarm (kernel/rseq.c); only if none is in a syscall is the leader taken."""
+        first = None
+        for tid in ([p.pid] if p.pid in p.tids else []) + sorted(t for t in p.tids if t != p.pid):
+            regs = user_regs_struct()
+            try:
+                _ptrace(PTRACE_GETREGS, tid, 0, ctypes.addressof(regs))
+            except OSError:
+                continue
+            if _signed(regs.orig_rax) >= 0:
+                return tid, regs
+            first = first or (tid, regs)
+        if first is None:
+            raise Error("cannot read the registers of pid %d" % p.pid)
+        return first
+
     def _prepare(self, p):
         if p.tid is not None:
             return
-        regs = user_regs_struct()
-        for tid in ([p.pid] if p.pid in p.tids else []) + [t for t in p.tids if t != p.pid]:
-            try:
-                _ptrace(PTRACE_GETREGS, tid, 0, ctypes.addressof(regs))
-                break
-            except OSError:
-                continue
-        else:
-            raise Error("cannot read the registers of pid %d" % p.pid)
+        tid, regs = self.choose(p)
         if regs.cs != 0x33:
             raise Error("pid %d is not a 64-bit process; park handles x86_64 processes only" % p.pid)
         p.gadget = self._gadget(p.pid, tid)
@@ -759,20 +831,33 @@ class Tracer:
         p = self.procs[pid]
         self._prepare(p)
         if p.scratch is None:
-            # Below the 128-byte red zone and well below anything the interrupted code may use (SysV ABI).
-            base = (p.saved.rsp - 128 - 2048) & ~0xF
-            orig = self._read_mem(pid, base, 1024)
+            base = _scratch_base(p.saved)
+            orig = self._read_mem(pid, base, SCRATCH_SIZE)
             if orig is None:
                 raise Error("cannot use the stack of pid %d for scratch memory" % pid)
             p.scratch, p.scratch_orig = base, orig
         if reset:
             p.used = 0
-        if p.used + len(data) > 1024:
+        if p.used + len(data) > SCRATCH_SIZE:
             raise Error("scratch memory exhausted in pid %d" % pid)
         addr = p.scratch + p.used
         self._write_mem(pid, addr, data)
         p.used += (len(data) + 15) & ~15
         return addr
+
+    def probe_scratch(self, pid):
+        """True when the scratch area that resume will use in pid is readable and writable now."""
+        p = self.procs[pid]
+        _, regs = self.choose(p)
+        base = _scratch_base(regs)
+        data = self._read_mem(pid, base, SCRATCH_SIZE)
+        if data is None:
+            return False
+        try:
+            self._write_mem(pid, base, data)  # the same bytes: only proves the page is writable
+        except Error:
+            return False
+        return True
 
     def read_scratch(self, pid, addr, size):
         data = self._read_mem(pid, addr, size)
@@ -797,18 +882,23 @@ class Tracer:
 
     # -- releasing --
     def release(self, stop_signal=False):
-        """Put back memory and registers, optionally leave each process stopped (SIGSTOP), and detach."""
+        """Put back registers, signal mask and memory, optionally leave each process stopped (SIGSTOP), and
+        detach. The saved registers go back unchanged: the thread is still inside the kernel's signal path
+        (get_signal), which applies the syscall-restart rules itself when it resumes, so an interrupted call
+        restarts, or returns EINTR to a handler, exactly as after a plain SIGSTOP/SIGCONT."""
         first = None
         for p in self.procs.values():
-            try:
-                if p.scratch is not None:
-                    self._write_mem(p.pid, p.scratch, p.scratch_orig)
-                if p.tid is not None:
-                    regs = _restart_fixup(p.saved)
-                    _ptrace(PTRACE_SETREGS, p.tid, 0, ctypes.addressof(regs))
+            if p.tid is not None:
+                try:
+                    _ptrace(PTRACE_SETREGS, p.tid, 0, ctypes.addressof(p.saved))
                     _ptrace(PTRACE_SETSIGMASK, p.tid, 8, ctypes.addressof(p.mask))
-            except (OSError, Error) as e:
-                first = first or e
+                except OSError as e:
+                    first = first or e
+            if p.scratch is not None:
+                try:
+                    self._write_mem(p.pid, p.scratch, p.scratch_orig)
+                except Error as e:
+                    first = first or e
             if stop_signal:
                 # Queued while every thread is traced; each thread enters group-stop as it is detached.
                 try:
@@ -825,35 +915,8 @@ class Tracer:
             self.held = time.perf_counter() - self.stopped_at
         self.procs = {}
         if first is not None:
-            raise Error("could not restore pid state cleanly: %s" % first)
+            raise Error("could not restore the state of the process cleanly: %s" % first, parked=stop_signal)
 
-
-def _all_threads_stopped(pid):
-    """True when every thread of pid is in group-stop (state T), as a parked process is."""
-    try:
-        for tid in os.listdir("/proc/%d/task" % pid):
-            stat = _read("/proc/%d/task/%s/stat" % (pid, tid))
-            if stat[stat.rindex(")") + 2] != "T":
-                return False
-    except (OSError, ValueError):
-        return False
-    return True
-
-
-def _restart_fixup(saved):
-    """The saved registers with the kernel's syscall-restart rewrite applied (arch/x86/kernel/signal.c)."""
-    r = user_regs_struct.from_buffer_copy(saved)
-    orig, rax = _signed(r.orig_rax), _signed(r.rax)
-    if orig >= 0 and rax in (-ERESTARTSYS, -ERESTARTNOINTR, -ERESTARTNOHAND):
-        r.rax, r.rip = orig, r.rip - 2
-    elif orig >= 0 and rax == -ERESTART_RESTARTBLOCK:
-        r.rax, r.rip = NR_restart_syscall, r.rip - 2
-    r.orig_rax = 2 ** 64 - 1
-    return r
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Park and resume
 
 def _sockaddr(family, address):
     """struct sockaddr_in / sockaddr_in6 for bind(2)."""
@@ -874,7 +937,7 @@ def _option_bytes(kind, value):
     return value.encode("latin-1") + b"\0"
 
 
-def hold_socket(l):
+def hold_socket(l, backlog=4096):
     """A listener of park's own at l's address, with l's options and flags and a large backlog, that accepts
     nothing: clients queue on it until it is handed to the parked process (park --hold)."""
     sock = socket.socket(l["family"], socket.SOCK_STREAM)
@@ -891,7 +954,7 @@ def hold_socket(l):
                 raise
             clear_time_wait(time_wait(l))  # the same TIME_WAIT rule as for resume (needs root)
             sock.bind(address)
-        sock.listen(4096)  # clamped to net.core.somaxconn
+        sock.listen(backlog)  # clamped to net.core.somaxconn
         sock.setsockopt(SOL_SOCKET, SO_REUSEADDR, _value(l, "SO_REUSEADDR"))
         sock.setblocking(not l["nonblock"])
     except BaseException:
@@ -925,6 +988,8 @@ def park(plan, drain=2.0, suspend_seccomp=False):
     pids = sorted({h["pid"] for l in plan for h in l["holders"]})
     inodes = [l["inode"] for l in plan]
     families = {l["family"] for l in plan}
+    if all(stopped(process(pid) or {"state": "?"}) for pid in pids):
+        drain = 0  # already stopped by someone: it cannot accept anything
     deadline = time.monotonic() + drain
     reset = 0
     while True:
@@ -945,6 +1010,11 @@ def park(plan, drain=2.0, suspend_seccomp=False):
             break
         tracer.release()
     try:
+        _verify(plan, pids)
+        for pid in pids:
+            if not tracer.probe_scratch(pid):
+                raise Error("pid %d runs on a stack park cannot use to resume it later (a small fiber stack?); "
+                            "nothing was changed" % pid)
         closed = []
         try:
             for l in plan:
@@ -952,22 +1022,26 @@ def park(plan, drain=2.0, suspend_seccomp=False):
                     for f in h["fds"]:
                         tracer.syscall(h["pid"], NR_close, f["fd"])
                         closed.append((l, h["pid"], f["fd"]))
-            if still_listening(plan):
-                # A holder park did not stop (forked meanwhile, an fd in flight, io_uring) keeps it alive.
-                raise Error("the listener stayed open after park closed it in every holder it found (another "
-                            "process or an fd in flight holds it too); nothing was parked",
-                            fix="park %d  (again; if it persists, stop the other holder first)" % plan[0]["port"])
+            left = still_listening(plan)
+            if left:
+                # Something park cannot see (an fd in flight, another pid namespace) still holds the socket.
+                # It keeps listening, so it cannot be recreated: put back what was closed, if possible.
+                raise Error("the listener stayed open after park closed it in every holder it found (an fd in "
+                            "flight, or a holder park cannot see)", errno=errno.EBUSY)
         except BaseException as failure:
             if not closed:
                 raise
             try:
-                _recreate(tracer, plan, force=True)
+                _recreate(tracer, [l for l in plan if l["inode"] not in still_listening(plan)], force=True)
+                if still_listening(plan):
+                    raise failure
             except BaseException:
                 # Cannot put the listener back now: keep the processes parked, with their state, rather
                 # than let them run without it.
                 tracer.release(stop_signal=True)
-                raise Error("%s; the listener could not be recreated, so the process stays parked"
-                            % failure, fix="park resume %d" % plan[0]["port"], parked=True)
+                raise Error("%s; the processes stay parked" % failure,
+                            fix="park release %d  (continue them; restart the server if it does not serve)"
+                            % plan[0]["port"], parked=True)
             raise
     except BaseException:
         tracer.release()
@@ -1026,11 +1100,11 @@ def resume(plan, force=False, suspend_seccomp=False, given=None):
     """Recreate each listener in its stopped holders and continue them. On failure they stay as they were.
     given: park's own listening fds (from hold_socket), one per listener, to hand over instead."""
     pids = sorted({h["pid"] for l in plan for h in l["holders"]})
-    group_stopped = {pid for pid in pids if _all_threads_stopped(pid)}
     tracer = Tracer(suspend_seccomp)
     try:
-        if group_stopped != set(pids):
-            tracer.stop(pids)  # something continued it: stop it before looking at its fds
+        # Every thread, although a parked process is group-stopped: a SIGCONT from elsewhere (fg, a
+        # supervisor) during the injection would otherwise let threads see a half-made listener.
+        tracer.stop(pids)
         for l in plan:
             for h in l["holders"]:
                 fds = _proc_fds(h["pid"])
@@ -1039,7 +1113,6 @@ def resume(plan, force=False, suspend_seccomp=False, given=None):
                         raise Error("pid %d reused fd %d while parked (something continued it)" % (h["pid"], f["fd"]),
                                     fix="park release %d  (continue it as it is), or restart the server"
                                     % h["pid"])
-        tracer.stop(pids, group_stopped)
         _recreate(tracer, plan, force, given)
     except BaseException:
         tracer.release()
@@ -1070,7 +1143,7 @@ def _recreate(tracer, plan, force, given=None):
 
 def _create(tracer, l, force, placed):
     """socket, options, bind and listen in the first holder; returns the new fd there."""
-    family, address = l["family"], l["address"]
+    family = l["family"]
     pid = l["holders"][0]["pid"]
     f0 = l["holders"][0]["fds"][0]
     kind = SOCK_STREAM | (O_NONBLOCK if l["nonblock"] else 0) | (O_CLOEXEC if f0["cloexec"] else 0)
@@ -1078,7 +1151,21 @@ def _create(tracer, l, force, placed):
         new = tracer.syscall(pid, NR_socket, family, kind, IPPROTO_TCP)
     except OSError as e:
         raise Error("socket() failed in pid %d: %s" % (pid, e.strerror), errno=e.errno)
+    try:
+        _configure(tracer, l, pid, new, force)
+    except BaseException:
+        try:
+            tracer.syscall(pid, NR_close, new)
+        except (OSError, Error):
+            pass
+        raise
     placed.append((pid, new))
+    return new
+
+
+def _configure(tracer, l, pid, new, force):
+    """Options, bind and listen on a new socket in pid."""
+    family, address = l["family"], l["address"]
     reuse = 1
     for level, name, num, okind, value in l["options"]:
         if name == "SO_REUSEADDR":
@@ -1109,7 +1196,6 @@ def _create(tracer, l, force, placed):
     for level, name, num, okind, value in l["options"]:
         if name in ("TCP_FASTOPEN", "TCP_DEFER_ACCEPT"):
             _setsockopt(tracer, pid, new, level, num, okind, value, name, force)
-    return new
 
 
 def _give_fd(tracer, pid, local_fd):
@@ -1120,7 +1206,10 @@ def _give_fd(tracer, pid, local_fd):
         lsock.bind(name)
         lsock.listen(1)
         lsock.settimeout(5)
-        u = tracer.syscall(pid, NR_socket, AF_UNIX, SOCK_STREAM | O_CLOEXEC, 0)
+        try:
+            u = tracer.syscall(pid, NR_socket, AF_UNIX, SOCK_STREAM | O_CLOEXEC, 0)
+        except OSError as e:
+            raise Error("cannot pass the listener to pid %d: %s" % (pid, e.strerror), errno=e.errno)
         try:
             sun = struct.pack("=H", AF_UNIX) + name
             tracer.syscall(pid, NR_connect, u, tracer.scratch(pid, sun, reset=True), len(sun))
@@ -1171,8 +1260,20 @@ def _recreate_one(tracer, l, force, placed, given=None):
         tracer.syscall(pid, NR_listen, new, l["backlog"])  # from the hold's large backlog back to its own
         _place(tracer, pid, new, True, first["fds"], placed)
     else:
-        new = _create(tracer, l, force, placed)
-        _place(tracer, pid, new, f0["cloexec"], first["fds"], placed)
+        try:
+            new, cloexec = _create(tracer, l, force, placed), f0["cloexec"]
+        except Error as e:
+            if e.errno != errno.EACCES or os.geteuid() != 0:
+                raise
+            # The server has since dropped the privilege it bound with (a port below 1024, then setuid):
+            # park, as root, binds for it and hands the socket over.
+            sock = hold_socket(l, backlog=l["backlog"])
+            try:
+                new, cloexec = _give_fd(tracer, pid, sock.fileno()), True
+            finally:
+                sock.close()
+            placed.append((pid, new))
+        _place(tracer, pid, new, cloexec, first["fds"], placed)
     if len(l["holders"]) > 1:
         # The other holders get the very same socket: park takes a copy from the first holder and passes it
         # to each with SCM_RIGHTS, which works whatever user each holder runs as.
