@@ -11,6 +11,7 @@ of this file (never through sys.path). A backend exports:
   inspect(listener, force)   the listener with everything needed to recreate it (JSON-serialisable)
   park(plan, drain, suspend_seccomp)   close the listeners, leave their holders stopped
   resume(plan, force, suspend_seccomp)         recreate the listeners in the same processes, continue them
+  ports_listening()          {port: [pid, ...]} of every TCP listener whose holders park can see
   time_wait(listener)        TIME_WAIT connections that block re-binding that listener's address
   clear_time_wait(entries)   remove them (privileged); OSError when not allowed
   ptrace_scope()             the Yama setting, for the permission message
@@ -924,9 +925,383 @@ def cmd_list(args):
 
 
 # ---------------------------------------------------------------------------------------------------------
+# park ui: a live dashboard of what is parked and what could be (curses is imported only here)
+
+_UI_FOOTER = "\u2191\u2193/jk select  r resume  x release  K kill  p park  q quit"
+_UI_PARKED_HEAD = "%-6s  %-11s %6s %6s %5s  "  # port, pids, parked for, timer left, clients waiting
+_UI_PARKED = _UI_PARKED_HEAD + "%-8s %s"  # ... status, command
+_UI_LISTENING = "%-6s  %-11s %s"
+_UI_TICK_MS = 200  # how long getch waits for a key; the data is re-read once a second
+
+
+def cmd_ui(args):
+    """Full-screen view of list_rows() and of the servers that could be parked; keys act through main()."""
+    try:
+        import curses
+    except ImportError:
+        raise ParkError("park ui needs the curses module, which this Python does not have",
+                        fix="use park list (or a python3 with curses)")
+    for what, stream in (("output", sys.stdout), ("input", sys.stdin)):
+        try:
+            tty = stream is not None and os.isatty(stream.fileno())
+        except (AttributeError, OSError, ValueError):  # a StringIO (main() called from code) has no fileno
+            tty = False
+        if not tty:
+            raise ParkError("park ui needs a terminal, and its %s is not one" % what,
+                            fix="run it in a terminal, or use park list")
+    backend = load_backend()
+    st = {"backend": backend, "items": [], "parked": 0, "listening": 0, "sel": 0, "want": [], "top": 0,
+          "status": "", "stale": None, "confirm": None, "loaded": None, "attrs": {}}
+    try:
+        scr = curses.initscr()
+    except curses.error as e:  # e.g. an unknown TERM: setupterm fails before anything is drawn
+        raise ParkError("park ui cannot drive this terminal (TERM=%s): %s" % (os.environ.get("TERM", ""), e),
+                        fix="TERM=xterm-256color park ui, or use park list")
+    try:
+        curses.noecho()
+        curses.cbreak()
+        scr.keypad(True)
+        try:
+            curses.curs_set(0)
+        except curses.error:
+            pass
+        st["attrs"] = _ui_attrs(curses)
+        scr.timeout(_UI_TICK_MS)
+        return _ui_loop(curses, scr, st)
+    finally:
+        try:
+            scr.keypad(False)
+            curses.nocbreak()
+            curses.echo()
+        except curses.error:
+            pass
+        curses.endwin()
+
+
+def _ui_attrs(curses):
+    """Attributes per status: bold and reverse always, colour only on a colour terminal without NO_COLOR."""
+    attrs = {"title": curses.A_BOLD, "selected": curses.A_REVERSE, "error": curses.A_BOLD, "ask": curses.A_BOLD}
+    if os.environ.get("NO_COLOR") or not curses.has_colors():
+        return attrs
+    try:
+        curses.start_color()
+        try:
+            curses.use_default_colors()
+            bg = -1
+        except curses.error:
+            bg = curses.COLOR_BLACK
+        for n, (name, fg) in enumerate((("parked", curses.COLOR_YELLOW), ("running", curses.COLOR_GREEN),
+                                        ("gone", curses.COLOR_RED), ("pending", curses.COLOR_MAGENTA)), 1):
+            curses.init_pair(n, fg, bg)
+            attrs[name] = curses.color_pair(n)
+        attrs["error"] = curses.A_BOLD | attrs["gone"]
+    except curses.error:
+        pass
+    return attrs
+
+
+def _ui_loop(curses, scr, st):
+    import time
+    quick = 0
+    while True:
+        if st["loaded"] is None or time.monotonic() - st["loaded"] >= 1.0:
+            _ui_refresh(st)
+        if _ui_fit_size(curses, scr):
+            scr.clear()
+        _ui_draw_safely(curses, scr, st)
+        asked = time.monotonic()
+        try:
+            key = scr.getch()
+        except curses.error:
+            key = -1
+        if key == -1:
+            # No key long before the timeout, again and again: the terminal is gone (its input is at EOF).
+            quick = quick + 1 if time.monotonic() - asked < _UI_TICK_MS / 4000.0 else 0
+            if quick >= 10:
+                return EXIT_FAIL
+            continue
+        quick = 0
+        if key == curses.KEY_RESIZE:
+            _ui_fit_size(curses, scr)
+            scr.clear()  # repaint everything at the new size
+            continue
+        if st["confirm"] is not None:
+            port, pids, command = st["confirm"]
+            st["confirm"] = None
+            if key in (ord("y"), ord("Y")):
+                _ui_act(curses, scr, st, ["release", str(port), "--kill"], "killing %s" % pids, [])
+            else:
+                st["status"] = "not killed: %s (%s)" % (pids, command)
+            continue
+        if key in (ord("q"), ord("Q")):
+            return EXIT_OK
+        try:
+            _ui_key(curses, scr, st, key)
+        except Exception as e:  # the dashboard never dies on a key; the reason goes to the status line
+            st["status"] = "park: %s" % (e if isinstance(e, ParkError) else "%s: %s" % (type(e).__name__, e))
+
+
+def _ui_key(curses, scr, st, key):
+    """One key press: move the selection, or act on the selected entry."""
+    items = st["items"]
+    moves = {curses.KEY_UP: -1, ord("k"): -1, curses.KEY_DOWN: 1, ord("j"): 1,
+             curses.KEY_PPAGE: -10, curses.KEY_NPAGE: 10, curses.KEY_HOME: -len(items) - 1,
+             curses.KEY_END: len(items) + 1}
+    if key in moves:
+        if items:
+            st["sel"] = max(0, min(len(items) - 1, st["sel"] + moves[key]))
+            st["want"] = [_ui_key_of(items[st["sel"]])]
+        return
+    if key not in (ord("r"), ord("x"), ord("K"), ord("p")):
+        return
+    if not items:
+        st["status"] = "nothing to act on"
+        return
+    kind, d = items[st["sel"]]
+    port = d["port"]
+    if key == ord("p"):
+        if kind != "listening":
+            st["status"] = ":%d is already parked (r resumes it)" % port
+            return
+        _ui_act(curses, scr, st, ["park", str(port)], "parking :%d" % port, [("parked", port)])
+        return
+    if kind != "parked":
+        st["status"] = ":%d is not parked (p parks it)" % port
+        return
+    if key == ord("r"):
+        _ui_act(curses, scr, st, ["resume", str(port)], "resuming :%d" % port, [("listening", port)])
+    elif key == ord("x"):
+        _ui_act(curses, scr, st, ["release", str(port)], "releasing :%d" % port, [])
+    else:
+        pids = [h["pid"] for h in d["holders"] if h["status"] != "gone"] or d["pids"]
+        st["confirm"] = (port, "pid%s %s" % ("s" if len(pids) > 1 else "", ", ".join(map(str, pids))),
+                         d["ui_command"])
+
+
+def _ui_act(curses, scr, st, argv, doing, want):
+    """Run park's own main(argv) in this process, its output captured; its first line goes to the status line."""
+    import contextlib
+    import io
+    st["status"] = doing + " ..."
+    _ui_draw_safely(curses, scr, st)
+    out_, err = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out_), contextlib.redirect_stderr(err):
+            try:
+                rc = main(argv)
+            except SystemExit as e:
+                rc = e.code if isinstance(e.code, int) else EXIT_FAIL
+    except Exception as e:  # main() re-raises only under PARK_DEBUG
+        rc, err = EXIT_FAIL, io.StringIO("park: unexpected error: %s: %s\n" % (type(e).__name__, e))
+    text = err.getvalue() if rc else out_.getvalue() or err.getvalue()
+    lines = [l.strip() for l in text.splitlines() if l.strip()]
+    st["status"] = lines[0] if lines else ("park %s: done" % " ".join(argv) if rc == 0
+                                           else "park: park %s failed (exit %s)" % (" ".join(argv), rc))
+    if rc == 0:
+        st["want"] = want + st["want"]
+    _ui_refresh(st)
+
+
+def _ui_key_of(item):
+    return item[0], item[1]["port"]
+
+
+def _ui_refresh(st):
+    """Re-read the parked entries and the listening servers; a failure keeps the old view and is shown."""
+    import time
+    st["loaded"] = time.monotonic()
+    backend = st["backend"]
+    try:
+        states = all_states()
+        rows = list_rows(backend)
+        commands = {r["port"]: _ui_command(r["holders"][0]) for r in states}
+        for row in rows:
+            row["ui_command"] = commands.get(row["port"], row["command"])
+        listening = _ui_listening(backend, rows, states)
+    except Exception as e:  # e.g. a damaged state file: shown until a refresh succeeds again
+        st["status"] = st["stale"] = "park: %s" % (e if isinstance(e, ParkError) else "cannot read the state: "
+                                                  "%s: %s" % (type(e).__name__, e))
+        return
+    if st["status"] == st["stale"]:
+        st["status"] = ""
+    st["stale"] = None
+    items = [("parked", r) for r in rows] + [("listening", l) for l in listening]
+    keys = [_ui_key_of(i) for i in items]
+    for want in st["want"]:
+        if want in keys:
+            st["sel"] = keys.index(want)
+            break
+    else:
+        st["sel"] = max(0, min(st["sel"], len(items) - 1))
+    st["want"] = [keys[st["sel"]]] if items else []
+    st["items"], st["parked"], st["listening"] = items, len(rows), len(listening)
+
+
+def _ui_listening(backend, rows, states):
+    """The user's listening TCP servers that park could park: [{port, pids, command}], by port."""
+    me = os.geteuid()
+    skip = {p for r in rows for p in r["pids"]}
+    for r in states:
+        hold = r.get("hold") or {}
+        if hold.get("pid"):
+            skip.add(hold["pid"])  # the listener that holds clients for a parked server is park's own
+    found = []
+    for port, pids in sorted(backend.ports_listening().items()):
+        pids = [p for p in pids if p not in skip]
+        infos = [backend.process(p) for p in pids]
+        if not pids or any(i is None or (me != 0 and i["uid"] != me) or refusal(i, port, me, False)
+                           for i in infos):
+            continue
+        found.append({"port": port, "pids": pids, "command": _ui_command(infos[0])})
+    return found
+
+
+def _ui_pids(pids, width):
+    text = ",".join(map(str, pids))
+    return text if len(text) <= width else "%d+%d" % (pids[0], len(pids) - 1)
+
+
+def _ui_command(info):
+    """The whole command line, its program without the directory (the screen cuts it, not command_of's 60)."""
+    argv = info.get("argv") or []
+    if not argv:
+        return "[%s]" % info.get("name", "?")
+    return " ".join([os.path.basename(argv[0]) or argv[0]] + list(argv[1:]))
+
+
+def _ui_lines(st):
+    """The body as [(segments, item index or None)], each segment (text, attribute name or None)."""
+    a = st["attrs"]
+    lines = [([("PARKED", "title")], None),
+             ([(_UI_PARKED % ("PORT", "PID", "FOR", "LEFT", "WAIT", "STATUS", "COMMAND"), None)], None)]
+    n = 0
+    for kind, d in st["items"]:
+        if kind != "parked":
+            continue
+        status = "pending" if d.get("pending") else d["status"]
+        left = format_duration(d["timer_left"]) if d.get("timer_left") is not None else "-"
+        waiting = str(d["waiting"]) if d.get("waiting") is not None else "-"
+        head = _UI_PARKED_HEAD % (":%d" % d["port"], _ui_pids(d["pids"], 11), format_duration(d["parked_for"]),
+                                   left, waiting)
+        lines.append(([(head, None), ("%-8s" % status, status if status in a else None),
+                       (" " + d["ui_command"], None)], n))
+        if d.get("pending"):
+            lines.append(([("         pending: %s" % d["pending"], "pending")], None))
+        n += 1
+    if not st["parked"]:
+        lines.append(([("  nothing is parked", None)], None))
+    lines.append(([("", None)], None))
+    lines.append(([("LISTENING", "title")], None))
+    lines.append(([(_UI_LISTENING % ("PORT", "PID", "COMMAND"), None)], None))
+    for kind, d in st["items"]:
+        if kind == "listening":
+            lines.append(([(_UI_LISTENING % (":%d" % d["port"], _ui_pids(d["pids"], 11), d["command"]), None)], n))
+            n += 1
+    if not st["listening"]:
+        lines.append(([("  no server of yours that park could park is listening", None)], None))
+    return lines
+
+
+def _ui_draw_safely(curses, scr, st):
+    """Draw; whatever goes wrong ends up on the status line, never as a crash."""
+    try:
+        _ui_draw(curses, scr, st)
+    except Exception as e:
+        st["status"] = "park: cannot draw: %s: %s" % (type(e).__name__, e)
+        try:
+            rows, cols = scr.getmaxyx()
+            scr.erase()
+            _ui_put(scr, rows - 1, 0, st["status"], cols - 1, 0)
+            scr.refresh()
+        except Exception:
+            pass
+
+
+def _ui_draw(curses, scr, st):
+    rows, cols = scr.getmaxyx()
+    width = cols - 1  # never the last column: writing the bottom-right cell scrolls or fails
+    a = st["attrs"]
+    scr.erase()
+    _ui_put(scr, 0, 0, "park ui \u2014 %d parked, %d listening \u2014 q quit" % (st["parked"], st["listening"]),
+            width, a["title"])
+    if rows >= 3:
+        ask = st["confirm"] is not None
+        if ask:  # the question always fits: the command is what gets cut
+            _, pids, command = st["confirm"]
+            room = max(0, width - len("kill %s ()? y/n" % pids))
+            command = command if len(command) <= room else command[:max(0, room - 3)] + "..."
+            status = "kill %s (%s)? y/n" % (pids, command)
+        else:
+            status = st["status"]
+        attr = a["ask"] if ask else a["error"] if status.startswith("park: ") else 0
+        _ui_put(scr, rows - 2, 0, status, width, attr)
+    if rows >= 2:
+        _ui_put(scr, rows - 1, 0, _UI_FOOTER, width, 0)
+    body = rows - 3
+    if body > 0:
+        lines = _ui_lines(st)
+        at = [i for i, (_, n) in enumerate(lines) if n == st["sel"] and st["items"]]
+        top = min(st["top"], max(0, len(lines) - body))
+        if at:
+            top = min(max(top, at[0] - body + 1), at[0])
+        st["top"] = top
+        for y, (segments, n) in enumerate(lines[top:top + body], 1):
+            selected = n is not None and n == st["sel"]
+            x = _ui_put(scr, y, 0, ">" if selected else " ", width, a["selected"] if selected else 0)
+            x = _ui_put(scr, y, x, " ", width, a["selected"] if selected else 0)
+            for text, name in segments:
+                attr = a.get(name, 0) if name else 0
+                x = _ui_put(scr, y, x, text, width, attr | (a["selected"] if selected else 0))
+    scr.refresh()
+
+
+def _ui_put(scr, y, x, text, width, attr):
+    """Write text at (y, x), cut to end before column `width`; returns the next column. Never raises curses.error."""
+    import curses
+    import unicodedata
+    room = width - x
+    if room <= 0 or y < 0:
+        return x
+    out, used = [], 0
+    for ch in text:
+        if ch < " " or "\x7f" <= ch < "\xa0":
+            ch = "?"  # control characters in an argv must not move the cursor
+        w = 2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1
+        if used + w > room:
+            break
+        out.append(ch)
+        used += w
+    s = "".join(out)
+    try:
+        try:
+            scr.addstr(y, x, s, attr)
+        except UnicodeEncodeError:  # a terminal encoding without the dash or the arrows
+            s = s.replace("\u2014", "-").replace("\u2191\u2193", "Up/Dn").encode("ascii", "replace").decode()
+            scr.addstr(y, x, s[:room], attr)
+    except curses.error:  # a cell off the screen while the terminal shrinks; the next draw fixes it
+        pass
+    return x + used
+
+
+def _ui_fit_size(curses, scr):
+    """Follow the terminal's size (also when a SIGWINCH was missed); True when it changed."""
+    try:
+        size = os.get_terminal_size(sys.__stdout__.fileno())
+    except (AttributeError, OSError, ValueError):
+        return False
+    if (size.lines, size.columns) == scr.getmaxyx() or size.lines < 1 or size.columns < 1:
+        return False
+    try:
+        curses.resizeterm(size.lines, size.columns)
+    except curses.error:
+        return False
+    return True
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Command line
 
-COMMANDS = ("resume", "list", "release", "swap")
+COMMANDS = ("resume", "list", "release", "swap", "ui")
 
 USAGE = """park PORT [--for DURATION] [--hold] [--force]
                                          pause the server(s) on PORT and free the port
@@ -934,7 +1309,8 @@ USAGE = """park PORT [--for DURATION] [--hold] [--force]
        park list [--json] [--prune]       what is parked
        park swap PORT1 PORT2              swap which server listens on which port
        park release PORT|PID [--kill [--force]]
-                                         continue without the listener, or end it"""
+                                         continue without the listener, or end it
+       park ui                            live dashboard: resume, release, kill or park with one key"""
 
 EPILOG = """exit codes: 0 ok, 1 failed (the target is left as it was), 2 usage error, 130 interrupted.
 state: $PARK_HOME or ~/.park"""
@@ -947,7 +1323,7 @@ def build_parser():
                                             "later as the same process.",
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version="park " + __version__)
-    sub = p.add_subparsers(dest="command", metavar="{resume,list,release,swap}")
+    sub = p.add_subparsers(dest="command", metavar="{resume,list,release,swap,ui}")
     pk = sub.add_parser("park", usage="park PORT [--for DURATION] [--hold] [--force]")
     pk.add_argument("port", help="PORT or :PORT")
     pk.add_argument("--force", action="store_true",
@@ -974,6 +1350,7 @@ def build_parser():
     rl.add_argument("target", metavar="PORT|PID")
     rl.add_argument("--kill", action="store_true", help="send SIGTERM (delivered although it was stopped)")
     rl.add_argument("--force", action="store_true", help="with --kill: SIGKILL")
+    sub.add_parser("ui", help="live dashboard of parked and listening servers", usage="park ui")
     return p
 
 
@@ -999,7 +1376,7 @@ def main(argv=None):
         sys.stderr.write("park: --force goes with --kill (park release PORT --kill --force)\n")
         return EXIT_USAGE
     run = {"park": cmd_park, "resume": cmd_resume, "list": cmd_list, "release": cmd_release,
-           "swap": cmd_swap}[args.command]
+           "swap": cmd_swap, "ui": cmd_ui}[args.command]
     try:
         code = run(args)
         if DEFERRED:

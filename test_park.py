@@ -2360,6 +2360,486 @@ class SwapTest(LiveTestCase):
 
 
 
+ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[()*+][0-~]|[@-Z\\-_=>78])")
+
+
+class TermScreen:
+    """A small VT100/xterm screen: enough of what ncurses sends for TERM=xterm-256color to know what the user
+    sees. ncurses repaints only changed cells (cursor moves, ECH, REP, scrolling), so the raw output with the
+    escapes stripped shows a row whole only the first time; this grid shows it every time."""
+
+    def __init__(self, rows, cols):
+        self.rows, self.cols = rows, cols
+        self.grid = [[" "] * cols for _ in range(rows)]
+        self.y = self.x = 0
+        self.top, self.bottom = 0, rows - 1
+        self.saved = (0, 0)
+        self.last = " "
+        self.wrap = False
+
+    def resize(self, rows, cols):
+        self.grid = [(self.grid[y][:cols] + [" "] * max(0, cols - self.cols)) if y < self.rows else [" "] * cols
+                     for y in range(rows)]
+        self.rows, self.cols = rows, cols
+        self.top, self.bottom = 0, rows - 1
+        self.y, self.x = min(self.y, rows - 1), min(self.x, cols - 1)
+
+    def lines(self):
+        return ["".join(r).rstrip() for r in self.grid]
+
+    def text(self):
+        return "\n".join(self.lines())
+
+    def _scroll(self, n, top=None):
+        top = self.top if top is None else top
+        for _ in range(n):  # up: the line at top goes, a blank one comes in at bottom
+            del self.grid[top]
+            self.grid.insert(self.bottom, [" "] * self.cols)
+
+    def _scroll_down(self, n, top=None):
+        top = self.top if top is None else top
+        for _ in range(n):
+            del self.grid[self.bottom]
+            self.grid.insert(top, [" "] * self.cols)
+
+    def _index(self):
+        if self.y == self.bottom:
+            self._scroll(1)
+        elif self.y < self.rows - 1:
+            self.y += 1
+
+    def _put(self, ch):
+        if self.wrap:
+            self.x, self.wrap = 0, False
+            self._index()
+        self.grid[self.y][self.x] = ch
+        self.last = ch
+        if self.x == self.cols - 1:
+            self.wrap = True  # xterm's deferred wrap (am + xenl)
+        else:
+            self.x += 1
+
+    def feed(self, text):
+        i = 0
+        while i < len(text):
+            m = ANSI.match(text, i) if text[i] == "\x1b" else None
+            if m:
+                self._escape(m.group(0))
+                i = m.end()
+                continue
+            ch = text[i]
+            i += 1
+            if ch == "\r":
+                self.x, self.wrap = 0, False
+            elif ch == "\n":
+                self._index()
+                self.wrap = False
+            elif ch == "\b":
+                self.x, self.wrap = max(0, self.x - 1), False
+            elif ch == "\t":
+                self.x = min(self.cols - 1, (self.x // 8 + 1) * 8)
+            elif ch >= " " and ch != "\x7f":
+                self._put(ch)
+
+    def _escape(self, seq):
+        self.wrap = False
+        if seq[1] != "[":
+            if seq[1] == "7":
+                self.saved = (self.y, self.x)
+            elif seq[1] == "8":
+                self.y, self.x = self.saved
+            elif seq[1] == "M":  # reverse index
+                if self.y == self.top:
+                    self._scroll_down(1)
+                else:
+                    self.y = max(0, self.y - 1)
+            elif seq[1] == "D":
+                self._index()
+            elif seq[1] == "E":
+                self.x = 0
+                self._index()
+            return
+        body, final = seq[2:-1], seq[-1]
+        if body.startswith("?") or body.startswith(">"):
+            return  # private modes: alternate screen, cursor keys, cursor visibility
+        nums = [int(p) if p.isdigit() else 0 for p in body.split(";")] if body else []
+        n = nums[0] if nums and nums[0] else 1
+        row = self.grid[self.y]
+        if final in "Hf":
+            self.y = min(self.rows - 1, max(1, nums[0] if nums else 1) - 1)
+            self.x = min(self.cols - 1, max(1, nums[1] if len(nums) > 1 else 1) - 1)
+        elif final == "A":
+            self.y = max(0, self.y - n)
+        elif final == "B":
+            self.y = min(self.rows - 1, self.y + n)
+        elif final == "C":
+            self.x = min(self.cols - 1, self.x + n)
+        elif final == "D":
+            self.x = max(0, self.x - n)
+        elif final == "G":
+            self.x = min(self.cols - 1, n - 1)
+        elif final == "d":
+            self.y = min(self.rows - 1, n - 1)
+        elif final == "K":
+            mode = nums[0] if nums else 0
+            lo, hi = {0: (self.x, self.cols), 1: (0, self.x + 1), 2: (0, self.cols)}.get(mode, (0, 0))
+            row[lo:hi] = [" "] * (hi - lo)
+        elif final == "J":
+            mode = nums[0] if nums else 0
+            if mode == 0:
+                row[self.x:] = [" "] * (self.cols - self.x)
+                for y in range(self.y + 1, self.rows):
+                    self.grid[y] = [" "] * self.cols
+            elif mode == 1:
+                row[:self.x + 1] = [" "] * (self.x + 1)
+                for y in range(self.y):
+                    self.grid[y] = [" "] * self.cols
+            else:
+                self.grid = [[" "] * self.cols for _ in range(self.rows)]
+        elif final == "X":
+            hi = min(self.cols, self.x + n)
+            row[self.x:hi] = [" "] * (hi - self.x)
+        elif final == "b":
+            for _ in range(n):
+                self._put(self.last)
+        elif final == "@":
+            row[self.x:self.x] = [" "] * n
+            del row[self.cols:]
+        elif final == "P":
+            del row[self.x:self.x + n]
+            row.extend([" "] * (self.cols - len(row)))
+        elif final == "L" and self.top <= self.y <= self.bottom:
+            self._scroll_down(n, top=self.y)
+        elif final == "M" and self.top <= self.y <= self.bottom:
+            self._scroll(n, top=self.y)
+        elif final == "S":
+            self._scroll(n)
+        elif final == "T":
+            self._scroll_down(n)
+        elif final == "r":
+            self.top = max(1, nums[0] if nums else 1) - 1
+            self.bottom = min(self.rows, nums[1] if len(nums) > 1 and nums[1] else self.rows) - 1
+            self.y = self.x = 0
+        # m (attributes and colours), h/l (modes), n, c, t: nothing visible to track
+
+
+class UiTest(LiveTestCase):
+    """`park ui` in a real pseudo-terminal (24x80, TERM=xterm-256color), driven by keys like a user."""
+
+    HEADER = re.compile(r"^park ui (\u2014|-) (\d+) parked, (\d+) listening (\u2014|-) q quit")
+
+    def setUp(self):
+        super().setUp()
+        self.ui = None
+
+    def start_ui(self, rows=24, cols=80, env=None):
+        import fcntl
+        import termios
+        master, slave = os.openpty()
+        self.addCleanup(lambda: os.close(self.master))  # self.master: a test may have swapped it
+        self.addCleanup(os.close, slave)
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+        self.tty_before = termios.tcgetattr(slave)
+        env = dict(env or self.env, TERM="xterm-256color")
+        proc = subprocess.Popen([sys.executable, PARK, "ui"], stdin=slave, stdout=slave, stderr=slave, env=env,
+                                cwd=self.tmp, start_new_session=True)
+        self.addCleanup(self._stop_proc, proc)
+        self.ui, self.master, self.slave = proc, master, slave
+        self.raw = ""
+        self.screen = TermScreen(rows, cols)
+        return proc
+
+    def pump(self, seconds=0.05):
+        """Read whatever the ui wrote within `seconds` into the raw text and the screen."""
+        if self.ui is None:  # no ui yet: just wait
+            time.sleep(seconds)
+            return
+        deadline = time.monotonic() + seconds
+        while True:
+            left = max(0.0, deadline - time.monotonic())
+            r, _, _ = select.select([self.master], [], [], left)
+            if not r:
+                return
+            try:
+                data = os.read(self.master, 65536).decode("utf-8", "replace")
+            except OSError:  # EIO: the ui exited and nobody else has the terminal open
+                return
+            self.raw += data
+            self.screen.feed(data)
+
+    def wait_screen(self, check, what, timeout=10):
+        """Pump until check(lines) is true; fail showing the screen."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.pump()
+            if check(self.screen.lines()):
+                return self.screen.lines()
+            if time.monotonic() > deadline or self.ui.poll() is not None:
+                self.fail("%s: not on the screen (ui rc %s):\n%s\nraw tail: %r"
+                          % (what, self.ui.poll(), self.screen.text(), ANSI.sub("", self.raw)[-800:]))
+
+    def wait_until(self, check, what, timeout=10):
+        deadline = time.monotonic() + timeout
+        while not check():
+            if time.monotonic() > deadline:
+                self.fail("%s; screen:\n%s" % (what, self.screen.text()))
+            self.pump()
+
+    def press(self, keys):
+        os.write(self.master, keys.encode())
+
+    def rows_on_screen(self, lines):
+        """[(line index, port, section)] for every entry row on the screen.
+
+        The body scrolls to keep the selection visible, so a section title may be off the screen: rows above the
+        first visible title belong to the other section, and with no title visible they are LISTENING rows (the
+        tests park at most two servers, while the machine may list many)."""
+        titles = [(i, l.strip()) for i, l in enumerate(lines) if l.strip() in ("PARKED", "LISTENING")]
+        out = []
+        for i, line in enumerate(lines):
+            m = re.match(r"^[> ] :(\d+)\b", line)
+            if not m:
+                continue
+            above = [t for j, t in titles if j < i]
+            if above:
+                where = above[-1]
+            elif titles:
+                where = "PARKED" if titles[0][1] == "LISTENING" else "LISTENING"
+            else:
+                where = "LISTENING"
+            out.append((i, int(m.group(1)), where))
+        return out
+
+    def row_of(self, lines, port, section=None):
+        """The index of the screen line for :port (in section 'PARKED' or 'LISTENING' if given), or None."""
+        for i, p, where in self.rows_on_screen(lines):
+            if p == port and section in (None, where):
+                return i
+        return None
+
+    def selected(self, lines):
+        return [i for i, l in enumerate(lines) if l.startswith("> :")]
+
+    def select_port(self, port, section):
+        """Move the selection with j/k onto :port in section, as a user would (scrolling if need be)."""
+        for _ in range(200):
+            lines = self.wait_screen(lambda l: self.selected(l), "a selected row")
+            sel = self.selected(lines)[0]
+            want = self.row_of(lines, port, section)
+            if want == sel:
+                return lines
+            if want is not None:
+                key = "j" if want > sel else "k"
+            else:  # off the screen: each section is sorted by port, PARKED above LISTENING
+                same = [p for _, p, where in self.rows_on_screen(lines) if where == section]
+                key = ("j" if max(same) < port else "k") if same else "k" if section == "PARKED" else "j"
+            before = (sel, lines[sel])
+            self.press(key)
+            self.wait_screen(lambda l: self.selected(l) and (self.selected(l)[0], l[self.selected(l)[0]]) != before,
+                             "the selection moving")
+        self.fail("could not select :%d in %s" % (port, section))
+
+    def quit_ui(self):
+        self.press("q")
+        try:
+            rc = self.ui.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.fail("q did not end park ui; screen:\n%s" % self.screen.text())
+        self.pump(0.1)
+        self.assertEqual(rc, 0, "park ui exit code; output: %r" % ANSI.sub("", self.raw)[-800:])
+        self.assertNotIn("Traceback", ANSI.sub("", self.raw))
+        return rc
+
+    def parked_fixture(self):
+        proc = self.start_asyncio(self.port)
+        pid, n = self.get_count("127.0.0.1", self.port)
+        self.wait_quiet(self.port)
+        self.park(self.port, expect=0)
+        self.assert_parked(proc.pid)
+        return proc, n
+
+    def test_parked_server_shows_and_r_resumes_it(self):
+        proc, n = self.parked_fixture()
+        self.start_ui()
+        lines = self.wait_screen(lambda l: self.row_of(l, self.port, "PARKED") is not None, "the parked row")
+        row = lines[self.row_of(lines, self.port, "PARKED")]
+        self.assertIn(str(proc.pid), row.split())
+        self.assertIn("parked", row.split())
+        self.assertTrue(row.startswith(">"), "the first row is not selected: %r" % row)
+        self.assertEqual(self.HEADER.match(lines[0]).group(2), "1", lines[0])
+        self.press("r")
+        self.wait_until(lambda: proc_state(proc.pid) not in ("T", "t"), "r did not resume pid %d" % proc.pid)
+        self.assert_running(proc.pid)
+        self.assertEqual(self.get_count("127.0.0.1", self.port), (proc.pid, n + 1), "the counter did not continue")
+        self.assertEqual(self.park_list(), [])
+        lines = self.wait_screen(lambda l: any(x.startswith("resumed :%d" % self.port) for x in l)
+                                 and self.row_of(l, self.port, "LISTENING") is not None,
+                                 "'resumed' in the status line and the server under LISTENING")
+        self.assertIsNone(self.row_of(lines, self.port, "PARKED"))
+        self.quit_ui()
+
+    def test_q_quits_and_restores_the_terminal(self):
+        import termios
+        self.start_ui()
+        lines = self.wait_screen(lambda l: self.HEADER.match(l[0]) and "q quit" in l[23], "header and footer")
+        self.assertIn("r resume", lines[23])
+        self.assertTrue(all(len(l) < 80 for l in lines), "a line reaches the last column")
+        self.quit_ui()
+        self.assertEqual(termios.tcgetattr(self.slave), self.tty_before, "terminal modes not restored")
+        self.assertGreater(self.raw.rfind("\x1b[?1049l"), self.raw.rfind("\x1b[?1049h"),
+                           "the alternate screen was not left")
+        # NO_COLOR is set (env_for): no colour escapes at all (the default-colour reset sequence aside)
+        self.assertEqual(re.findall(r"\x1b\[[0-9;]*(?:3[0-7]|4[0-7]|38;5;\d+)m", self.raw), [])
+
+    def test_resize_is_followed(self):
+        import fcntl
+        import termios
+        proc, _ = self.parked_fixture()
+        self.start_ui()
+        self.wait_screen(lambda l: self.row_of(l, self.port, "PARKED") is not None, "the parked row")
+        for rows, cols in ((30, 100), (20, 60)):
+            fcntl.ioctl(self.slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+            self.screen.resize(rows, cols)
+            os.kill(self.ui.pid, signal.SIGWINCH)
+            lines = self.wait_screen(lambda l: len(l) == rows and "q quit" in l[rows - 1]
+                                     and self.HEADER.match(l[0]) and self.row_of(l, self.port, "PARKED"),
+                                     "the layout at %dx%d" % (rows, cols))
+            self.assertTrue(all(len(l) < cols for l in lines), "a line reaches column %d" % cols)
+        # still refreshing: the parked-for time goes on changing at the new size
+        lines = self.screen.lines()
+        before = lines[self.row_of(lines, self.port, "PARKED")]
+        self.wait_screen(lambda l: self.row_of(l, self.port, "PARKED") and l[self.row_of(l, self.port, "PARKED")]
+                         != before, "a refresh after the resize", timeout=5)
+        self.assert_parked(proc.pid)
+        self.quit_ui()
+
+    def test_p_parks_a_listening_server_and_r_resumes_it(self):
+        proc = self.start_asyncio(self.port)
+        pid, n = self.get_count("127.0.0.1", self.port)
+        self.wait_quiet(self.port)
+        self.start_ui()
+        lines = self.select_port(self.port, "LISTENING")
+        self.assertIn(str(proc.pid), lines[self.row_of(lines, self.port, "LISTENING")].split())
+        self.press("p")
+        self.wait_until(lambda: proc_state(proc.pid) == "T", "p did not park pid %d" % proc.pid)
+        self.assert_parked(proc.pid)
+        self.assertEqual(listen_inodes(self.port), set())
+        lines = self.wait_screen(lambda l: self.row_of(l, self.port, "PARKED") in self.selected(l),
+                                 "the parked row, selected")
+        self.assertTrue(any(l.startswith("parked :%d" % self.port) for l in lines), "status line")
+        self.press("r")
+        self.wait_until(lambda: proc_state(proc.pid) not in ("T", "t"), "r did not resume pid %d" % proc.pid)
+        self.assertEqual(self.get_count("127.0.0.1", self.port), (proc.pid, n + 1))
+        self.assertEqual(self.park_list(), [])
+        self.quit_ui()
+
+    def test_timer_and_hold_columns(self):
+        """LEFT shows a --for timer, WAIT the clients on a --hold listener (whose park is not listed as a
+        server); r on each resumes it: the timer then ends by itself, the hold hands its client over."""
+        timed = self.start_asyncio(self.port)
+        self.wait_quiet(self.port)
+        self.park(self.port, "--for", "10m", expect=0)
+        port2 = free_port()
+        held = self.start_asyncio(port2)
+        self.wait_quiet(port2)
+        hold = subprocess.Popen([sys.executable, PARK, str(port2), "--hold"], stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.env)
+        self.addCleanup(self._stop_proc, hold)
+        self.wait_until(lambda: (self.entry(port2) or {}).get("waiting") == 0, "the hold did not start")
+        client = socket.create_connection(("127.0.0.1", port2), timeout=10)
+        self.addCleanup(client.close)
+        self.wait_until(lambda: (self.entry(port2) or {}).get("waiting") == 1, "the client is not waiting")
+        self.start_ui()
+
+        def columns(lines, port):
+            i = self.row_of(lines, port, "PARKED")
+            return lines[i][2:].split() if i is not None else []
+
+        lines = self.wait_screen(lambda l: len(columns(l, self.port)) > 6 and len(columns(l, port2)) > 6,
+                                 "both parked rows")
+        port_, pids, _, left, wait, status = columns(lines, self.port)[:6]
+        self.assertEqual((pids, wait, status), (str(timed.pid), "-", "parked"))
+        self.assertRegex(left, r"^(9m[0-5]\ds|10m00s)$")
+        port_, pids, _, left, wait, status = columns(lines, port2)[:6]
+        self.assertEqual((pids, left, wait, status), (str(held.pid), "-", "1", "parked"))
+        self.assertIsNone(self.row_of(lines, port2, "LISTENING"), "the holding park is listed as a server")
+        self.assertEqual(self.HEADER.match(lines[0]).group(2), "2")
+        self.select_port(self.port, "PARKED")
+        self.press("r")
+        self.wait_until(lambda: proc_state(timed.pid) not in ("T", "t"), "r did not resume the timed server")
+        self.select_port(port2, "PARKED")
+        self.press("r")
+        self.assertEqual(hold.wait(timeout=20), 0, "the holding park did not end after the hand-over")
+        client.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertIn(b"pid=%d count=" % held.pid, client.recv(4096), "the held client was not served")
+        self.assertEqual(self.park_list(), [])
+        self.quit_ui()
+
+    def test_kill_asks_first(self):
+        proc, _ = self.parked_fixture()
+        self.start_ui()
+        self.wait_screen(lambda l: self.row_of(l, self.port, "PARKED") in self.selected(l), "the parked row")
+        self.press("K")
+        self.wait_screen(lambda l: any(x.startswith("kill pid %d (" % proc.pid) and x.endswith("? y/n") for x in l),
+                         "the kill question")
+        self.press("n")
+        self.wait_screen(lambda l: any(x.startswith("not killed") for x in l), "'not killed'")
+        time.sleep(0.3)
+        self.assert_parked(proc.pid)
+        self.assertIsNotNone(self.entry(self.port))
+        self.press("K")
+        self.wait_screen(lambda l: any(x.endswith("? y/n") for x in l), "the kill question again")
+        self.press("y")
+        self.assertEqual(proc.wait(timeout=10), -signal.SIGTERM)
+        self.assertEqual(self.park_list(), [])
+        self.wait_screen(lambda l: self.row_of(l, self.port) is None and "nothing is parked" in "\n".join(l),
+                         "the killed entry gone")
+        self.quit_ui()
+
+    def test_errors_go_to_the_status_line(self):
+        """A damaged state file and a key that cannot apply are reported on the status line; the ui goes on."""
+        self.start_ui()
+        self.wait_screen(lambda l: self.HEADER.match(l[0]), "the header")
+        parked = os.path.join(self.home, "parked")
+        os.makedirs(parked, exist_ok=True)
+        bad = os.path.join(parked, "%d.json" % self.port)
+        with open(bad, "w") as f:
+            f.write("{not json")
+        self.wait_screen(lambda l: l[22].startswith("park: state file " + bad[:40]), "the error")
+        os.unlink(bad)
+        self.wait_screen(lambda l: l[22] == "", "the error cleared once the state reads again")
+        self.press("x")
+        self.wait_screen(lambda l: l[22] != "", "a message for x with nothing parked")
+        self.quit_ui()
+
+    def test_closed_terminal_ends_it(self):
+        """When the terminal goes away (its master side closed), park ui ends instead of spinning."""
+        self.start_ui()
+        self.wait_screen(lambda l: self.HEADER.match(l[0]), "the header")
+        os.close(self.master)
+        self.master = os.open("/dev/null", os.O_RDONLY)  # what the cleanup closes instead
+        try:
+            self.ui.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.fail("park ui still runs after its terminal was closed (state %s)" % proc_state(self.ui.pid))
+
+    def test_without_curses(self):
+        fake = os.path.join(self.tmp, "nocurses")
+        os.makedirs(os.path.join(fake, "curses"))
+        with open(os.path.join(fake, "curses", "__init__.py"), "w") as f:
+            f.write("raise ImportError('No module named _curses')\n")
+        env = dict(self.env, PYTHONPATH=fake)
+        r = self.park("ui", expect=1, env=env)
+        self.assertEqual(r.stderr.splitlines()[0],
+                         "park: park ui needs the curses module, which this Python does not have")
+        self.assertEqual(r.stdout, "")
+
+    def test_not_a_terminal(self):
+        r = self.park("ui", expect=1)
+        self.assertIn("terminal", r.stderr.splitlines()[0])
+        self.assertIn("park list", r.stderr)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Runner: `python3 test_park.py` ends with one line "N passed, N failed, N skipped".
 
