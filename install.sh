@@ -11,7 +11,7 @@ set -u
 BASE_URL="https://raw.githubusercontent.com/park-sh/park/main"
 
 # sha256 of each file at this release (test_park.py fails, printing these lines, when one differs).
-SHA256_park_py="2fb566e79e1a9a32d88a6ae1713353e97defda8a2bdcbac5266affae08be8d40"
+SHA256_park_py="20986b9a25a513612b1a2549b208ffd35fdcd53ac22d841e7c5e0000181647c3"
 SHA256_park_linux_x86_64_py="975b7fb7cf207eb6efd062acf046a892857d9d02b78df4f907f9fcc5862dfaa6"
 
 say() { printf 'park-install: %s\n' "$*"; }

@@ -6,15 +6,17 @@ safety policy. The work on processes is done by one backend module per platform,
 of this file (never through sys.path). A backend exports:
   Error(message, fix=None, errno=None, parked=False)  the one exception it raises for expected failures
   listeners(port)            [{inode, family, host, port, holders: {pid: [fd, ...]}}] for each TCP listener
-  process(pid)               {pid, name, argv, state, ppid, kernel, start, uid, tracer, seccomp} or None
+  ports_listening()          {port: [pid, ...]} of every TCP listener whose holders park can see
+  process(pid)               {pid, name, argv, state, uid, start, kernel, tracer, seccomp} or None
   stopped(info)              True when that process is stopped by a signal
   inspect(listener, force)   the listener with everything needed to recreate it (JSON-serialisable)
-  park(plan, drain, suspend_seccomp)   close the listeners, leave their holders stopped
-  resume(plan, force, suspend_seccomp)         recreate the listeners in the same processes, continue them
-  ports_listening()          {port: [pid, ...]} of every TCP listener whose holders park can see
+  park(plan, drain, suspend_seccomp)            close the listeners, leave their holders stopped
+  resume(plan, force, suspend_seccomp, given)   recreate them (or hand over `given` fds) and continue
+  swap(plan_a, plan_b, suspend_seccomp)         move each side's listeners to the other's port
+  hold_socket(listener)      a listening socket of park's own at that address, for --hold
+  queue_lengths(inodes, families)  {inode: (accept queue length, backlog)}
   time_wait(listener)        TIME_WAIT connections that block re-binding that listener's address
-  clear_time_wait(entries)   remove them (privileged); OSError when not allowed
-  ptrace_scope()             the Yama setting, for the permission message
+  ptrace_scope()             the Yama setting (or None), for the permission message
 A failed park leaves the processes running as they were; a failed resume leaves them parked, state intact.
 """
 
