@@ -11,7 +11,7 @@ set -u
 BASE_URL="https://raw.githubusercontent.com/park-sh/park/main"
 
 # sha256 of each file at this release (test_park.py fails, printing these lines, when one differs).
-SHA256_park_py="20986b9a25a513612b1a2549b208ffd35fdcd53ac22d841e7c5e0000181647c3"
+SHA256_park_py="cb111da67be690b86478295c1eb9ddcfe36ae331328c9fb89517d36aa8c840fe"
 SHA256_park_linux_x86_64_py="975b7fb7cf207eb6efd062acf046a892857d9d02b78df4f907f9fcc5862dfaa6"
 
 say() { printf 'park-install: %s\n' "$*"; }

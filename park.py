@@ -1363,6 +1363,9 @@ def main(argv=None):
         return EXIT_FAIL
     if script_dir() is None and sys.path and sys.path[0] in ("", os.getcwd()):
         del sys.path[0]  # stdin mode: files in the current directory must not shadow the standard library
+    if os.environ.get("PARK_DEBUG"):
+        import time
+        debug("main started at %.6f" % time.time())  # the benchmark measures from here, past interpreter start
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] not in COMMANDS and argv[0] not in ("-h", "--help", "--version", "park"):
         argv.insert(0, "park")
