@@ -11,8 +11,8 @@ set -u
 BASE_URL="https://raw.githubusercontent.com/park-sh/park/main"
 
 # sha256 of each file at this release (test_park.py fails, printing these lines, when one differs).
-SHA256_park_py="cb111da67be690b86478295c1eb9ddcfe36ae331328c9fb89517d36aa8c840fe"
-SHA256_park_linux_x86_64_py="975b7fb7cf207eb6efd062acf046a892857d9d02b78df4f907f9fcc5862dfaa6"
+SHA256_park_py="21f895712262f101c1b179cd32e49220458da1563c9788300675b8f3bb60aae1"
+SHA256_park_linux_x86_64_py="70cbbf2c8c12dd1f1ae6bb16dd32e78c60ffbb61485540c15045c4af0332a822"
 
 say() { printf 'park-install: %s\n' "$*"; }
 err() { printf 'park-install: error: %s\n' "$*" >&2; }

@@ -32,7 +32,7 @@ BACKENDS = {("linux", "x86_64"): "park_linux_x86_64", ("darwin", "arm64"): "park
 # fails, printing the line to paste, when a pin differs from the file.
 BASE_URL = "https://raw.githubusercontent.com/park-sh/park/main"
 PINS = {
-    "park_linux_x86_64": "975b7fb7cf207eb6efd062acf046a892857d9d02b78df4f907f9fcc5862dfaa6",
+    "park_linux_x86_64": "70cbbf2c8c12dd1f1ae6bb16dd32e78c60ffbb61485540c15045c4af0332a822",
 }
 SCHEMA = 1
 KIND = "park.parked"

@@ -980,6 +980,25 @@ def still_listening(listeners_):
     return want & live
 
 
+def _close_listeners(tracer, plan, pids, closed):
+    """With every thread stopped: check that nothing changed since inspect() and that resume will be able
+    to borrow scratch memory, then close every recorded fd (each is appended to closed)."""
+    _verify(plan, pids)
+    for pid in pids:
+        if not tracer.probe_scratch(pid):
+            raise Error("pid %d runs on a stack park cannot use to resume it later (a small fiber stack?); "
+                        "nothing was changed" % pid)
+    for l in plan:
+        for h in l["holders"]:
+            for f in h["fds"]:
+                tracer.syscall(h["pid"], NR_close, f["fd"])
+                closed.append((h["pid"], f["fd"]))
+    if still_listening(plan):
+        # Something park cannot see (an fd in flight, another pid namespace) still holds the socket.
+        raise Error("the listener stayed open after park closed it in every holder it found (an fd in flight, "
+                    "or a holder park cannot see)", errno=errno.EBUSY)
+
+
 def park(plan, drain=2.0, suspend_seccomp=False):
     """Stop every holder, close the listeners, leave the holders stopped. plan: listeners from inspect().
 
@@ -1010,24 +1029,9 @@ def park(plan, drain=2.0, suspend_seccomp=False):
             break
         tracer.release()
     try:
-        _verify(plan, pids)
-        for pid in pids:
-            if not tracer.probe_scratch(pid):
-                raise Error("pid %d runs on a stack park cannot use to resume it later (a small fiber stack?); "
-                            "nothing was changed" % pid)
         closed = []
         try:
-            for l in plan:
-                for h in l["holders"]:
-                    for f in h["fds"]:
-                        tracer.syscall(h["pid"], NR_close, f["fd"])
-                        closed.append((l, h["pid"], f["fd"]))
-            left = still_listening(plan)
-            if left:
-                # Something park cannot see (an fd in flight, another pid namespace) still holds the socket.
-                # It keeps listening, so it cannot be recreated: put back what was closed, if possible.
-                raise Error("the listener stayed open after park closed it in every holder it found (an fd in "
-                            "flight, or a holder park cannot see)", errno=errno.EBUSY)
+            _close_listeners(tracer, plan, pids, closed)
         except BaseException as failure:
             if not closed:
                 raise
@@ -1062,14 +1066,7 @@ def swap(plan_a, plan_b, suspend_seccomp=False):
         tracer.stop(pids)
         closed = []
         try:
-            for l in both:
-                for h in l["holders"]:
-                    for f in h["fds"]:
-                        tracer.syscall(h["pid"], NR_close, f["fd"])
-                        closed.append(f)
-            if still_listening(both):
-                raise Error("a listener stayed open after park closed it in every holder it found; nothing "
-                            "was swapped")
+            _close_listeners(tracer, both, pids, closed)
             _recreate(tracer, moved, force=False)
         except BaseException as failure:
             if not closed:
