@@ -2050,7 +2050,10 @@ class DistributionTest(LiveTestCase):
                      "grep", "cat", "sha256sum", "shasum", "python3", "printf"):
             if tool in drop:
                 continue
-            real = shutil.which(tool, path=os.environ.get("PATH", "") + ":/usr/bin:/bin")
+            if tool == "python3":  # the interpreter running the tests (a pyenv shim would need pyenv on PATH)
+                real = os.path.realpath(sys.executable)
+            else:
+                real = shutil.which(tool, path=os.environ.get("PATH", "") + ":/usr/bin:/bin")
             if real:
                 os.symlink(real, os.path.join(d, tool))
         for name, body in (extra or {}).items():
