@@ -11,7 +11,8 @@ set -u
 BASE_URL="https://raw.githubusercontent.com/park-sh/park/main"
 
 # sha256 of each file at this release (test_park.py fails, printing these lines, when one differs).
-SHA256_park_py="21f895712262f101c1b179cd32e49220458da1563c9788300675b8f3bb60aae1"
+SHA256_park_py="ac93734bc4ff9abaeae273413c617352054f723dfb3494733b0f790f7a3b0a47"
+SHA256_park_darwin_arm64_py="6a8f09367c77f92475718a12f6bce7e84cb435196834800573e26864baa18a8f"
 SHA256_park_linux_x86_64_py="70cbbf2c8c12dd1f1ae6bb16dd32e78c60ffbb61485540c15045c4af0332a822"
 
 say() { printf 'park-install: %s\n' "$*"; }
@@ -54,6 +55,7 @@ download() {  # URL FILE
 backend_for() {  # the backend file for `uname -s` `uname -m`, or nothing
     case "$1 $2" in
         "Linux x86_64" | "Linux amd64") echo park_linux_x86_64.py ;;
+        "Darwin arm64") echo park_darwin_arm64.py ;;
         *) ;;
     esac
 }
@@ -62,6 +64,7 @@ pin_of() {  # FILE -> its pinned sha256
     case "$1" in
         park.py) echo "$SHA256_park_py" ;;
         park_linux_x86_64.py) echo "$SHA256_park_linux_x86_64_py" ;;
+        park_darwin_arm64.py) echo "$SHA256_park_darwin_arm64_py" ;;
         *) ;;
     esac
 }
@@ -118,7 +121,7 @@ main() {
 
     backend=$(backend_for "$(uname -s)" "$(uname -m)")
     if [ -z "$backend" ]; then
-        err "park does not support $(uname -s) $(uname -m) yet (it runs on Linux x86_64)"
+        err "park does not support $(uname -s) $(uname -m) yet (it runs on Linux x86_64 and macOS arm64)"
         return 1
     fi
     check_python || return 1

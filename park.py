@@ -32,6 +32,7 @@ BACKENDS = {("linux", "x86_64"): "park_linux_x86_64", ("darwin", "arm64"): "park
 # fails, printing the line to paste, when a pin differs from the file.
 BASE_URL = "https://raw.githubusercontent.com/park-sh/park/main"
 PINS = {
+    "park_darwin_arm64": "6a8f09367c77f92475718a12f6bce7e84cb435196834800573e26864baa18a8f",
     "park_linux_x86_64": "70cbbf2c8c12dd1f1ae6bb16dd32e78c60ffbb61485540c15045c4af0332a822",
 }
 SCHEMA = 1
@@ -361,12 +362,14 @@ class Critical:
     def __exit__(self, *exc):
         signal = self.signal
         caught = {getattr(signal, n) for n in self.CAUGHT} - set(self.old)
-        while caught:
-            info = signal.sigtimedwait(caught, 0)
-            if info is None:
-                break
-            DEFERRED.append(info.si_signo)
-        signal.pthread_sigmask(signal.SIG_SETMASK, self.old)
+        # sigpending + sigwait, not sigtimedwait: macOS has no sigtimedwait. A pending signal returns at once.
+        for signo in sorted(signal.sigpending() & caught):
+            signal.sigwait({signo})
+            DEFERRED.append(signo)
+        try:
+            signal.pthread_sigmask(signal.SIG_SETMASK, self.old)
+        except KeyboardInterrupt:  # a Ctrl+C that landed after the loop is raised right here: defer it too
+            DEFERRED.append(signal.SIGINT)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -835,11 +838,17 @@ def cmd_release(args):
     record = find_record(args.target)
     port = record["port"]
     sig = signal.SIGKILL if args.force else signal.SIGTERM if args.kill else None
+    unhold = getattr(backend, "release", None)  # macOS: park's thread_suspend holds, which no signal lifts
     with PortLock(port):
         done = []
         for h in record["holders"]:
             if holder_status(backend, h) == "gone":
                 continue
+            if unhold is not None:
+                try:
+                    unhold([h["pid"]])
+                except backend.Error as e:
+                    raise ParkError(str(e), fix=e.fix)
             try:
                 if sig is not None:
                     os.kill(h["pid"], sig)  # a stopped process handles SIGTERM once it is continued

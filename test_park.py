@@ -2844,6 +2844,1344 @@ class UiTest(LiveTestCase):
 
 
 # ---------------------------------------------------------------------------------------------------------
+# The macOS arm64 backend. No Mac here: these tests check what can be checked on any OS, against numbers
+# written down independently of the module, from ../shared/reference/macos-mach.md (xnu-11417.101.15):
+# struct sizes and offsets, the prototypes' argument widths, the stub's bytes (re-assembled with binutils), the
+# parsers on buffers built field by field, and park/resume/swap/release on FakeMac, a simulated kernel that
+# runs each injected system call by decoding the thread state and data page the backend wrote. What runs only
+# on a Mac (the ctypes calls into libSystem, the kernel's real answers) is not tested here.
+
+DARWIN_BACKEND = os.path.join(HERE, "park_darwin_arm64.py")
+
+# From the facts file (bsd/kern/syscalls.master, bsd/sys/*.h, osfmk/mach/*.h), not from the module.
+MAC_SYSCALLS = {6: "close", 90: "dup2", 92: "fcntl", 97: "socket", 104: "bind", 105: "setsockopt", 106: "listen",
+                363: "kevent", 369: "kevent64"}
+MAC_AF_INET, MAC_AF_INET6 = 2, 30
+MAC_SOL_SOCKET, MAC_IPPROTO_IPV6, MAC_IPV6_V6ONLY = 0xFFFF, 41, 27
+MAC_SO_ACCEPTCONN, MAC_SO_REUSEADDR, MAC_SO_KEEPALIVE, MAC_SO_LINGER, MAC_SO_REUSEPORT = 0x2, 0x4, 0x8, 0x80, 0x200
+MAC_EBADF, MAC_EPERM, MAC_ESRCH, MAC_EINVAL, MAC_EADDRINUSE = 9, 1, 3, 22, 48
+MAC_KQ32, MAC_KQ64, MAC_KQQOS = 0x8, 0x10, 0x20
+MAC_EV_ADD, MAC_EV_DISABLE, MAC_EV_CLEAR, MAC_EV_EOF = 0x1, 0x8, 0x20, 0x8000
+MAC_SRUN, MAC_SSTOP = 2, 4
+MAC_CPU_ARM64 = 0x0100000C
+MAC_STUB_WORDS = (0xD4001001, 0xAA0003F3, 0x1A9F37F4, 0x92800000, 0x92800B30, 0xD4001001, 0x17FFFFFD)
+MASK64 = (1 << 64) - 1
+PID_A, PID_B, PID_C = 4194305, 4194306, 4194307  # above any Linux pid_max: never this test's own pid
+MAC_STUB_TEXT = "svc #0x80\nmov x19, x0\ncset w20, hs\n1: mov x0, #-1\nmov x16, #-90\nsvc #0x80\nb 1b\n"
+
+
+def mac_socket_fdinfo(so, family=MAC_AF_INET, host="127.0.0.1", port=3000, listening=True,
+                      options=MAC_SO_ACCEPTCONN | MAC_SO_REUSEADDR, qlen=0, qlimit=128, v6only=False, vflag=None,
+                      openflags=0x3, status=0, kind=2):
+    """struct socket_fdinfo (792 bytes), field by field at the facts file's offsets."""
+    buf = bytearray(792)
+    struct.pack_into("<II", buf, 0, openflags, status)  # pfi.fi_openflags, fi_status
+    struct.pack_into("<Q", buf, 160, so)  # soi_so
+    struct.pack_into("<ii", buf, 176, 1, 6)  # soi_type, soi_protocol
+    struct.pack_into("<i", buf, 184, family)  # soi_family
+    struct.pack_into("<H", buf, 188, options)  # soi_options
+    struct.pack_into("<h", buf, 194, qlen)  # soi_qlen
+    struct.pack_into("<h", buf, 198, qlimit)  # soi_qlimit
+    struct.pack_into("<i", buf, 256, kind)  # soi_kind (SOCKINFO_TCP 2)
+    struct.pack_into(">H", buf, 268, port)  # insi_lport, network byte order
+    struct.pack_into("<I", buf, 280, 0x8000 if v6only else 0)  # insi_flags: IN6P_IPV6_V6ONLY
+    struct.pack_into("<B", buf, 288, vflag if vflag is not None else (1 if family == MAC_AF_INET else 3))
+    if family == MAC_AF_INET:
+        buf[324:328] = socket.inet_pton(socket.AF_INET, host)  # i46a_addr4
+    else:
+        buf[312:328] = socket.inet_pton(socket.AF_INET6, host)  # insi_laddr
+    struct.pack_into("<i", buf, 344, 1 if listening else 4)  # tcpsi_state: TSI_S_LISTEN 1, ESTABLISHED 4
+    return bytes(buf)
+
+
+def mac_extinfo(ident, filt, flags, udata, fflags=0, sdata=0, status=0):
+    """struct kevent_extinfo (104 bytes) as kevent_extinfo_emit fills it: filter sign-extended, data and xflags
+    zeroed, the registered fflags and data in kqext_sfflags / kqext_sdata (kevent_qos_s.fflags is the output)."""
+    buf = bytearray(104)
+    struct.pack_into("<QHHi", buf, 0, ident, (filt & 0xFFFF) | 0xFF00, flags, 0)
+    struct.pack_into("<QII", buf, 16, udata, 0xA5A5, 0)  # udata @16, fflags (output) @24, xflags @28
+    struct.pack_into("<Qii", buf, 72, sdata, status, fflags)  # kqext_sdata, kqext_status, kqext_sfflags
+    return bytes(buf)
+
+
+def mac_bsdinfo(pid, ppid=1, uid=501, status=MAC_SRUN, flags=0x10, comm=b"server", name=b"", start=(1700000000, 42)):
+    buf = bytearray(136)
+    struct.pack_into("<IIIIII", buf, 0, flags, status, 0, pid, ppid, uid)  # pbi_flags .. pbi_uid @20
+    struct.pack_into("<I", buf, 28, uid)  # pbi_ruid
+    buf[48:48 + len(comm)] = comm
+    buf[64:64 + len(name)] = name
+    struct.pack_into("<QQ", buf, 120, start[0], start[1])  # pbi_start_tvsec, pbi_start_tvusec
+    return bytes(buf)
+
+
+def mac_shortbsdinfo(pid, ppid=1, uid=501, status=MAC_SRUN, comm=b"server", flags=0):
+    buf = bytearray(64)
+    struct.pack_into("<IIII", buf, 0, pid, ppid, pid, status)
+    buf[16:16 + len(comm)] = comm
+    struct.pack_into("<II", buf, 32, flags, uid)  # pbsi_flags, pbsi_uid @36
+    return bytes(buf)
+
+
+def mac_thread_state(x=None, pc=0, sp=0, lr=0, cpsr=0, flags=0):
+    """ARM_THREAD_STATE64: x0..x28 @0, fp @232, lr @240, sp @248, pc @256, cpsr @264, flags @268."""
+    buf = bytearray(272)
+    for i, v in (x or {}).items():
+        struct.pack_into("<Q", buf, 8 * i, v)
+    struct.pack_into("<QQQIi", buf, 240, lr, sp, pc, cpsr, flags)
+    return bytes(buf)
+
+
+class _FFile:
+    """An open file: a socket or a kqueue, with its status flags (O_NONBLOCK)."""
+
+    def __init__(self, obj, nonblock=False, hidden_refs=0):
+        self.obj, self.nonblock, self.hidden_refs = obj, nonblock, hidden_refs
+
+
+class _FSock:
+    def __init__(self, so, family, host="", port=0, backlog=0, options=0, v6only=False, listening=False, qlen=0):
+        self.so, self.family, self.host, self.port = so, family, host, port
+        self.backlog, self.options, self.v6only, self.listening, self.qlen = backlog, options, v6only, listening, qlen
+        self.bound = listening
+
+
+class _FKqueue:
+    def __init__(self, state):
+        self.state, self.knotes = state, []
+
+
+class _FProc:
+    def __init__(self, pid, uid, threads, arch, cs, start, uniqueid, flags, ppid, argv):
+        self.pid, self.uid, self.arch, self.cs, self.start, self.uniqueid = pid, uid, arch, cs, start, uniqueid
+        self.flags, self.ppid, self.argv = flags, ppid, argv
+        self.status = MAC_SRUN
+        self.fds = {}  # fd -> {"file": _FFile, "cloexec": bool, "guarded": bool}
+        self.threads = [{"count": 0, "alive": True, "injected": False} for _ in range(threads)]
+        for fd in (0, 1, 2):
+            self.fds[fd] = {"file": _FFile("tty"), "cloexec": False, "guarded": False}
+        self.task_suspended = 0
+        self.workq, self.dyn = [], {}
+
+
+class FakeMac:
+    """Stands in for the backend's Mach layer (the Mach class): a small simulated macOS with processes, fds,
+    sockets, kqueues, threads with suspend counts, pages with protections and port references. It runs an
+    injected system call by decoding the 272-byte thread state and the data page the backend wrote, at the
+    facts file's offsets, and records every call in self.log. violations collects anything a real kernel would
+    punish (a W+X page, an injection while a thread runs, a wrong kevent family is EINVAL as in xnu)."""
+
+    def __init__(self, euid=0):
+        self.euid_ = euid
+        self.log, self.violations, self.procs = [], [], {}
+        self.ports, self.urefs = {}, {}
+        self.pages = {}  # page address -> {"prot": int, "data": bytearray, "task": pid}
+        self.next_port, self.next_so, self.next_addr = 0x1103, 0x5EED0000, 0x100000000
+        self.fail = {}  # (name, nth) -> errno (system calls) or kern_return_t (Mach calls)
+        self.calls = {}
+        self.polls_before_done = 2
+        self.probe = 0  # what probe_task_for_pid answers (None: no answer in time)
+        self.masks = []
+        self.injected = []  # [pid, name, args...] of every injected system call that ran
+        self.accepting = set()  # pids whose server accepts its queued clients whenever a thread of it can run
+        self.arrivals = []  # accept-queue lengths that clients make appear, one per task_suspend
+
+    # -- building the simulated system --
+    def add_proc(self, pid, uid=501, threads=3, arch=(MAC_CPU_ARM64, 0), cs=0x20003, start=(1700000000, 42),
+                 flags=0x10, ppid=1, argv=("./server", "-addr", ":3000")):
+        p = _FProc(pid, uid, threads, arch, cs, start, 90000 + pid, flags, ppid, list(argv))
+        self.procs[pid] = p
+        return p
+
+    def add_listener(self, p, fds, family=MAC_AF_INET, host="127.0.0.1", port=3000, backlog=128,
+                     options=MAC_SO_REUSEADDR, v6only=False, nonblock=True, cloexec=True, hidden_refs=0):
+        sock = _FSock(self.new_so(), family, host, port, backlog, options | MAC_SO_ACCEPTCONN, v6only, True)
+        f = _FFile(sock, nonblock, hidden_refs)
+        for fd in fds:
+            p.fds[fd] = {"file": f, "cloexec": cloexec, "guarded": False}
+        return sock
+
+    def add_kqueue(self, p, fd, state=MAC_KQ32):
+        kq = _FKqueue(state)
+        p.fds[fd] = {"file": _FFile(kq), "cloexec": True, "guarded": False}
+        return kq
+
+    def new_so(self):
+        self.next_so += 0x40
+        return self.next_so
+
+    def _port(self, obj):
+        for name, o in self.ports.items():
+            if o == obj:
+                self.urefs[name] += 1
+                return name
+        self.next_port += 4
+        self.ports[self.next_port] = obj
+        self.urefs[self.next_port] = 1
+        return self.next_port
+
+    def leaks(self):
+        """Port references and pages the backend did not give back."""
+        out = ["port %#x (%s) has %d references" % (n, self.ports[n][0], c) for n, c in self.urefs.items() if c]
+        return out + ["page %#x was not deallocated" % a for a in sorted(self.pages)]
+
+    def counts(self, pid):
+        return [t["count"] for t in self.procs[pid].threads if not t["injected"]]
+
+    def names(self, kind):
+        return [e[1] for e in self.log if e[0] == kind]
+
+    def _count(self, name):
+        self.calls[name] = self.calls.get(name, 0) + 1
+        return self.fail.get((name, self.calls[name]))
+
+    def _mach(self, name, *args):
+        self.log.append(("mach", name) + args)
+        kr = self._count(name)
+        if kr:
+            raise self.MachError(name, kr)
+
+    def _proc(self, pid, same_user=True):
+        p = self.procs.get(pid)
+        if p is None:
+            raise OSError(MAC_ESRCH, "No such process")
+        if same_user and self.euid_ != 0 and p.uid != self.euid_:
+            raise OSError(MAC_EPERM, "Operation not permitted")
+        return p
+
+    def _shared(self, f):
+        refs = sum(1 for p in self.procs.values() for e in p.fds.values() if e["file"] is f)
+        return refs + f.hidden_refs > 1
+
+    # -- libproc, csops, sysctl, signals --
+    def euid(self):
+        return self.euid_
+
+    def kill(self, pid, sig):
+        self.log.append(("kill", pid, sig))
+        p = self._proc(pid, False)
+        if sig == signal.SIGSTOP and p.status != MAC_SSTOP:
+            p.status, p.task_suspended = MAC_SSTOP, p.task_suspended + 1  # stop(): task_suspend_internal
+        elif sig == signal.SIGCONT and p.status == MAC_SSTOP:
+            p.status, p.task_suspended = MAC_SRUN, p.task_suspended - 1
+
+    def listpids(self):
+        return sorted(self.procs)
+
+    def pidinfo(self, pid, flavor, arg, size):
+        self.log.append(("libproc", "pidinfo", pid, flavor))
+        if flavor == 13:  # PROC_PIDT_SHORTBSDINFO: any user
+            p = self._proc(pid, False)
+            return 64, mac_shortbsdinfo(pid, p.ppid, p.uid, p.status, flags=2 if p.flags & 2 else 0)[:size]
+        p = self._proc(pid, flavor not in (17, 19))
+        if flavor == 1:  # PROC_PIDLISTFDS
+            if not size:
+                return (len(p.fds) + 20) * 8, b""
+            kinds = {_FSock: 2, _FKqueue: 5}
+            raw = b"".join(struct.pack("<iI", fd, kinds.get(type(e["file"].obj), 1))
+                           for fd, e in sorted(p.fds.items()))[:size]
+            return len(raw), raw + bytes(size - len(raw))
+        if flavor == 3:
+            return 136, mac_bsdinfo(pid, p.ppid, p.uid, p.status, p.flags, start=p.start)
+        if flavor == 17:  # PROC_PIDUNIQIDENTIFIERINFO: p_uniqueid @16
+            return 56, bytes(16) + struct.pack("<QQ", p.uniqueid, 0) + bytes(24)
+        if flavor == 19:  # PROC_PIDARCHINFO
+            return 8, struct.pack("<II", *p.arch)
+        if flavor == 27:  # PROC_PIDLISTDYNKQUEUES: the count, which may exceed the buffer
+            ids = sorted(p.dyn)
+            return len(ids), b"".join(struct.pack("<Q", i) for i in ids[:size // 8]).ljust(size, b"\0")
+        raise AssertionError("unexpected proc_pidinfo flavor %d" % flavor)
+
+    def pidfdinfo(self, pid, fd, flavor, size):
+        self.log.append(("libproc", "pidfdinfo", pid, fd, flavor))
+        p = self._proc(pid)
+        if flavor == 9 and fd == -1:  # the workq kqueue
+            return self._ext(p.workq, size)
+        e = p.fds.get(fd)
+        if e is None:
+            raise OSError(MAC_EBADF, "Bad file descriptor")
+        obj = e["file"].obj
+        status = (2 if e["cloexec"] else 0) | (1 if self._shared(e["file"]) else 0) | (4 if e["guarded"] else 0)
+        if flavor == 3 and isinstance(obj, _FSock):
+            if pid in self.accepting and any(t["count"] == 0 and not t["injected"] for t in p.threads):
+                obj.qlen = 0
+            return 792, mac_socket_fdinfo(obj.so, obj.family, obj.host or ("0.0.0.0" if obj.family == 2 else "::"),
+                                          obj.port, obj.listening, obj.options, obj.qlen, obj.backlog, obj.v6only,
+                                          openflags=0x3 | (4 if e["file"].nonblock else 0), status=status)
+        if flavor == 7 and isinstance(obj, _FKqueue):
+            buf = bytearray(168)
+            struct.pack_into("<I", buf, 160, obj.state)  # kq_state
+            return 168, bytes(buf)
+        if flavor == 9 and isinstance(obj, _FKqueue):
+            return self._ext(obj.knotes, size)
+        raise OSError(MAC_EBADF, "wrong fd type")
+
+    def piddynkqueueinfo(self, pid, flavor, kqid, size):
+        self.log.append(("libproc", "piddynkqueueinfo", pid, kqid))
+        return self._ext(self._proc(pid).dyn[kqid], size)
+
+    def _ext(self, knotes, size):
+        raw = b"".join(mac_extinfo(k["ident"], k["filter"], k["flags"], k["udata"], k.get("fflags", 0),
+                                   k.get("data", 0), k.get("status", 0)) for k in knotes[:size // 104])
+        return len(knotes), raw.ljust(size, b"\0")
+
+    def csops_status(self, pid):
+        return self._proc(pid, False).cs
+
+    def procargs(self, pid):
+        p = self._proc(pid)
+        return struct.pack("<i", len(p.argv)) + b"/Users/me/bin/server\0\0\0\0" + \
+            b"".join(a.encode() + b"\0" for a in p.argv) + b"HOME=/Users/me\0"
+
+    # -- Mach --
+    def task_for_pid(self, pid):
+        self._mach("task_for_pid", pid)
+        self._proc(pid, False)
+        return self._port(("task", pid))
+
+    def probe_task_for_pid(self, pid, timeout):
+        self.log.append(("mach", "probe_task_for_pid", pid))
+        return self.probe
+
+    def _task(self, port):
+        kind, pid = self.ports[port]
+        assert kind == "task", "a task port was expected"
+        return self.procs[pid]
+
+    def task_suspend(self, task):
+        self._mach("task_suspend", task)
+        p = self._task(task)
+        p.task_suspended += 1
+        if self.arrivals:
+            for e in p.fds.values():
+                if isinstance(e["file"].obj, _FSock) and e["file"].obj.listening:
+                    e["file"].obj.qlen = self.arrivals[0]
+            del self.arrivals[0]
+
+    def task_resume(self, task):
+        self._mach("task_resume", task)
+        self._task(task).task_suspended -= 1
+
+    def task_threads(self, task):
+        self._mach("task_threads", task)
+        p = self._task(task)
+        return [self._port(("thread", p.pid, i)) for i, t in enumerate(p.threads) if t["alive"]]
+
+    def _thread(self, port):
+        kind, pid, i = self.ports[port]
+        return self.procs[pid], self.procs[pid].threads[i]
+
+    def thread_suspend(self, thread):
+        self._mach("thread_suspend", thread)
+        self._thread(thread)[1]["count"] += 1
+
+    def thread_resume(self, thread):
+        self._mach("thread_resume", thread)
+        t = self._thread(thread)[1]
+        if t["count"] == 0:
+            raise self.MachError("thread_resume", 5)
+        t["count"] -= 1
+
+    def thread_suspend_count(self, thread):
+        self._mach("thread_info", thread)
+        return self._thread(thread)[1]["count"]
+
+    def thread_terminate(self, thread):
+        self._mach("thread_terminate", thread)
+        self._thread(thread)[1]["alive"] = False
+
+    def vm_allocate(self, task, size):
+        self._mach("mach_vm_allocate", size)
+        addr = self.next_addr
+        self.next_addr += 0x1000000
+        for off in range(0, size, 0x4000):
+            self.pages[addr + off] = {"prot": 3, "data": bytearray(0x4000), "task": self._task(task).pid}
+        return addr
+
+    def vm_deallocate(self, task, addr, size):
+        self._mach("mach_vm_deallocate", addr, size)
+        for off in range(0, size, 0x4000):
+            del self.pages[addr + off]
+
+    def vm_protect(self, task, addr, size, prot):
+        self._mach("mach_vm_protect", addr, size, prot)
+        if prot & 2 and prot & 4:
+            self.violations.append("W+X protection requested at %#x" % addr)
+        for off in range(0, size, 0x4000):
+            self.pages[addr + off]["prot"] = prot
+
+    def vm_write(self, task, addr, data):
+        self._mach("mach_vm_write", addr, len(data))
+        page = self.pages[addr & ~0x3FFF]
+        if not page["prot"] & 2:
+            raise self.MachError("mach_vm_write", 2)
+        page["data"][addr & 0x3FFF:(addr & 0x3FFF) + len(data)] = data
+
+    def port_deallocate(self, port):
+        self._mach("mach_port_deallocate", port)
+        self.urefs[port] -= 1
+        if self.urefs[port] < 0:
+            self.violations.append("port %#x deallocated once too often" % port)
+
+    def thread_create_running(self, task, state):
+        self._mach("thread_create_running", task)
+        p = self._task(task)
+        self.masks.append(signal.pthread_sigmask(signal.SIG_BLOCK, []))
+        assert len(state) == 272, "ARM_THREAD_STATE64 is 272 bytes"
+        x = struct.unpack_from("<29Q", state, 0)
+        lr, sp, pc, cpsr, flags = struct.unpack_from("<QQQII", state, 240)
+        code = self.pages.get(pc)
+        if code is None or code["prot"] != 5 or bytes(code["data"][:28]) != struct.pack("<7I", *MAC_STUB_WORDS):
+            self.violations.append("pc %#x is not the stub on an R|X page" % pc)
+        data = self.pages.get((sp - 1) & ~0x3FFF)
+        if data is None or data["prot"] != 3 or sp % 16 or (sp - 1) & ~0x3FFF == pc:
+            self.violations.append("sp %#x is not in a separate RW data page" % sp)
+        if flags != 1 or lr != 0:
+            self.violations.append("flags %#x / lr %#x: want NO_PTRAUTH and lr 0" % (flags, lr))
+        if any(t["count"] == 0 for t in p.threads if t["alive"] and not t["injected"]):
+            self.violations.append("a system call was injected while a thread of pid %d could run" % p.pid)
+        p.threads.append({"count": 0, "alive": True, "injected": True, "pc": pc, "polls": 0, "final": None})
+        t = p.threads[-1]
+        if p.task_suspended == 0:  # a suspended task holds the new thread (thread_create_running_internal)
+            result, err = self._syscall(p, x[16], x[:8])
+            t["final"] = mac_thread_state({19: result, 20: 1 if err else 0}, pc=pc + 0x18, sp=sp)
+        return self._port(("thread", p.pid, len(p.threads) - 1))
+
+    def thread_get_state(self, thread):
+        self._mach("thread_get_state", thread)
+        _, t = self._thread(thread)
+        t["polls"] += 1
+        if t["final"] is None or t["polls"] <= self.polls_before_done:
+            return mac_thread_state(pc=t["pc"] + 4)  # still inside the svc
+        return t["final"]
+
+    # -- the injected system calls --
+    def _mem(self, addr, size):
+        page = self.pages[addr & ~0x3FFF]
+        return bytes(page["data"][addr & 0x3FFF:(addr & 0x3FFF) + size])
+
+    def _syscall(self, p, nr, a):
+        name = MAC_SYSCALLS.get(nr)
+        if name is None:
+            self.violations.append("unknown system call %d" % nr)
+            return 78, True
+        self.injected.append([p.pid, name] + list(a))
+        self.log.append(("syscall", name, p.pid) + tuple(a[:3]))
+        err = self._count(name)
+        if err:
+            return err, True
+        try:
+            return getattr(self, "sys_" + name)(p, *a), False
+        except OSError as e:
+            return e.errno, True
+
+    def _entry(self, p, fd):
+        if fd not in p.fds:
+            raise OSError(MAC_EBADF, "")
+        return p.fds[fd]
+
+    def _close(self, p, fd):
+        del p.fds[fd]
+        for e in p.fds.values():  # close removes the fd's knotes (knote_fdclose)
+            if isinstance(e["file"].obj, _FKqueue):
+                e["file"].obj.knotes = [k for k in e["file"].obj.knotes
+                                        if k["ident"] != fd or k["filter"] not in (-1, -2, -4, -13, -15)]
+
+    def sys_close(self, p, fd, *_):
+        self._entry(p, fd)
+        self._close(p, fd)
+        return 0
+
+    def sys_socket(self, p, domain, kind, proto, *_):
+        if domain not in (MAC_AF_INET, MAC_AF_INET6) or kind != 1 or proto != 6:
+            raise OSError(MAC_EINVAL, "")
+        fd = min(set(range(len(p.fds) + 1)) - set(p.fds))
+        p.fds[fd] = {"file": _FFile(_FSock(self.new_so(), domain)), "cloexec": False, "guarded": False}
+        return fd
+
+    def sys_setsockopt(self, p, fd, level, name, ptr, size, *_):
+        s = self._entry(p, fd)["file"].obj
+        if size != 4:
+            raise OSError(MAC_EINVAL, "")
+        value = struct.unpack("<i", self._mem(ptr, 4))[0]
+        if level == MAC_SOL_SOCKET and name in (0x1, 0x4, 0x8, 0x10, 0x20, 0x40, 0x100, 0x200, 0x400):
+            s.options = s.options | name if value else s.options & ~name
+        elif level == MAC_IPPROTO_IPV6 and name == MAC_IPV6_V6ONLY and s.family == MAC_AF_INET6:
+            s.v6only = bool(value)
+        else:
+            raise OSError(42, "")
+        return 0
+
+    def sys_bind(self, p, fd, ptr, size, *_):
+        s = self._entry(p, fd)["file"].obj
+        raw = self._mem(ptr, size)
+        length, family, port = raw[0], raw[1], struct.unpack(">H", raw[2:4])[0]
+        if family != s.family or length != size or size != (16 if family == MAC_AF_INET else 28):
+            raise OSError(MAC_EINVAL, "")
+        host = socket.inet_ntop(socket.AF_INET, raw[4:8]) if family == MAC_AF_INET else \
+            socket.inet_ntop(socket.AF_INET6, raw[8:24])
+        for q in self.procs.values():
+            for e in q.fds.values():
+                o = e["file"].obj
+                if isinstance(o, _FSock) and o is not s and o.bound and o.port == port and o.host == host:
+                    raise OSError(MAC_EADDRINUSE, "")
+        s.host, s.port, s.bound = host, port, True
+        return 0
+
+    def sys_listen(self, p, fd, backlog, *_):
+        s = self._entry(p, fd)["file"].obj
+        if not s.bound:
+            raise OSError(MAC_EINVAL, "")
+        s.listening, s.backlog, s.options = True, backlog, s.options | MAC_SO_ACCEPTCONN
+        return 0
+
+    def sys_dup2(self, p, old, new, *_):
+        e = self._entry(p, old)
+        if new in p.fds:
+            self._close(p, new)
+        p.fds[new] = {"file": e["file"], "cloexec": False, "guarded": False}
+        return new
+
+    def sys_fcntl(self, p, fd, cmd, arg, *_):
+        e = self._entry(p, fd)
+        if cmd == 4:  # F_SETFL
+            e["file"].nonblock = bool(arg & 4)
+        elif cmd == 2:  # F_SETFD
+            e["cloexec"] = bool(arg & 1)
+        else:
+            raise OSError(MAC_EINVAL, "")
+        return 0
+
+    def _kevent(self, p, kq, ptr, n, size, legacy):
+        kqueue = self._entry(p, kq)["file"].obj
+        if not isinstance(kqueue, _FKqueue):
+            raise OSError(MAC_EBADF, "")
+        if legacy != bool(kqueue.state & MAC_KQ32):  # kern_event.c kevent_get_kqfile
+            raise OSError(MAC_EINVAL, "")
+        for i in range(n):
+            ident, filt, flags, fflags, data, udata = struct.unpack("<QhHIqQ", self._mem(ptr + i * size, 32))
+            if not flags & MAC_EV_ADD or ident not in p.fds:
+                raise OSError(MAC_EBADF, "")
+            kqueue.knotes.append({"ident": ident, "filter": filt, "flags": flags, "fflags": fflags, "data": data,
+                                  "udata": udata, "status": 4 if flags & MAC_EV_DISABLE else 0})
+        return 0
+
+    def sys_kevent(self, p, kq, ptr, n, events, nevents, timeout, *_):
+        return self._kevent(p, kq, ptr, n, 32, True)
+
+    def sys_kevent64(self, p, kq, ptr, n, events, nevents, flags, timeout, *_):
+        return self._kevent(p, kq, ptr, n, 48, False)
+
+
+class DarwinStaticTest(ParkTestCase):
+    """The macOS module on this OS: parses as 3.9, imports without a macOS library, layouts, prototypes, stub."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.b = load_module("park_darwin_arm64_under_test", DARWIN_BACKEND)
+
+    def test_parses_as_python_3_9(self):
+        with open(DARWIN_BACKEND, encoding="utf-8") as f:
+            ast.parse(f.read(), filename=DARWIN_BACKEND, feature_version=(3, 9))
+
+    def test_imports_without_any_macos_library(self):
+        """A fresh interpreter imports it with every dlopen recorded: none happens, and a contract call made
+        off macOS is a one-line Error, not a traceback from ctypes."""
+        code = r'''
+import ctypes, importlib.util, json, sys
+opened = []
+real = ctypes.CDLL.__init__
+def spy(self, name, *args, **kwargs):
+    opened.append(name)
+    return real(self, name, *args, **kwargs)
+ctypes.CDLL.__init__ = spy
+spec = importlib.util.spec_from_file_location("park_darwin_arm64", sys.argv[1])
+m = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(m)
+errors = []
+for call in (lambda: m.listeners(3000), lambda: m.process(1), lambda: m.release([1])):
+    try:
+        call()
+    except m.Error as e:
+        errors.append(str(e))
+print(json.dumps({"opened": opened, "errors": errors, "park": "park" in sys.modules}))
+'''
+        r = subprocess.run([sys.executable, "-c", code, DARWIN_BACKEND], capture_output=True, text=True, timeout=60)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        got = json.loads(r.stdout)
+        self.assertEqual(got["opened"], [], "the module must not load any library when imported or off macOS")
+        self.assertEqual(len(got["errors"]), 3)
+        for e in got["errors"]:
+            self.assertIn("runs on macOS only", e)
+        self.assertFalse(got["park"], "a backend never imports park")
+
+    def test_contract_names(self):
+        for name in ("Error", "listeners", "ports_listening", "process", "stopped", "inspect", "park", "resume",
+                     "swap", "hold_socket", "queue_lengths", "time_wait", "ptrace_scope", "release"):
+            self.assertTrue(callable(getattr(self.b, name, None)), name)
+        e = self.b.Error("m", fix="f", errno=48, parked=True)
+        self.assertEqual((str(e), e.fix, e.errno, e.parked), ("m", "f", 48, True))
+        self.assertIsNone(self.b.ptrace_scope())
+        self.assertEqual(self.b.time_wait({"address": ["127.0.0.1", 3000]}), [])
+        self.assertTrue(self.b.stopped({"state": "T"}))
+        self.assertFalse(self.b.stopped({"state": "S"}))
+
+    def test_struct_sizes_and_offsets_match_the_facts_file(self):
+        b = self.b
+        sizes = {"arm_thread_state64": 272, "kevent": 32, "kevent64_s": 48, "kevent_qos_s": 72, "kevent_extinfo": 104,
+                 "socket_fdinfo": 792, "proc_bsdinfo": 136, "kqueue_fdinfo": 168, "proc_bsdshortinfo": 64,
+                 "proc_uniqidentifierinfo": 56, "proc_archinfo": 8, "proc_fdinfo": 8, "thread_basic_info": 40}
+        for name, size in sizes.items():
+            with self.subTest(struct=name):
+                self.assertEqual(ctypes.sizeof(getattr(b, name)), size)
+
+        def at(struct_, *path):
+            off, t = 0, struct_
+            for field in path:
+                off += getattr(t, field).offset
+                t = dict((f[0], f[1]) for f in t._fields_)[field]
+            return off
+
+        offsets = [
+            (b.arm_thread_state64, ("fp",), 232), (b.arm_thread_state64, ("lr",), 240),
+            (b.arm_thread_state64, ("sp",), 248), (b.arm_thread_state64, ("pc",), 256),
+            (b.arm_thread_state64, ("cpsr",), 264), (b.arm_thread_state64, ("flags",), 268),
+            (b.kevent, ("filter",), 8), (b.kevent, ("flags",), 10), (b.kevent, ("fflags",), 12),
+            (b.kevent, ("data",), 16), (b.kevent, ("udata",), 24), (b.kevent64_s, ("udata",), 24),
+            (b.kevent64_s, ("ext",), 32), (b.kevent_qos_s, ("qos",), 12), (b.kevent_qos_s, ("udata",), 16),
+            (b.kevent_qos_s, ("fflags",), 24), (b.kevent_qos_s, ("xflags",), 28), (b.kevent_qos_s, ("data",), 32),
+            (b.kevent_qos_s, ("ext",), 40), (b.kevent_extinfo, ("kqext_sdata",), 72),
+            (b.kevent_extinfo, ("kqext_status",), 80), (b.kevent_extinfo, ("kqext_sfflags",), 84),
+            (b.kevent_extinfo, ("kqext_reserved",), 88),
+            (b.socket_fdinfo, ("pfi", "fi_openflags"), 0), (b.socket_fdinfo, ("pfi", "fi_status"), 4),
+            (b.socket_fdinfo, ("pfi", "fi_guardflags"), 20), (b.socket_fdinfo, ("psi", "soi_so"), 160),
+            (b.socket_fdinfo, ("psi", "soi_type"), 176), (b.socket_fdinfo, ("psi", "soi_protocol"), 180),
+            (b.socket_fdinfo, ("psi", "soi_family"), 184), (b.socket_fdinfo, ("psi", "soi_options"), 188),
+            (b.socket_fdinfo, ("psi", "soi_state"), 192), (b.socket_fdinfo, ("psi", "soi_qlen"), 194),
+            (b.socket_fdinfo, ("psi", "soi_qlimit"), 198), (b.socket_fdinfo, ("psi", "soi_kind"), 256),
+            (b.socket_fdinfo, ("psi", "soi_proto"), 264),
+            (b.socket_fdinfo, ("psi", "soi_proto", "pri_in", "insi_fport"), 264),
+            (b.socket_fdinfo, ("psi", "soi_proto", "pri_in", "insi_lport"), 268),
+            (b.socket_fdinfo, ("psi", "soi_proto", "pri_in", "insi_flags"), 280),
+            (b.socket_fdinfo, ("psi", "soi_proto", "pri_in", "insi_vflag"), 288),
+            (b.socket_fdinfo, ("psi", "soi_proto", "pri_in", "insi_faddr"), 296),
+            (b.socket_fdinfo, ("psi", "soi_proto", "pri_in", "insi_laddr"), 312),
+            (b.socket_fdinfo, ("psi", "soi_proto", "pri_in", "insi_laddr", "ina_46", "i46a_addr4"), 324),
+            (b.socket_fdinfo, ("psi", "soi_proto", "pri_tcp", "tcpsi_state"), 344),
+            (b.kqueue_fdinfo, ("kqueueinfo", "kq_state"), 160),
+            (b.proc_bsdinfo, ("pbi_status",), 4), (b.proc_bsdinfo, ("pbi_pid",), 12),
+            (b.proc_bsdinfo, ("pbi_uid",), 20), (b.proc_bsdinfo, ("pbi_ruid",), 28),
+            (b.proc_bsdinfo, ("pbi_comm",), 48), (b.proc_bsdinfo, ("pbi_name",), 64),
+            (b.proc_bsdinfo, ("pbi_start_tvsec",), 120), (b.proc_bsdinfo, ("pbi_start_tvusec",), 128),
+            (b.proc_bsdshortinfo, ("pbsi_uid",), 36), (b.proc_uniqidentifierinfo, ("p_uniqueid",), 16),
+            (b.proc_uniqidentifierinfo, ("p_idversion",), 32), (b.thread_basic_info, ("suspend_count",), 32),
+        ]
+        for struct_, path, want in offsets:
+            with self.subTest(field="%s.%s" % (struct_.__name__, ".".join(path))):
+                self.assertEqual(at(struct_, *path), want)
+
+    def test_prototypes_have_the_widths_of_the_c_declarations(self):
+        """Every foreign function's argument and result widths, against the facts file's C declarations: a
+        64-bit address declared 32-bit would be truncated silently."""
+        u32, i32, u64, ptr = "u32", "i32", "u64", "ptr"
+        facts = {
+            "task_for_pid": (i32, [u32, i32, ptr]), "task_suspend": (i32, [u32]), "task_resume": (i32, [u32]),
+            "task_threads": (i32, [u32, ptr, ptr]), "thread_suspend": (i32, [u32]), "thread_resume": (i32, [u32]),
+            "thread_terminate": (i32, [u32]), "thread_info": (i32, [u32, u32, ptr, ptr]),
+            "thread_get_state": (i32, [u32, i32, ptr, ptr]),
+            "thread_create_running": (i32, [u32, i32, ptr, u32, ptr]),
+            "mach_vm_allocate": (i32, [u32, ptr, u64, i32]), "mach_vm_deallocate": (i32, [u32, u64, u64]),
+            "mach_vm_protect": (i32, [u32, u64, u64, i32, i32]), "mach_vm_write": (i32, [u32, u64, u64, u32]),
+            "vm_deallocate": (i32, [u32, u64, u64]), "mach_port_deallocate": (i32, [u32, u32]),
+            "proc_listpids": (i32, [u32, u32, ptr, i32]), "proc_pidinfo": (i32, [i32, i32, u64, ptr, i32]),
+            "proc_pidfdinfo": (i32, [i32, i32, i32, ptr, i32]),
+            "proc_piddynkqueueinfo": (i32, [i32, i32, u64, ptr, i32]), "csops": (i32, [i32, u32, ptr, u64]),
+            "sysctl": (i32, [ptr, u32, ptr, ptr, ptr, u64]),
+        }
+
+        def kind(t):
+            if t is ctypes.c_void_p or hasattr(t, "_type_") and not isinstance(t._type_, str):
+                return ptr
+            size, signed = ctypes.sizeof(t), t(-1).value < 0
+            return {(4, True): i32, (4, False): u32, (8, False): u64}.get((size, signed), "%s?" % t.__name__)
+
+        table = {name: (kind(res), [kind(a) for a in args]) for name, res, args in self.b.PROTOTYPES}
+        self.assertEqual(table, facts)
+
+    def test_stub_matches_the_facts_file(self):
+        b = self.b
+        self.assertEqual(b.STUB, struct.pack("<7I", *MAC_STUB_WORDS))
+        self.assertEqual(b.STUB_DONE, (0x0C, 0x18), "done once the result is saved; the wait's svc+4 is 0x18")
+        self.assertEqual(b.STUB[:4], bytes.fromhex("011000d4"), "svc #0x80")
+
+    def test_stub_matches_an_independent_assembler(self):
+        """binutils' aarch64 assembler, from the instructions as text (CI installs binutils-aarch64-linux-gnu)."""
+        gas, objcopy = shutil.which("aarch64-linux-gnu-as"), shutil.which("aarch64-linux-gnu-objcopy")
+        if not gas or not objcopy:
+            self.live_skip("aarch64-linux-gnu-as is not installed (apt-get install binutils-aarch64-linux-gnu)")
+        src, obj, out = (os.path.join(self.tmp, n) for n in ("stub.s", "stub.o", "stub.bin"))
+        with open(src, "w") as f:
+            f.write(MAC_STUB_TEXT)
+        subprocess.run([gas, "-o", obj, src], check=True, timeout=60)
+        subprocess.run([objcopy, "-O", "binary", "-j", ".text", obj, out], check=True, timeout=60)
+        with open(out, "rb") as f:
+            self.assertEqual(f.read(), self.b.STUB)
+
+
+class DarwinParserTest(unittest.TestCase):
+    """The libproc and kqueue parsers on buffers built field by field from the documented layouts."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.b = load_module("park_darwin_arm64_under_test", DARWIN_BACKEND)
+
+    def test_socket_fdinfo(self):
+        p = self.b.parse_socket_fdinfo
+        s = p(mac_socket_fdinfo(0xABCDEF0123, host="127.0.0.1", port=3000, qlen=2, qlimit=511,
+                                options=MAC_SO_ACCEPTCONN | MAC_SO_REUSEADDR | MAC_SO_REUSEPORT,
+                                openflags=0x7, status=0x3))
+        want = {"so": 0xABCDEF0123, "family": 2, "host": "127.0.0.1", "port": 3000, "listening": True, "qlen": 2,
+                "qlimit": 511, "options": 0x206, "nonblock": True, "cloexec": True, "shared": True, "guarded": False}
+        self.assertEqual({k: s[k] for k in want}, want)
+        six = p(mac_socket_fdinfo(1, MAC_AF_INET6, "::", 8080, v6only=False))
+        self.assertEqual((six["family"], six["host"], six["port"], six["v6only"]), (30, "::", 8080, False))
+        only = p(mac_socket_fdinfo(1, MAC_AF_INET6, "::1", 65535, v6only=True, status=4))
+        self.assertEqual((only["host"], only["port"], only["v6only"], only["guarded"]), ("::1", 65535, True, True))
+        mapped = bytearray(mac_socket_fdinfo(1, MAC_AF_INET6, "::", 80, vflag=1))
+        mapped[324:328] = bytes([10, 0, 0, 7])
+        self.assertEqual(p(bytes(mapped))["host"], "::ffff:10.0.0.7", "in4in6 form of a v4-mapped bind")
+        self.assertFalse(p(mac_socket_fdinfo(1, listening=False))["listening"])
+        self.assertFalse(p(mac_socket_fdinfo(1, kind=1))["listening"], "SOCKINFO_IN (UDP) is no TCP listener")
+
+    def test_kqueue_state_and_registrations(self):
+        b = self.b
+        buf = bytearray(168)
+        struct.pack_into("<I", buf, 160, MAC_KQ32 | 0x1)
+        self.assertEqual(b.parse_kqueue_state(bytes(buf)), MAC_KQ32 | 0x1)
+        go = 0xC000_1234_5678_9ABC  # a tagged *pollDesc: the top bit set must survive
+        raw = mac_extinfo(3, -1, MAC_EV_ADD | MAC_EV_CLEAR | MAC_EV_EOF, go, fflags=7, sdata=9, status=4) + \
+            mac_extinfo(3, -2, MAC_EV_ADD | MAC_EV_CLEAR, go + 1) + mac_extinfo(12, -7, MAC_EV_ADD, 5)
+        got = b.parse_extinfo(raw, 3)
+        self.assertEqual(got[0], {"ident": 3, "filter": -1, "flags": 0x8021, "udata": go, "fflags": 7, "data": 9,
+                                  "status": 4})
+        self.assertEqual([(k["filter"], k["udata"]) for k in got], [(-1, go), (-2, go + 1), (-7, 5)])
+        self.assertEqual(len(b.parse_extinfo(raw, 9)), 3, "a count larger than the buffer reads what is there")
+
+    def test_process_records(self):
+        b = self.b
+        info = b.parse_bsdinfo(mac_bsdinfo(PID_A, ppid=77, uid=501, status=MAC_SSTOP, flags=0x12, comm=b"node",
+                                           start=(1700000123, 456789)))
+        self.assertEqual(info, {"pid": PID_A, "ppid": 77, "status": 4, "flags": 0x12, "uid": 501, "name": "node",
+                                "start": 1700000123456789})
+        self.assertEqual(b.parse_bsdinfo(mac_bsdinfo(1, comm=b"a-very-long-comm", name=b"a-very-long-name"))["name"],
+                         "a-very-long-name", "pbi_name (32) wins over the 16-byte comm")
+        short = b.parse_shortbsdinfo(mac_shortbsdinfo(9, ppid=1, uid=0, status=MAC_SSTOP, comm=b"launchd", flags=2))
+        self.assertEqual((short["uid"], short["status"], short["name"], short["flags"]), (0, 4, "launchd", 2))
+        self.assertEqual(b.parse_uniqueid(bytes(16) + struct.pack("<Q", 0x1122334455) + bytes(32)), 0x1122334455)
+        self.assertEqual(b.parse_archinfo(struct.pack("<II", 0x0100000C, 0x80000002)), (0x0100000C, 0x80000002))
+        self.assertEqual(b.parse_fdlist(struct.pack("<iIiI", 0, 1, 5, 5) + b"\0\0"), [(0, 1), (5, 5)])
+        info = bytearray(40)
+        struct.pack_into("<i", info, 32, 2)
+        self.assertEqual(b.parse_thread_basic_info(bytes(info)), 2)
+        args = struct.pack("<i", 3) + b"/opt/homebrew/bin/node\0\0\0\0\0node\0server.js\0--port=3000\0PATH=/bin\0"
+        self.assertEqual(b.parse_procargs(args), ["node", "server.js", "--port=3000"])
+        self.assertEqual(b.parse_procargs(b"\x01"), [])
+
+    def test_changelist_and_sockaddr_bytes(self):
+        b = self.b
+        reg = {"ident": 7, "filter": -1, "flags": MAC_EV_CLEAR | 0x4000, "fflags": 3, "data": 2,
+               "udata": 0xFEDC_BA98_7654_3210, "disabled": True}
+        ev = b.changelist("kevent", [reg])
+        self.assertEqual(len(ev), 32)
+        self.assertEqual(struct.unpack("<QhHIqQ", ev), (7, -1, MAC_EV_ADD | MAC_EV_CLEAR | MAC_EV_DISABLE, 3, 2,
+                                                         0xFEDC_BA98_7654_3210))
+        ev64 = b.changelist("kevent64", [reg, dict(reg, filter=-2, disabled=False)])
+        self.assertEqual(len(ev64), 96)
+        self.assertEqual(struct.unpack_from("<QhHIqQQQ", ev64, 48), (7, -2, MAC_EV_ADD | MAC_EV_CLEAR, 3, 2,
+                                                                     0xFEDC_BA98_7654_3210, 0, 0))
+        self.assertEqual(b.sockaddr(MAC_AF_INET, ["127.0.0.1", 3000]),
+                         bytes([16, 2, 0x0B, 0xB8, 127, 0, 0, 1]) + bytes(8))
+        six = b.sockaddr(MAC_AF_INET6, ["::1", 443, 0, 0])
+        self.assertEqual((len(six), six[:4], six[8:24]), (28, bytes([28, 30, 1, 0xBB]),
+                                                         socket.inet_pton(socket.AF_INET6, "::1")))
+
+
+class DarwinOrchestrationTest(unittest.TestCase):
+    """park, resume, swap and release on FakeMac: holds, order of injected calls, rollbacks, refusals."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.b = load_module("park_darwin_arm64_under_test", DARWIN_BACKEND)
+        FakeMac.MachError = cls.b.MachError
+
+    def go_server(self, euid=0, **kw):
+        """A Go net/http-like server: one listener at fd 3 (O_NONBLOCK, FD_CLOEXEC), its READ and WRITE
+        registrations with EV_CLEAR and tagged-pointer udata in a kqueue stamped for legacy kevent(), and a
+        client connection at fd 7 that is registered too and must be left alone."""
+        fake = FakeMac(euid)
+        p = fake.add_proc(PID_A)
+        fake.add_listener(p, [3], **kw)
+        kq = fake.add_kqueue(p, 4)
+        p.fds[7] = {"file": _FFile(_FSock(fake.new_so(), 2, "127.0.0.1", 3000)), "cloexec": True, "guarded": False}
+        kq.knotes += [{"ident": 3, "filter": -1, "flags": MAC_EV_ADD | MAC_EV_CLEAR, "udata": 0xC000_0001_2345_6780},
+                      {"ident": 3, "filter": -2, "flags": MAC_EV_ADD | MAC_EV_CLEAR, "udata": 0xC000_0001_2345_6781},
+                      {"ident": 7, "filter": -1, "flags": MAC_EV_ADD | MAC_EV_CLEAR, "udata": 0xC000_0009_0000_0000}]
+        return fake, p, kq
+
+    def plan_for(self, fake, port=3000, force=False):
+        found = self.b.listeners(port, mach=fake)
+        plan = [self.b.inspect(l, force, mach=fake) for l in found]
+        return json.loads(json.dumps(plan))  # what park.py writes to the state file and reads back
+
+    def snapshot(self, fake, pid):
+        """What a test compares: each fd's socket (address, backlog, options, flags) and every knote."""
+        p = fake.procs[pid]
+        fds = {}
+        for fd, e in sorted(p.fds.items()):
+            o = e["file"].obj
+            if isinstance(o, _FSock):
+                fds[fd] = (o.family, o.host, o.port, o.listening, o.backlog, o.options, o.v6only, e["file"].nonblock,
+                           e["cloexec"])
+        knotes = sorted((fd, k["ident"], k["filter"], k["flags"], k["udata"]) for fd, e in p.fds.items()
+                        if isinstance(e["file"].obj, _FKqueue) for k in e["file"].obj.knotes)
+        return fds, knotes
+
+    def assertClean(self, fake):
+        self.assertEqual(fake.leaks(), [])
+        self.assertEqual(fake.violations, [])
+
+    def assertRunning(self, fake, pid):
+        self.assertEqual(fake.counts(pid), [0] * len(fake.counts(pid)), "every thread released")
+        self.assertEqual(fake.procs[pid].status, MAC_SRUN)
+
+    def assertParked(self, fake, pid):
+        self.assertEqual(fake.counts(pid), [1] * len(fake.counts(pid)), "every thread held once (the park hold)")
+        self.assertEqual(fake.procs[pid].status, MAC_SSTOP)
+        self.assertNotIn(3, fake.procs[pid].fds)
+
+    def check_holds_bracket_injection(self, fake, pid):
+        """Every thread held before the first injected call; the next thread_resume only after the last."""
+        entries = [e for e in fake.log if e[0] in ("mach", "syscall")]
+        first = next(i for i, e in enumerate(entries) if e[:2] == ("mach", "thread_create_running"))
+        last = max(i for i, e in enumerate(entries) if e[:2] == ("mach", "thread_terminate"))
+        suspended = {e[2] for e in entries[:first] if e[1] == "thread_suspend"}
+        originals = {n for n, o in fake.ports.items()
+                     if o[0] == "thread" and not fake.procs[o[1]].threads[o[2]]["injected"]}
+        self.assertEqual(suspended, originals)
+        self.assertFalse([e for e in entries[first:last] if e[1] == "thread_resume"], "no hold lifted meanwhile")
+
+    def test_listeners_and_process(self):
+        fake, p, _ = self.go_server()
+        fake.add_listener(p, [9, 10], MAC_AF_INET6, "::", 3000)  # a second listener on :3000, dup'd
+        other = fake.add_proc(PID_B, uid=502, flags=0x12, ppid=88)
+        fake.add_listener(other, [5], port=8080)
+        self.assertEqual([(l["family"], l["host"], l["port"], l["holders"]) for l in self.b.listeners(3000, fake)],
+                         [(2, "127.0.0.1", 3000, {PID_A: [3]}), (30, "::", 3000, {PID_A: [9, 10]})])
+        self.assertEqual(self.b.ports_listening(fake), {3000: [PID_A], 8080: [PID_B]})
+        info = self.b.process(PID_A, fake)
+        self.assertEqual({k: info[k] for k in ("pid", "name", "argv", "state", "uid", "start", "kernel", "tracer",
+                                               "seccomp")},
+                         {"pid": PID_A, "name": "server", "argv": ["./server", "-addr", ":3000"], "state": "S",
+                          "uid": 501, "start": 1700000000000042, "kernel": False, "tracer": 0, "seccomp": 0})
+        self.assertEqual(self.b.process(PID_B, fake)["tracer"], 88, "traced: its parent is the tracer")
+        self.assertIsNone(self.b.process(999, fake))
+        fake.euid_ = 501  # libproc shows another user's process only as a short record
+        short = self.b.process(PID_B, fake)
+        self.assertEqual((short["uid"], short["start"], short["argv"]), (502, 0, []))
+
+    def test_a_hidden_holder_is_reported_without_a_pid(self):
+        """As non-root libproc hides other users' fds; a port taken by such a process is not 'free'."""
+        fake = FakeMac(euid=501)
+        fake.add_listener(fake.add_proc(PID_C, uid=0), [3], port=1)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            s.listen(1)
+            port = s.getsockname()[1]
+            fake.procs[PID_C].fds[3]["file"].obj.port = port
+            got = self.b.listeners(port, fake)
+        self.assertEqual([(l["holders"], l["port"]) for l in got], [({}, port)])
+
+    def test_inspect_records_everything_resume_needs(self):
+        fake, p, _ = self.go_server(options=MAC_SO_REUSEADDR | MAC_SO_KEEPALIVE, backlog=4096)
+        (l,) = self.plan_for(fake)
+        self.assertEqual((l["family"], l["address"], l["backlog"], l["nonblock"]), (2, ["127.0.0.1", 3000], 4096, True))
+        self.assertEqual(l["options"], [[0xFFFF, "SO_REUSEADDR", 4, "int", 1], [0xFFFF, "SO_KEEPALIVE", 8, "int", 1]])
+        (h,) = l["holders"]
+        self.assertEqual((h["pid"], h["uniqueid"], h["fds"]), (PID_A, 90000 + PID_A, [{"fd": 3, "cloexec": True,
+                                                                               "nonblock": True}]))
+        self.assertEqual([(r["kq"], r["api"], r["ident"], r["filter"], r["flags"], r["udata"]) for r in h["kqueue"]],
+                         [(4, "kevent", 3, -1, MAC_EV_CLEAR, 0xC000_0001_2345_6780),
+                          (4, "kevent", 3, -2, MAC_EV_CLEAR, 0xC000_0001_2345_6781)])
+
+    def test_park_then_resume_restores_the_listener_exactly(self):
+        fake, p, _ = self.go_server()
+        before = self.snapshot(fake, PID_A)
+        plan = self.plan_for(fake)
+        fake.log.clear()
+        result = self.b.park(plan, drain=0, mach=fake)
+        self.assertEqual(result["reset"], 0)
+        self.assertEqual(fake.injected, [[PID_A, "close", 3, 0, 0, 0, 0, 0, 0, 0]])
+        self.assertParked(fake, PID_A)
+        self.assertEqual([k[1] for k in self.snapshot(fake, PID_A)[1]], [7], "close removed the listener's knotes")
+        self.check_holds_bracket_injection(fake, PID_A)
+        self.assertEqual(fake.log[-1][:2], ("mach", "mach_port_deallocate"))
+        self.assertIn(("kill", PID_A, signal.SIGSTOP), fake.log)
+        self.assertClean(fake)
+        fake.log.clear()
+        fake.injected.clear()
+        self.b.resume(plan, mach=fake)
+        self.assertEqual([c[1] for c in fake.injected],
+                         ["socket", "setsockopt", "bind", "listen", "fcntl", "fcntl", "kevent"])
+        self.assertEqual(fake.injected[0][2:5], [2, 1, 6], "socket(AF_INET, SOCK_STREAM, IPPROTO_TCP)")
+        self.assertEqual(fake.injected[1][2:5], [3, 0xFFFF, 4],
+                         "SO_REUSEADDR (recorded 1, so not cleared again)")
+        self.assertEqual(fake.injected[3][2:4], [3, 128], "listen with the old backlog")
+        self.assertEqual(fake.injected[4][2:5], [3, 4, 4], "fcntl(F_SETFL, O_NONBLOCK)")
+        self.assertEqual(fake.injected[5][2:5], [3, 2, 1], "fcntl(F_SETFD, FD_CLOEXEC)")
+        self.assertEqual(fake.injected[6][2], 4, "kevent on the listener's kqueue")
+        self.assertEqual(fake.injected[6][4:8], [2, 0, 0, 0], "2 changes, no event list: nothing waits")
+        self.assertEqual(self.snapshot(fake, PID_A), before, "same fd, address, backlog, options, flags and knotes")
+        self.assertRunning(fake, PID_A)
+        kills = [e for e in fake.log if e[0] == "kill"]
+        self.assertEqual(kills, [("kill", PID_A, signal.SIGCONT)])
+        first_inject = next(i for i, e in enumerate(fake.log) if e[:2] == ("mach", "thread_create_running"))
+        self.assertLess(fake.log.index(kills[0]), first_inject, "SIGCONT before the first injected call")
+        self.check_holds_bracket_injection(fake, PID_A)
+        self.assertClean(fake)
+        blocked = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGALRM, signal.SIGCHLD}
+        for mask in fake.masks:
+            self.assertTrue(blocked <= set(mask), "signals blocked while the thread is created")
+        self.assertNotIn(signal.SIGUSR1, signal.pthread_sigmask(signal.SIG_BLOCK, []), "and unblocked after")
+
+    def test_ipv6_dup_fds_and_kevent64(self):
+        """A dual-stack listener at fds 5 and 6 (fd 3 free, so socket() gets 3: dup2 to both, then close 3),
+        SO_REUSEPORT, V6ONLY clear, SO_REUSEADDR clear (borrowed for the bind, then cleared), and a kqueue
+        stamped for kevent64: the 48-byte struct, the udata unchanged."""
+        fake = FakeMac()
+        p = fake.add_proc(PID_A)
+        fake.add_listener(p, [5, 6], MAC_AF_INET6, "::", 3000, 1024, MAC_SO_REUSEPORT, nonblock=False, cloexec=False)
+        p.fds[6]["cloexec"] = True
+        kq = fake.add_kqueue(p, 4, MAC_KQ64)
+        kq.knotes.append({"ident": 6, "filter": -1, "flags": MAC_EV_ADD | MAC_EV_DISABLE, "udata": MASK64,
+                          "fflags": 0, "status": 4})
+        before = self.snapshot(fake, PID_A)
+        plan = self.plan_for(fake)
+        self.b.park(plan, drain=0, mach=fake)
+        self.assertEqual([c[1:3] for c in fake.injected], [["close", 5], ["close", 6]])
+        fake.injected.clear()
+        self.b.resume(plan, mach=fake)
+        self.assertEqual([c[1] for c in fake.injected],
+                         ["socket", "setsockopt", "setsockopt", "setsockopt", "bind", "listen", "setsockopt", "dup2",
+                          "dup2", "close", "fcntl", "kevent64"])
+        self.assertEqual([c[3:5] for c in fake.injected if c[1] == "setsockopt"],
+                         [[0xFFFF, 0x200], [41, 27], [0xFFFF, 4], [0xFFFF, 4]])
+        self.assertEqual([c[2:4] for c in fake.injected if c[1] == "dup2"], [[3, 5], [3, 6]])
+        self.assertEqual(self.snapshot(fake, PID_A), before)
+        self.assertEqual(kq.knotes[0]["status"], 4, "a disabled registration comes back disabled")
+        self.assertRunning(fake, PID_A)
+        self.assertClean(fake)
+
+    def test_the_kevent_call_follows_the_kqueue_stamp(self):
+        for state, call in ((MAC_KQ32, "kevent"), (MAC_KQ64, "kevent64"), (MAC_KQQOS, "kevent64")):
+            with self.subTest(state=state):
+                fake, p, kq = self.go_server()
+                kq.state = state
+                plan = self.plan_for(fake)
+                self.assertEqual({r["api"] for r in plan[0]["holders"][0]["kqueue"]}, {call})
+                self.b.park(plan, drain=0, mach=fake)
+                self.b.resume(plan, mach=fake)
+                self.assertEqual(fake.injected[-1][1], call)
+                self.assertEqual(sorted(k["udata"] for k in kq.knotes if k["ident"] == 3),
+                                 [0xC000_0001_2345_6780, 0xC000_0001_2345_6781])
+                self.assertClean(fake)
+
+    def test_every_failed_resume_step_leaves_it_parked(self):
+        steps = ["socket", "setsockopt", "bind", "listen", "fcntl", "fcntl", "kevent"]
+        for n, name in enumerate(steps):
+            with self.subTest(step=n, call=name):
+                fake, p, _ = self.go_server()
+                plan = self.plan_for(fake)
+                self.b.park(plan, drain=0, mach=fake)
+                parked = self.snapshot(fake, PID_A)
+                fake.fail[(name, steps[:n + 1].count(name))] = MAC_EADDRINUSE if name == "bind" else MAC_EINVAL
+                with self.assertRaises(self.b.Error) as cm:
+                    self.b.resume(plan, mach=fake)
+                if name == "bind":
+                    self.assertEqual(cm.exception.errno, MAC_EADDRINUSE, "park.py waits or names the port's holder")
+                self.assertEqual(self.snapshot(fake, PID_A), parked, "what was created is closed again")
+                self.assertParked(fake, PID_A)
+                self.assertClean(fake)
+
+    def test_every_failed_park_step_leaves_it_running(self):
+        cases = [("task_for_pid", 5), ("task_suspend", 5), ("task_threads", 5), ("thread_suspend", 2),
+                 ("mach_vm_allocate", 3), ("mach_vm_write", 2), ("mach_vm_protect", 2), ("thread_create_running", 53),
+                 ("thread_create_running", 2), ("close", MAC_EBADF)]
+        for name, code in cases:
+            with self.subTest(call=name, code=code):
+                fake, p, _ = self.go_server()
+                before = self.snapshot(fake, PID_A)
+                plan = self.plan_for(fake)
+                fake.fail[(name, 1 if name != "thread_suspend" else 2)] = code
+                with self.assertRaises(self.b.Error) as cm:
+                    self.b.park(plan, drain=0, mach=fake)
+                self.assertFalse(cm.exception.parked)
+                self.assertEqual(self.snapshot(fake, PID_A), before)
+                self.assertRunning(fake, PID_A)
+                self.assertClean(fake)
+                if (name, code) == ("thread_create_running", 53):
+                    self.assertIn("security policy", str(cm.exception))
+                if (name, code) == ("thread_create_running", 2):
+                    self.assertIn("arm64e", str(cm.exception))
+                if name == "mach_vm_protect":
+                    self.assertIn("executable", str(cm.exception))
+
+    def test_a_failed_second_close_puts_the_first_back(self):
+        fake = FakeMac()
+        p = fake.add_proc(PID_A)
+        fake.add_listener(p, [3, 5])
+        kq = fake.add_kqueue(p, 4)
+        kq.knotes.append({"ident": 3, "filter": -1, "flags": MAC_EV_ADD | MAC_EV_CLEAR, "udata": 0xC0DE})
+        before = self.snapshot(fake, PID_A)
+        so = p.fds[3]["file"].obj.so
+        plan = self.plan_for(fake)
+        fake.fail[("close", 2)] = MAC_EBADF
+        with self.assertRaises(self.b.Error):
+            self.b.park(plan, drain=0, mach=fake)
+        self.assertEqual(self.snapshot(fake, PID_A), before)
+        self.assertEqual(p.fds[3]["file"].obj.so, so, "the very same socket, dup2'ed back from fd 5")
+        self.assertEqual([c[1:3] for c in fake.injected],
+                         [["close", 3], ["close", 5], ["dup2", 5], ["fcntl", 3], ["kevent", 4]])
+        self.assertEqual([c[3] for c in fake.injected if c[1] in ("dup2", "fcntl")], [3, 2], "dup2(5, 3), F_SETFD")
+        self.assertRunning(fake, PID_A)
+        self.assertClean(fake)
+
+    def test_completion_is_polled_and_a_call_that_never_ends_is_abandoned(self):
+        fake, p, _ = self.go_server()
+        fake.polls_before_done = 5
+        plan = self.plan_for(fake)
+        self.b.park(plan, drain=0, mach=fake)
+        self.assertEqual(fake.names("mach").count("thread_get_state"), 6)
+        fake, p, _ = self.go_server()
+        plan = self.plan_for(fake)
+        fake.polls_before_done = 10 ** 9
+        old = self.b.CALL_TIMEOUT
+        self.b.CALL_TIMEOUT = 0.05
+        try:
+            with self.assertRaises(self.b.Error) as cm:
+                self.b.park(plan, drain=0, mach=fake)
+        finally:
+            self.b.CALL_TIMEOUT = old
+        self.assertIn("did not finish", str(cm.exception))
+        self.assertEqual(fake.names("mach")[-1], "mach_port_deallocate")
+        self.assertFalse([t for t in p.threads if t["injected"] and t["alive"]], "the stuck thread is terminated")
+        self.assertRunning(fake, PID_A)
+        self.assertClean(fake)
+
+    def test_queued_clients_are_let_in_before_the_close(self):
+        """Connections in the accept queue when the threads are held: park lets the server run again (it
+        accepts them) and holds it anew; when the drain time is over it closes anyway and counts the reset."""
+        fake, p, _ = self.go_server()
+        plan = self.plan_for(fake)
+        fake.accepting.add(PID_A)
+        fake.arrivals = [2]  # two clients connect just as park holds the threads
+        self.assertEqual(self.b.park(plan, drain=5, mach=fake)["reset"], 0)
+        self.assertEqual(fake.names("mach").count("thread_resume"), 3, "released once, then held again")
+        self.assertParked(fake, PID_A)
+        self.assertClean(fake)
+        fake, p, _ = self.go_server()
+        plan = self.plan_for(fake)
+        fake.arrivals = [2, 2, 2, 2, 2]  # and a server that does not accept them
+        self.assertEqual(self.b.park(plan, drain=0.05, mach=fake)["reset"], 2)
+        self.assertParked(fake, PID_A)
+        self.assertClean(fake)
+
+    def test_a_stopped_process_is_continued_for_the_injection_and_stopped_again(self):
+        fake, p, _ = self.go_server()
+        fake.kill(PID_A, signal.SIGSTOP)  # Ctrl+Z'ed before park: a stopped task would hold the injected thread
+        plan = self.plan_for(fake)
+        fake.log.clear()
+        self.b.park(plan, drain=0, mach=fake)
+        self.assertParked(fake, PID_A)
+        self.assertEqual([e for e in fake.log if e[0] == "kill"],
+                         [("kill", PID_A, signal.SIGCONT), ("kill", PID_A, signal.SIGSTOP)])
+        self.assertClean(fake)
+
+    def test_release_lifts_parks_holds_and_injects_nothing(self):
+        fake, p, _ = self.go_server()
+        plan = self.plan_for(fake)
+        self.b.park(plan, drain=0, mach=fake)
+        fake.injected.clear()
+        self.b.release([PID_A], mach=fake)
+        self.assertEqual(fake.counts(PID_A), [0, 0, 0])
+        self.assertEqual(fake.injected, [])
+        self.assertClean(fake)
+
+    def test_swap_moves_each_listener_and_rolls_back(self):
+        fake, p, _ = self.go_server()
+        q = fake.add_proc(PID_C)
+        fake.add_listener(q, [3], port=3001)
+        plans = (self.plan_for(fake, 3000), self.plan_for(fake, 3001))
+        self.b.swap(*plans, mach=fake)
+        self.assertEqual((p.fds[3]["file"].obj.port, q.fds[3]["file"].obj.port), (3001, 3000))
+        self.assertRunning(fake, PID_A)
+        self.assertRunning(fake, PID_C)
+        self.assertClean(fake)
+        fake, p, _ = self.go_server()
+        q = fake.add_proc(PID_C)
+        fake.add_listener(q, [3], port=3001)
+        plans = (self.plan_for(fake, 3000), self.plan_for(fake, 3001))
+        before = (self.snapshot(fake, PID_A), self.snapshot(fake, PID_C))
+        fake.fail[("bind", 2)] = MAC_EADDRINUSE
+        with self.assertRaises(self.b.Error):
+            self.b.swap(*plans, mach=fake)
+        self.assertEqual((self.snapshot(fake, PID_A), self.snapshot(fake, PID_C)), before)
+        self.assertRunning(fake, PID_A)
+        self.assertRunning(fake, PID_C)
+        self.assertClean(fake)
+
+    def test_refusals(self):
+        b = self.b
+
+        def refused(setup, words, force=False):
+            fake, p, kq = self.go_server()
+            setup(fake, p, kq)
+            with self.assertRaises(b.Error) as cm:
+                self.plan_for(fake, force=force)
+            self.assertIn(words, str(cm.exception))
+            self.assertFalse([e for e in fake.log if e[0] == "mach"], "refused before task_for_pid")
+            return cm.exception
+
+        cases = {
+            "arm64e": lambda f, p, kq: setattr(p, "arch", (MAC_CPU_ARM64, 0x80000002)),
+            "Rosetta": lambda f, p, kq: setattr(p, "arch", (0x01000007, 3)),
+            "code-signing enforcement": lambda f, p, kq: setattr(p, "cs", 0x1 | 0x100 | 0x200 | 0x10000),
+            "guards its listener": lambda f, p, kq: p.fds[3].update(guarded=True),
+            "libdispatch": lambda f, p, kq: p.dyn.update({77: [{"ident": 3, "filter": -1, "flags": 1, "udata": 1}]}),
+            "cannot see": lambda f, p, kq: setattr(p.fds[3]["file"], "hidden_refs", 1),
+            "one process only": lambda f, p, kq: f.add_proc(5000).fds.update({3: p.fds[3]}),
+            "filter -15": lambda f, p, kq: kq.knotes.append({"ident": 3, "filter": -15, "flags": 1, "udata": 0}),
+            "options park cannot restore": lambda f, p, kq: setattr(p.fds[3]["file"].obj, "options", 0x86),
+        }
+        for words, setup in cases.items():
+            with self.subTest(refusal=words):
+                e = refused(setup, words)
+                if words == "filter -15":
+                    self.assertIn("--force", e.fix)
+        workq = lambda f, p, kq: p.workq.append({"ident": 3, "filter": -1, "flags": 1, "udata": 9})  # noqa: E731
+        refused(workq, "libdispatch", force=True)
+        fake, p, kq = self.go_server()
+        p.fds[3]["file"].obj.options |= MAC_SO_LINGER
+        self.assertEqual([o[1] for o in self.plan_for(fake, force=True)[0]["options"]], ["SO_REUSEADDR"],
+                         "--force leaves SO_LINGER out")
+
+    def test_task_for_pid_cannot_hang_park(self):
+        b = self.b
+        fake, p, _ = self.go_server(euid=501)
+        plan = self.plan_for(fake)
+        fake.probe = None  # the child never answered: taskgated or a password prompt
+        with self.assertRaises(b.Error) as cm:
+            b.park(plan, drain=0, mach=fake)
+        self.assertIn("did not let park at pid %d" % PID_A, str(cm.exception))
+        self.assertIn("sudo park 3000", cm.exception.fix)
+        self.assertIn("com.apple.security.cs.debugger", cm.exception.fix)
+        self.assertNotIn("task_for_pid", fake.names("mach"), "never called in park's own process")
+        fake.probe = 5
+        with self.assertRaises(b.Error) as cm:
+            b.resume(plan, mach=fake)
+        self.assertIn("KERN_FAILURE (5)", str(cm.exception))
+        self.assertIn("sudo park resume 3000", cm.exception.fix)
+        self.assertClean(fake)
+        fake, p, _ = self.go_server(euid=0)
+        plan = self.plan_for(fake)
+        fake.fail[("task_for_pid", 1)] = 5
+        with self.assertRaises(b.Error) as cm:
+            b.park(plan, drain=0, mach=fake)
+        self.assertIn("even as root", str(cm.exception))
+        self.assertIn("get-task-allow", cm.exception.fix)
+        self.assertNotIn("probe_task_for_pid", fake.names("mach"), "root needs no probe")
+
+    def test_given_sockets_and_hold_are_refused_with_a_fix(self):
+        fake, p, _ = self.go_server()
+        plan = self.plan_for(fake)
+        with self.assertRaises(self.b.Error) as cm:
+            self.b.resume(plan, given=[9], mach=fake)
+        self.assertEqual(cm.exception.fix, "park resume 3000")
+        with self.assertRaises(self.b.Error) as cm:
+            self.b.hold_socket(plan[0])
+        self.assertIn("park resume 3000", cm.exception.fix)
+        self.assertEqual(fake.log[-1][0], "libproc", "nothing was touched")
+
+    def test_resume_refuses_a_reused_pid_or_fd(self):
+        fake, p, _ = self.go_server()
+        plan = self.plan_for(fake)
+        self.b.park(plan, drain=0, mach=fake)
+        p.uniqueid += 1
+        with self.assertRaises(self.b.Error) as cm:
+            self.b.resume(plan, mach=fake)
+        self.assertIn("different process", str(cm.exception))
+        p.uniqueid -= 1
+        p.fds[3] = {"file": _FFile(_FSock(fake.new_so(), 2)), "cloexec": False, "guarded": False}
+        with self.assertRaises(self.b.Error) as cm:
+            self.b.resume(plan, mach=fake)
+        self.assertIn("reused fd 3", str(cm.exception))
+        self.assertEqual(fake.counts(PID_A), [1, 1, 1], "still parked")
+        self.assertClean(fake)
+
+    def test_mach_wrapper_through_ctypes_with_the_prototype_table(self):
+        """The Mach class's ctypes code, run for real: each libSystem function is replaced by a C callback built
+        from the module's own prototype table, so every argument goes through ctypes' conversion to C and back
+        (a wrong type is an ArgumentError) and every out-parameter is written through a real pointer."""
+        b = self.b
+        calls, keep, arrays, memory = {}, [], [], {}
+
+        def task_for_pid(me, pid, port):
+            calls["task_for_pid"] = (me, pid)
+            port[0] = 0x907
+            return 0
+
+        def task_threads(task, arr, count):
+            a = (ctypes.c_uint32 * 3)(0x1507, 0x160B, 0x170F)
+            arrays.append(a)
+            arr[0] = ctypes.cast(a, ctypes.POINTER(ctypes.c_uint32))
+            count[0] = 3
+            return 0
+
+        def vm_deallocate(me, addr, size):
+            calls["vm_deallocate"] = (me, addr == ctypes.addressof(arrays[0]), size)
+            return 0
+
+        def thread_info(thread, flavor, info, count):
+            calls["thread_info"] = (thread, flavor, count[0])
+            ctypes.memmove(info + 32, ctypes.byref(ctypes.c_int32(2)), 4)  # suspend_count @32
+            return 0
+
+        def thread_get_state(thread, flavor, state, count):
+            calls["thread_get_state"] = (flavor, count[0])
+            ctypes.memmove(state + 256, ctypes.byref(ctypes.c_uint64(0x1_0000_4018)), 8)  # pc @256
+            return 0
+
+        def thread_create_running(task, flavor, state, count, child):
+            calls["thread_create_running"] = (task, flavor, count, ctypes.string_at(state + 256, 8))
+            child[0] = 0x2203
+            return 0
+
+        def mach_vm_allocate(task, addr, size, flags):
+            calls["mach_vm_allocate"] = (task, size, flags)
+            addr[0] = 0x1_2345_0000  # above 4 GiB: a 32-bit type anywhere would lose it
+            return 0
+
+        def mach_vm_write(task, addr, data, count):
+            memory[addr] = ctypes.string_at(data, count)
+            return 0
+
+        def mach_vm_protect(task, addr, size, set_max, prot):
+            calls["mach_vm_protect"] = (addr, size, set_max, prot)
+            return 0
+
+        def mach_port_deallocate(me, port):
+            calls["mach_port_deallocate"] = (me, port)
+            return 17  # KERN_INVALID_RIGHT
+
+        impls = {f.__name__: f for f in (task_for_pid, task_threads, vm_deallocate, thread_info, thread_get_state,
+                                         thread_create_running, mach_vm_allocate, mach_vm_write, mach_vm_protect,
+                                         mach_port_deallocate)}
+        lib = type("FakeLibSystem", (), {})()
+        for name, restype, argtypes in b.PROTOTYPES:
+            if name in impls:
+                fn = ctypes.CFUNCTYPE(restype, *argtypes)(impls[name])
+                keep.append(fn)
+                fn.restype, fn.argtypes = restype, argtypes  # as _libsystem() applies the table
+                setattr(lib, name, fn)
+
+        class M(b.Mach):
+            def _self(self):
+                return 0x103
+
+        m = M(lib)
+        self.assertEqual(m.task_for_pid(4242), 0x907)
+        self.assertEqual(calls["task_for_pid"], (0x103, 4242))
+        self.assertEqual(m.task_threads(0x907), [0x1507, 0x160B, 0x170F])
+        self.assertEqual(calls["vm_deallocate"], (0x103, True, 12), "the out-of-line array: count * 4 bytes")
+        self.assertEqual(m.thread_suspend_count(0x1507), 2)
+        self.assertEqual(calls["thread_info"], (0x1507, 3, 10), "THREAD_BASIC_INFO, count 10")
+        self.assertEqual(struct.unpack_from("<Q", m.thread_get_state(0x2203), 256)[0], 0x1_0000_4018)
+        self.assertEqual(calls["thread_get_state"], (6, 68), "ARM_THREAD_STATE64, count exactly 68")
+        state = b.arm_thread_state64()
+        state.pc = 0x1_2345_0000
+        self.assertEqual(m.thread_create_running(0x907, bytes(state)), 0x2203)
+        self.assertEqual(calls["thread_create_running"], (0x907, 6, 68, struct.pack("<Q", 0x1_2345_0000)))
+        base = m.vm_allocate(0x907, 0x8000)
+        self.assertEqual((base, calls["mach_vm_allocate"]), (0x1_2345_0000, (0x907, 0x8000, 1)))
+        m.vm_write(0x907, base + 0x4000, b"\x10\x02\x0b\xb8")
+        self.assertEqual(memory, {base + 0x4000: b"\x10\x02\x0b\xb8"})
+        m.vm_protect(0x907, base, 0x4000, 5)
+        self.assertEqual(calls["mach_vm_protect"], (base, 0x4000, 0, 5), "R|X, current protection only")
+        with self.assertRaises(b.MachError) as cm:
+            m.port_deallocate(0x1507)
+        self.assertEqual((cm.exception.call, cm.exception.kr), ("mach_port_deallocate", 17))
+        self.assertEqual(str(cm.exception), "mach_port_deallocate: KERN_INVALID_RIGHT (17)")
+        self.assertEqual(calls["mach_port_deallocate"], (0x103, 0x1507))
+
+
+@unittest.skipUnless(sys.platform.startswith("linux") and platform.machine() == "x86_64", "uses this OS's backend")
+class DarwinFrontTest(ParkTestCase):
+    """park.py's side of the macOS contract, run here with a stand-in backend in place of this platform's:
+    `release` lifts the backend's holds before it signals (SIGCONT does not undo a thread_suspend hold), and a
+    failure to lift them is a one-line error that keeps the process parked and its state."""
+
+    def setUp(self):
+        super().setUp()
+        self.park = load_module("park_logic_under_test", PARK)
+        name = self.park.BACKENDS[("linux", "x86_64")]
+        saved = sys.modules.get(name)
+        self.addCleanup(lambda: sys.modules.__setitem__(name, saved) if saved else sys.modules.pop(name, None))
+        old = os.environ.get("PARK_HOME")
+        os.environ["PARK_HOME"] = self.home
+        self.addCleanup(lambda: os.environ.__setitem__("PARK_HOME", old) if old else os.environ.pop("PARK_HOME"))
+        self.child = subprocess.Popen(["sleep", "60"])
+        self.addCleanup(self.child.wait)
+        self.addCleanup(self.child.kill)
+        os.kill(self.child.pid, signal.SIGSTOP)
+        self.calls = []
+        fake = type(sys)(name)
+        fake.Error = type("Error", (Exception,), {"fix": None, "errno": None, "parked": False})
+        fake.process = lambda pid: {"pid": pid, "start": 7, "state": "T", "name": "sleep", "argv": ["sleep"]}
+        fake.stopped = lambda info: True
+        fake.release = self.calls.append
+        sys.modules[name] = fake
+        self.fake = fake
+        self.park.write_state({"kind": self.park.KIND, "schema": self.park.SCHEMA, "port": 3000, "parked_at": 1.0,
+                               "holders": [{"pid": self.child.pid, "starttime": 7, "uid": 0, "name": "sleep",
+                                            "argv": ["sleep", "60"]}], "listeners": []})
+
+    def main(self, *argv):
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            rc = self.park.main(list(argv))
+        return rc, out.getvalue(), err.getvalue()
+
+    def test_release_lifts_the_backends_holds_then_continues(self):
+        rc, out, err = self.main("release", "3000")
+        self.assertEqual((rc, err), (0, ""))
+        self.assertEqual(self.calls, [[self.child.pid]])
+        self.assertIn("continued pid %d" % self.child.pid, out)
+        self.assertNotEqual(proc_state(self.child.pid), "T", "SIGCONT followed")
+        self.assertFalse(os.path.exists(self.park.state_path(3000)))
+
+    def test_a_failed_release_keeps_it_parked(self):
+        def refuse(pids):
+            e = self.fake.Error("macOS refused park access to pid %d" % pids[0])
+            e.fix = "sudo park release %d" % pids[0]
+            raise e
+        self.fake.release = refuse
+        rc, out, err = self.main("release", "3000")
+        self.assertEqual(rc, 1)
+        self.assertEqual(err, "park: macOS refused park access to pid %d\n  fix: sudo park release %d\n"
+                         % (self.child.pid, self.child.pid))
+        self.assertEqual(proc_state(self.child.pid), "T", "no signal was sent")
+        self.assertTrue(os.path.exists(self.park.state_path(3000)))
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Runner: `python3 test_park.py` ends with one line "N passed, N failed, N skipped".
 
 class _TallyResult(unittest.TextTestResult):
