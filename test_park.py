@@ -928,7 +928,8 @@ class StaticTest(ParkTestCase):
     """Checks that need no live process."""
 
     def test_modules_parse_as_python_3_9(self):
-        paths = [os.path.abspath(__file__), PARK, BACKEND]
+        paths = [os.path.abspath(__file__), PARK, BACKEND, os.path.join(HERE, "park_darwin_arm64.py"),
+                 os.path.join(HERE, "bench", "bench_park.py")]
         for path in paths:
             with self.subTest(path=os.path.basename(path)):
                 if not os.path.exists(path):
