@@ -667,7 +667,8 @@ def _hold(backend, record, seconds):
         record = read_state(state_path(port))
         waiting = hold_waiting(backend, record["hold"]) or 0
         plan, notes = _live_plan(backend, record)
-        given = [s.fileno() for s in socks]
+        held = {l["inode"]: s.fileno() for l, s in zip(record["listeners"], socks)}
+        given = [held[l["inode"]] for l in plan]  # _live_plan drops a listener whose holders are all gone
         _resume_plan(backend, record, plan, force=False, wait=0, given=given)
     for s in socks:
         s.close()  # the processes have their own copies now
