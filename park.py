@@ -765,10 +765,10 @@ def _resume_plan(backend, record, plan, force, wait, given=None):
             # (that needs root) and that a listener without SO_REUSEADDR cannot bind over.
             tw = [t for l in plan for t in backend.time_wait(l)]
             if tw and time.monotonic() >= deadline:
-                raise ParkError("cannot resume: %d TIME_WAIT connection(s) on :%d block the listener; pid %s stays "
-                                "parked" % (len(tw), port, _pids(record)),
-                                fix="park resume %d --wait 60  (they expire within 60 s), or: sudo park resume %d"
-                                % (port, port))
+                raise PortBusy("cannot resume: %d TIME_WAIT connection(s) on :%d block the listener; pid %s stays "
+                               "parked" % (len(tw), port, _pids(record)),
+                               "park resume %d --wait 60  (they expire within 60 s), or: sudo park resume %d"
+                               % (port, port), "%d TIME_WAIT connection(s)" % len(tw))
         if time.monotonic() >= deadline:
             holders = _holders_text(backend, port)
             raise PortBusy("cannot resume: :%d is in use by %s; pid %s stays parked" % (port, holders, _pids(record)),
