@@ -11,8 +11,8 @@ set -u
 BASE_URL="https://raw.githubusercontent.com/park-sh/park/main"
 
 # sha256 of each file at this release (test_park.py fails, printing these lines, when one differs).
-SHA256_park_py="f68b18912ec691c541beb1b64f2aef43e03cb35f245b33fbb62457165f7b66a9"
-SHA256_park_darwin_arm64_py="6a8f09367c77f92475718a12f6bce7e84cb435196834800573e26864baa18a8f"
+SHA256_park_py="63bb18ad3980012a92bec7f8db8308cbba0843344a84dcab99d1b8601edc5de4"
+SHA256_park_darwin_arm64_py="65f9c9a05968ad9043db11c0e8378ed5f599b50de4cc982bad788652a928a095"
 SHA256_park_linux_x86_64_py="70cbbf2c8c12dd1f1ae6bb16dd32e78c60ffbb61485540c15045c4af0332a822"
 
 say() { printf 'park-install: %s\n' "$*"; }

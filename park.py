@@ -32,7 +32,7 @@ BACKENDS = {("linux", "x86_64"): "park_linux_x86_64", ("darwin", "arm64"): "park
 # fails, printing the line to paste, when a pin differs from the file.
 BASE_URL = "https://raw.githubusercontent.com/park-sh/park/main"
 PINS = {
-    "park_darwin_arm64": "6a8f09367c77f92475718a12f6bce7e84cb435196834800573e26864baa18a8f",
+    "park_darwin_arm64": "65f9c9a05968ad9043db11c0e8378ed5f599b50de4cc982bad788652a928a095",
     "park_linux_x86_64": "70cbbf2c8c12dd1f1ae6bb16dd32e78c60ffbb61485540c15045c4af0332a822",
 }
 SCHEMA = 1

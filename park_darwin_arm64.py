@@ -158,6 +158,10 @@ class Error(Exception):
         self.parked = parked  # the target was left parked, with its state
 
 
+class Uncertain(Error):
+    """An injected call whose completion park did not see: it may or may not have run."""
+
+
 class MachError(Exception):
     """A Mach call that returned an error: the call's name and its kern_return_t."""
 
@@ -1023,6 +1027,28 @@ def inspect(listener, force=False, mach=None):
 # ---------------------------------------------------------------------------------------------------------
 # Holding threads and running system calls inside a process
 
+def _bounded(fn, seconds, timeout_error):
+    """fn() on a daemon thread, given up after `seconds` (the thread is left behind, blocked in the kernel):
+    the child's probe does not prove that park's own task_for_pid will not wait for taskgated too."""
+    import threading
+    box = {}
+
+    def run():
+        try:
+            box["value"] = fn()
+        except BaseException as e:  # handed to the caller
+            box["error"] = e
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if worker.is_alive():
+        raise timeout_error
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
 def _task_port(m, pid, again):
     """task_for_pid for pid. As non-root it can block forever (taskgated, an authorization prompt: psutil
     #2885), so it is first tried in a child process that park kills after PROBE_SECONDS."""
@@ -1037,7 +1063,11 @@ def _task_port(m, pid, again):
         if kr != KERN_SUCCESS:
             raise Error("macOS refused park access to pid %d (task_for_pid: %s)" % (pid, kern_name(kr)), fix=fix)
     try:
-        return m.task_for_pid(pid)
+        if root:
+            return m.task_for_pid(pid)
+        return _bounded(lambda: m.task_for_pid(pid), PROBE_SECONDS, Error(
+            "macOS did not let park at pid %d within %d s (task_for_pid waits for taskgated or a password "
+            "prompt)" % (pid, PROBE_SECONDS), fix=fix))
     except MachError as e:
         if not root:
             raise Error("macOS refused park access to pid %d (task_for_pid: %s)" % (pid, kern_name(e.kr)), fix=fix)
@@ -1139,6 +1169,8 @@ class _Target:
             raise self._refused(e)
         try:
             done = self._wait(thread, nr)
+        except Error as e:
+            raise Uncertain(str(e))  # the call may have run: callers look at the fds before deciding
         finally:
             self._end(thread)
         if done.x[20] & 1:  # the carry flag, as the stub's cset saved it
@@ -1159,9 +1191,17 @@ class _Target:
         """Two 16 KiB pages: the stub, written while RW and then made R|X (W^X: the kernel strips X from a W+X
         request, osfmk/vm/vm_map.c), and a data page that stays RW and is never executable."""
         m = self.m
-        self.base = m.vm_allocate(self.task, 2 * PAGE)
-        m.vm_write(self.task, self.base, STUB)
-        m.vm_protect(self.task, self.base, PAGE, VM_PROT_READ | VM_PROT_EXECUTE)
+        base = m.vm_allocate(self.task, 2 * PAGE)
+        try:
+            m.vm_write(self.task, base, STUB)
+            m.vm_protect(self.task, base, PAGE, VM_PROT_READ | VM_PROT_EXECUTE)
+        except BaseException:
+            try:
+                m.vm_deallocate(self.task, base, 2 * PAGE)
+            except MachError:
+                pass
+            raise  # self.base stays None: a later call maps afresh instead of running a page without the stub
+        self.base = base
 
     def _wait(self, thread, nr):
         """Poll the thread's registers (thread_get_state stops it briefly) until its pc is in the wait loop."""
@@ -1193,14 +1233,16 @@ class _Target:
 
     def unhold(self):
         """Lift this run's holds (not park's), keeping the task port and pages for another try."""
-        failed = None
+        failed, kept = None, []
         for t in self.held:
             try:
                 self.m.thread_resume(t)
             except MachError as e:
                 failed = failed or e
+                kept.append(t)  # still held: finish() must try again, so keep its port
+                continue
             self._drop(t)
-        self.held, self.parked = [], []
+        self.held, self.parked = kept, [t for t in self.parked if t in kept]
         return failed
 
     def finish(self, resume, parked_too=False):
@@ -1309,10 +1351,15 @@ def _close_all(targets, plan, closed):
     for l in plan:
         for h in l["holders"]:
             for f in h["fds"]:
+                t = targets[h["pid"]]
                 try:
-                    targets[h["pid"]].call(SYS_close, f["fd"])
+                    t.call(SYS_close, f["fd"])
                 except OSError as e:
                     raise Error("cannot close fd %d in pid %d (%s)" % (f["fd"], h["pid"], e.strerror), errno=e.errno)
+                except Uncertain:
+                    if f["fd"] not in {fd for fd, _ in _fds(t.m, h["pid"])}:
+                        closed.append((h["pid"], f["fd"]))  # it did run: put it back like any other
+                    raise
                 closed.append((h["pid"], f["fd"]))
 
 
@@ -1539,6 +1586,9 @@ def _recreate(targets, plan, force, closed=None):
     """Recreate every listener of plan in its holder; all or nothing. With closed (the (pid, fd) a failed park
     closed), only those fds come back: from a remaining fd of the same socket if there is one."""
     placed = []  # (target, fd) now holding a new socket, closed again if anything fails
+    # Every thread is held, so only park's calls change the fd tables: whatever appears was made here, even
+    # by a call whose completion park did not see (Uncertain), and is closed again if this fails.
+    before = {pid: {fd for fd, _ in _fds(t.m, pid)} for pid, t in targets.items()}
     try:
         for l in plan:
             h = l["holders"][0]
@@ -1552,6 +1602,16 @@ def _recreate(targets, plan, force, closed=None):
                 t.call(SYS_close, fd)
             except (OSError, Error):
                 pass
+        for pid, t in targets.items():
+            try:
+                extra = {fd for fd, _ in _fds(t.m, pid)} - before[pid]
+            except (OSError, Error):
+                continue
+            for fd in sorted(extra):
+                try:
+                    t.call(SYS_close, fd)
+                except (OSError, Error):
+                    pass
         raise
 
 

@@ -2980,6 +2980,8 @@ class FakeMac:
         self.fail = {}  # (name, nth) -> errno (system calls) or kern_return_t (Mach calls)
         self.calls = {}
         self.polls_before_done = 2
+        self.unseen = 0  # this many injected calls, from the first, run but never show as finished
+        self.n_injected = 0
         self.probe = 0  # what probe_task_for_pid answers (None: no answer in time)
         self.masks = []
         self.injected = []  # [pid, name, args...] of every injected system call that ran
@@ -3240,7 +3242,9 @@ class FakeMac:
             self.violations.append("flags %#x / lr %#x: want NO_PTRAUTH and lr 0" % (flags, lr))
         if any(t["count"] == 0 for t in p.threads if t["alive"] and not t["injected"]):
             self.violations.append("a system call was injected while a thread of pid %d could run" % p.pid)
-        p.threads.append({"count": 0, "alive": True, "injected": True, "pc": pc, "polls": 0, "final": None})
+        self.n_injected += 1
+        p.threads.append({"count": 0, "alive": True, "injected": True, "pc": pc, "polls": 0, "final": None,
+                          "unseen": self.n_injected <= self.unseen})
         t = p.threads[-1]
         if p.task_suspended == 0:  # a suspended task holds the new thread (thread_create_running_internal)
             result, err = self._syscall(p, x[16], x[:8])
@@ -3251,7 +3255,7 @@ class FakeMac:
         self._mach("thread_get_state", thread)
         _, t = self._thread(thread)
         t["polls"] += 1
-        if t["final"] is None or t["polls"] <= self.polls_before_done:
+        if t["final"] is None or t["polls"] <= self.polls_before_done or t.get("unseen"):
             return mac_thread_state(pc=t["pc"] + 4)  # still inside the svc
         return t["final"]
 
@@ -3871,10 +3875,33 @@ class DarwinOrchestrationTest(unittest.TestCase):
                 self.b.park(plan, drain=0, mach=fake)
         finally:
             self.b.CALL_TIMEOUT = old
+        # The simulated close did run although park never saw it finish: park must not count it as "not
+        # closed" and let the server run without its listener. Every later call hangs too, so the listener
+        # cannot be put back: the server stays parked, and says so.
         self.assertIn("did not finish", str(cm.exception))
+        self.assertTrue(cm.exception.parked, "a close that ran unseen must not be taken for one that did not")
         self.assertEqual(fake.names("mach")[-1], "mach_port_deallocate")
         self.assertFalse([t for t in p.threads if t["injected"] and t["alive"]], "the stuck thread is terminated")
+        self.assertParked(fake, PID_A)
+        self.assertClean(fake)
+
+    def test_a_close_seen_late_is_put_back(self):
+        """The close runs but its completion is not seen; the calls after it work: the listener comes back,
+        exactly as it was, and the server runs."""
+        fake, p, _ = self.go_server()
+        plan = self.plan_for(fake)
+        before = self.snapshot(fake, PID_A)
+        fake.unseen = 1  # the close
+        old = self.b.CALL_TIMEOUT
+        self.b.CALL_TIMEOUT = 0.05
+        try:
+            with self.assertRaises(self.b.Error) as cm:
+                self.b.park(plan, drain=0, mach=fake)
+        finally:
+            self.b.CALL_TIMEOUT = old
+        self.assertFalse(cm.exception.parked)
         self.assertRunning(fake, PID_A)
+        self.assertEqual(self.snapshot(fake, PID_A), before)
         self.assertClean(fake)
 
     def test_queued_clients_are_let_in_before_the_close(self):
