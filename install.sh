@@ -154,10 +154,14 @@ main() {
             return 1
         fi
     done
+    # Byte-compiled once here, then imported as a module: a script would be compiled on every run. -I keeps
+    # the current directory and PYTHON* variables out, so nothing there can stand in for park or the stdlib.
+    python3 -I -m compileall -q "$prefix" >/dev/null 2>&1 || true
     cat >"$bin_dir/park.new" <<EOF
 #!/bin/sh
 # installed by park install.sh; remove with: sh install.sh --uninstall
-exec python3 "$prefix/park.py" "\$@"
+exec python3 -I -c 'import sys; sys.path.insert(0, sys.argv.pop(1)); import park; sys.exit(park.main())' \\
+    "$prefix" "\$@"
 EOF
     if ! { chmod 0755 "$bin_dir/park.new" && mv -f "$bin_dir/park.new" "$bin_dir/park"; }; then
         err "cannot write $bin_dir/park"

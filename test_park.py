@@ -2023,11 +2023,15 @@ class DistributionTest(LiveTestCase):
         launcher = os.path.join(bindir, "park")
         v = subprocess.run([launcher, "--version"], stdout=subprocess.PIPE, universal_newlines=True, env=self.env)
         self.assertRegex(v.stdout, r"^park \d+\.\d+\.\d+")
+        # From the directory holding the decoys: the launcher's park must not pick up any of them.
+        v = subprocess.run([launcher, "list", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           universal_newlines=True, env=self.env, cwd=self.cwd)
+        self.assertEqual((v.returncode, v.stdout.strip()), (0, "[]"), v.stderr)
         installed = {n: sha256_file(os.path.join(prefix, n)) for n in os.listdir(prefix) if n.endswith(".py")}
         self.assertEqual(installed, {"park.py": sha256_file(PARK), "park_linux_x86_64.py": sha256_file(BACKEND)})
         r = self.install(*args, stdin_script=True)  # curl -fsSL .../install.sh | sh -s -- ..., and idempotent
         self.assertEqual(r.returncode, 0, r)
-        self.assertEqual(sorted(os.listdir(prefix)), sorted(installed))
+        self.assertEqual(sorted(n for n in os.listdir(prefix) if n.endswith(".py")), sorted(installed))
         r = self.install("--uninstall", "--bin-dir", bindir, "--prefix", prefix)
         self.assertEqual(r.returncode, 0, r)
         self.assertFalse(os.path.exists(launcher))

@@ -321,6 +321,8 @@ class Bench:
         self.node = None
         self.server = None
         self.last_n = 0
+        # The command that runs park: the interpreter with park.py, or (--launcher) an installed `park`.
+        self.park_cmd = [args.launcher] if args.launcher else [self.python, PARK]
         self.results = {k: [] for k in ("bare", "park", "resume", "park_ratio", "resume_ratio", "held_park",
                                         "held_resume", "first", "first_from_main", "resume_polled", "attempts")}
 
@@ -363,7 +365,7 @@ class Bench:
                 if parked or proc_state(pid) in ("T", "t"):
                     if parked:
                         try:
-                            dt, rc, out, err = run([self.python, PARK, "resume", str(port)], self.env, timeout=15)
+                            dt, rc, out, err = run(self.park_cmd + ["resume", str(port)], self.env, timeout=15)
                             print("cleanup: park resume %d -> exit %d %s" % (port, rc, (out + err).strip()),
                                   flush=True)
                         except BenchError as e:
@@ -434,15 +436,15 @@ class Bench:
         bare, rc, out, err = run([py, "-c", "pass"], self.env)
         if rc != 0:
             raise BenchError("%s -c pass exited %d: %s" % (py, rc, err))
-        t_park, rc, out, err = run([py, PARK, port], self.env)
+        t_park, rc, out, err = run(self.park_cmd + [port], self.env)
         self.check_parked(rc, out, err, what)
         h_park = held_ms(err, "park")
-        t_res, rc, out, err = run([py, PARK, "resume", port], self.env)
+        t_res, rc, out, err = run(self.park_cmd + ["resume", port], self.env)
         h_res = held_ms(err, "park resume")
         self.check_resumed(rc, out, err, what)
 
         # Resume to first served request: a second park, then resume with a client polling right after spawn.
-        _, rc, out, err = run([py, PARK, port], self.env)
+        _, rc, out, err = run(self.park_cmd + [port], self.env)
         self.check_parked(rc, out, err, what + " (second park)")
         first, attempts, n, pid, t_polled, rc, out, err = self.resume_and_poll()
         self.check_resumed(rc, out, err, what + " (polled resume)", n, pid)
@@ -468,7 +470,7 @@ class Bench:
     def resume_and_poll(self):
         port = self.server["port"]
         t0 = time.perf_counter()
-        p = subprocess.Popen([self.python, PARK, "resume", str(port)], env=self.env, stdin=subprocess.DEVNULL,
+        p = subprocess.Popen(self.park_cmd + ["resume", str(port)], env=self.env, stdin=subprocess.DEVNULL,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
         t_done = None
         try:
@@ -517,6 +519,8 @@ def main():
     ap.add_argument("--threads", type=int, default=10, help="total threads the node server should have")
     ap.add_argument("--client-timeout", type=float, default=0.05, help="per-attempt HTTP timeout, s")
     ap.add_argument("--client-pause", type=float, default=0.0005, help="pause between HTTP attempts, s")
+    ap.add_argument("--launcher", default=None, metavar="PATH",
+                    help="run park through this installed launcher (install.sh's `park`) instead of PYTHON park.py")
     ap.add_argument("--warm-pycache", action="store_true",
                     help="let park's backend be byte-compiled once (PYTHONPYCACHEPREFIX in the temp dir, "
                          "PYTHONDONTWRITEBYTECODE unset) instead of inheriting the environment as it is")
