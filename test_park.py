@@ -4173,6 +4173,11 @@ class DarwinFrontTest(ParkTestCase):
         self.addCleanup(self.child.wait)
         self.addCleanup(self.child.kill)
         os.kill(self.child.pid, signal.SIGSTOP)
+        deadline = time.monotonic() + 10
+        while proc_state(self.child.pid) != "T":  # the stop takes effect asynchronously
+            if time.monotonic() > deadline:
+                self.fail("the stand-in process did not stop")
+            time.sleep(0.01)
         self.calls = []
         fake = type(sys)(name)
         fake.Error = type("Error", (Exception,), {"fix": None, "errno": None, "parked": False})
