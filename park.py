@@ -33,7 +33,7 @@ BACKENDS = {("linux", "x86_64"): "park_linux_x86_64", ("darwin", "arm64"): "park
 BASE_URL = "https://raw.githubusercontent.com/park-sh/park/main"
 PINS = {
     "park_darwin_arm64": "65f9c9a05968ad9043db11c0e8378ed5f599b50de4cc982bad788652a928a095",
-    "park_linux_x86_64": "70cbbf2c8c12dd1f1ae6bb16dd32e78c60ffbb61485540c15045c4af0332a822",
+    "park_linux_x86_64": "e9832387a511983261e327588ac09e4ceebdcff94a21001140e14be9b81366ea",
 }
 SCHEMA = 1
 KIND = "park.parked"

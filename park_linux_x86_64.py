@@ -286,7 +286,7 @@ def listeners(port):
     return sorted(found.values(), key=lambda l: (l["family"], l["host"]))
 
 
-def ports_listening(uid=None):
+def ports_listening():
     """{port: [pid, ...]} of every TCP listener, for `list` and suggestions (only pids we can see)."""
     by_inode = {}
     for family, inode, host, lport in _tcp_rows(None):
@@ -336,10 +336,6 @@ def process(pid):
 def stopped(info):
     """True when the process is stopped by a signal (a parked process)."""
     return info["state"] in ("T", "t")
-
-
-def send_signal(pid, sig):
-    os.kill(pid, sig)
 
 
 def parse_fdinfo_epoll(text):
