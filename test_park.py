@@ -410,6 +410,21 @@ while True:
     serve_in_thread(conn)
 '''
 
+PY_BPF = PY_COMMON + r'''
+# A classic BPF filter (accept everything) attached to the listener: park cannot read it back.
+import ctypes
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", PORT))
+s.listen(16)
+prog = ctypes.create_string_buffer(struct.pack("=HBBI", 0x06, 0, 0, 0xFFFFFFFF))  # BPF_RET|BPF_K, accept all
+s.setsockopt(socket.SOL_SOCKET, 26, struct.pack("=H6xQ", 1, ctypes.addressof(prog)))  # SO_ATTACH_FILTER
+ready()
+while True:
+    conn, _ = s.accept()
+    serve_in_thread(conn)
+'''
+
 PY_PID1 = r'''
 import json, os, socket, subprocess, sys
 port, park = int(sys.argv[1]), sys.argv[2]
@@ -1822,6 +1837,23 @@ class SafetyTest(LiveTestCase):
         self.park("resume", port, expect=0)  # its own bind would fail with EACCES: park binds for it
         self.assertEqual(self.get_count("127.0.0.1", port), (pid, n + 1))
         self.assertEqual(snapshot(port), before)
+
+    def test_unrestorable_option_needs_force(self):
+        """An attached BPF filter cannot be read back: park refuses, touching nothing, unless --force."""
+        proc, _ = self.start_python(PY_BPF, self.port)
+        pid, n = self.get_count("127.0.0.1", self.port)
+        self.wait_quiet(self.port)
+        r = self.park(self.port, expect=1)
+        self.assertIn("BPF socket filter", r.stderr)
+        self.assertIn("--force", r.stderr)
+        self.assert_running(proc.pid)
+        self.assertEqual(self.park_list(), [])
+        self.assertEqual(self.get_count("127.0.0.1", self.port), (pid, n + 1))
+        self.wait_quiet(self.port)
+        self.park(self.port, "--force", expect=0)
+        self.assert_parked(proc.pid)
+        self.park("resume", self.port, expect=0)
+        self.assertEqual(self.get_count("127.0.0.1", self.port), (pid, n + 2))
 
     def test_traced_process_is_refused(self):
         proc = self.start_asyncio(self.port)
