@@ -744,6 +744,21 @@ class ParkTestCase(unittest.TestCase):
             self.assertTrue(any(l.startswith("park: ") for l in r.stderr.splitlines()),
                             "%s: usage error without a 'park: ' line" % what)
 
+    def is_resumed(self, pid):
+        """Resumed for good: running, and no longer in any state file (resume removes it after SIGCONT). The
+        thread state alone is not enough: a thread single-stepping an injected call briefly shows R."""
+        if proc_state(pid) in (None, "T", "t"):
+            return False
+        for path in glob.glob(os.path.join(self.home, "parked", "*.json")):
+            try:
+                with open(path) as f:
+                    data = json.load(f)
+            except (OSError, ValueError):
+                return False
+            if any(h.get("pid") == pid for h in data.get("holders", [])):
+                return False
+        return True
+
     def park(self, *args, expect=None, env=None, timeout=CHILD_TIMEOUT):
         """Run the park CLI; assert the output form and, if given, the exit code."""
         argv = [sys.executable, PARK] + [str(a) for a in args]
@@ -2191,7 +2206,7 @@ class TimerTest(LiveTestCase):
         self.assert_parked(proc.pid)
         e = self.entry(self.port)
         self.assertTrue(0 < e["timer_left"] <= 2, e)
-        self.wait_until("the timed resume", lambda: proc_state(proc.pid) not in ("T", "t"))
+        self.wait_until("the timed resume", lambda: self.is_resumed(proc.pid))
         self.assertEqual(self.get_count("127.0.0.1", self.port), (pid, n + 1))
         self.assertEqual(snapshot(self.port), before)
         self.assertEqual(self.park_list(), [])
@@ -2225,7 +2240,7 @@ class TimerTest(LiveTestCase):
         self.assertIn("in use by pid %d" % blocker.pid, r.stdout)
         self.kill_pid(blocker.pid)
         blocker.wait(10)
-        self.wait_until("the retried resume", lambda: proc_state(proc.pid) not in ("T", "t"))
+        self.wait_until("the retried resume", lambda: self.is_resumed(proc.pid))
         self.assertEqual(self.get_count("127.0.0.1", self.port), (pid, n + 1))
 
     def test_bad_durations(self):
@@ -2708,7 +2723,7 @@ class UiTest(LiveTestCase):
         self.assertTrue(row.startswith(">"), "the first row is not selected: %r" % row)
         self.assertEqual(self.HEADER.match(lines[0]).group(2), "1", lines[0])
         self.press("r")
-        self.wait_until(lambda: proc_state(proc.pid) not in ("T", "t"), "r did not resume pid %d" % proc.pid)
+        self.wait_until(lambda: self.is_resumed(proc.pid), "r did not resume pid %d" % proc.pid)
         self.assert_running(proc.pid)
         self.assertEqual(self.get_count("127.0.0.1", self.port), (proc.pid, n + 1), "the counter did not continue")
         self.assertEqual(self.park_list(), [])
@@ -2768,7 +2783,7 @@ class UiTest(LiveTestCase):
                                  "the parked row, selected")
         self.assertTrue(any(l.startswith("parked :%d" % self.port) for l in lines), "status line")
         self.press("r")
-        self.wait_until(lambda: proc_state(proc.pid) not in ("T", "t"), "r did not resume pid %d" % proc.pid)
+        self.wait_until(lambda: self.is_resumed(proc.pid), "r did not resume pid %d" % proc.pid)
         self.assertEqual(self.get_count("127.0.0.1", self.port), (proc.pid, n + 1))
         self.assertEqual(self.park_list(), [])
         self.quit_ui()
@@ -2806,7 +2821,7 @@ class UiTest(LiveTestCase):
         self.assertEqual(self.HEADER.match(lines[0]).group(2), "2")
         self.select_port(self.port, "PARKED")
         self.press("r")
-        self.wait_until(lambda: proc_state(timed.pid) not in ("T", "t"), "r did not resume the timed server")
+        self.wait_until(lambda: self.is_resumed(timed.pid), "r did not resume the timed server")
         self.select_port(port2, "PARKED")
         self.press("r")
         self.assertEqual(hold.wait(timeout=20), 0, "the holding park did not end after the hand-over")
