@@ -1840,7 +1840,9 @@ class SafetyTest(LiveTestCase):
         start = int(_read_text("/proc/sys/net/ipv4/ip_unprivileged_port_start").strip())
         if start <= 1:
             self.skipTest("every port is unprivileged on this machine")
-        port = next((p for p in range(min(start, 1024) - 1, 600, -1) if not tcp_sockets(p, states=None)), None)
+        candidates = list(range(600, min(start, 1024)))
+        random.shuffle(candidates)  # not the first free one: two runs at once would both take it
+        port = next((p for p in candidates if not tcp_sockets(p, states=None)), None)
         if port is None:
             self.skipTest("no free privileged port")
         proc, _ = self.start_python(PY_DROPS_PRIVILEGES, port)
