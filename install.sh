@@ -11,9 +11,9 @@ set -u
 BASE_URL="https://raw.githubusercontent.com/park-sh/park/main"
 
 # sha256 of each file at this release (test_park.py fails, printing these lines, when one differs).
-SHA256_park_py="2637f63850f1c78247e740f65b3b741d5c6a78b1d207580d8a037fed48f421bd"
+SHA256_park_py="181727328acf7688e968930ae4c682780bea1efc1c2025c86f63a8c327dbd44c"
 SHA256_park_darwin_arm64_py="65f9c9a05968ad9043db11c0e8378ed5f599b50de4cc982bad788652a928a095"
-SHA256_park_linux_x86_64_py="e9832387a511983261e327588ac09e4ceebdcff94a21001140e14be9b81366ea"
+SHA256_park_linux_x86_64_py="b4a1648bea95249c4c68f992d900a05e1d79b4b068f3e018a621eccd439ee977"
 
 say() { printf 'park-install: %s\n' "$*"; }
 err() { printf 'park-install: error: %s\n' "$*" >&2; }

@@ -33,7 +33,7 @@ BACKENDS = {("linux", "x86_64"): "park_linux_x86_64", ("darwin", "arm64"): "park
 BASE_URL = "https://raw.githubusercontent.com/park-sh/park/main"
 PINS = {
     "park_darwin_arm64": "65f9c9a05968ad9043db11c0e8378ed5f599b50de4cc982bad788652a928a095",
-    "park_linux_x86_64": "e9832387a511983261e327588ac09e4ceebdcff94a21001140e14be9b81366ea",
+    "park_linux_x86_64": "b4a1648bea95249c4c68f992d900a05e1d79b4b068f3e018a621eccd439ee977",
 }
 SCHEMA = 1
 KIND = "park.parked"
@@ -80,8 +80,7 @@ def load_backend():
     if not os.path.exists(path):
         raise ParkError("the backend %s.py is missing next to %s" % (name, os.path.join(here, "park.py")),
                         fix="copy %s.py into %s (park.py and its backend go together)" % (name, here))
-    with open(path, "rb") as f:
-        return _exec_module(name, path, f.read(), cache=True)
+    return _exec_module(name, path)
 
 
 def script_dir():
@@ -92,26 +91,23 @@ def script_dir():
     return os.path.dirname(os.path.abspath(path))
 
 
-def _exec_module(name, path, source, cache=False):
-    """Run a backend's source as module `name`, without going through sys.path."""
-    import types
-    if cache:
+def _exec_module(name, path, source=None):
+    """Run a backend as module `name`, without going through sys.path: from its file (with __pycache__, like an
+    import) or, in stdin mode, from the verified bytes `source`."""
+    if source is None:
         import importlib.util
         spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        try:
-            spec.loader.exec_module(module)  # uses and writes __pycache__ like an import
-        except BaseException:
-            del sys.modules[name]
-            raise
-        return module
-    module = types.ModuleType(name)
-    module.__file__ = path
+    else:
+        import types
+        module = types.ModuleType(name)
+        module.__file__ = path
     sys.modules[name] = module
     try:
-        code = compile(source, path, "exec")
-        exec(code, module.__dict__)
+        if source is None:
+            spec.loader.exec_module(module)
+        else:
+            exec(compile(source, path, "exec"), module.__dict__)
     except BaseException:
         del sys.modules[name]
         raise

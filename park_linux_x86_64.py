@@ -44,14 +44,10 @@ NR_listen = 50
 NR_setsockopt = 54
 NR_fcntl = 72
 NR_epoll_ctl = 233
-NR_restart_syscall = 219
 NR_pidfd_open = 434
 NR_pidfd_getfd = 438
 NR_connect = 42
 NR_recvmsg = 47
-
-# include/linux/errno.h: kernel-internal restart codes seen in rax of a thread stopped inside a syscall
-ERESTARTSYS, ERESTARTNOINTR, ERESTARTNOHAND, ERESTART_RESTARTBLOCK = 512, 513, 514, 516
 
 O_NONBLOCK = 0o4000  # include/uapi/asm-generic/fcntl.h
 O_CLOEXEC = 0o2000000
@@ -66,11 +62,7 @@ MSG_CMSG_CLOEXEC = 0x40000000
 IPPROTO_TCP = 6
 SOL_SOCKET = 1
 SO_REUSEADDR = 2
-SO_SNDBUF = 7
-SO_RCVBUF = 8
 SO_GET_FILTER = 26  # include/uapi/asm-generic/socket.h
-IPPROTO_IPV6 = 41
-IPV6_V6ONLY = 26
 
 # include/uapi/linux/sock_diag.h, inet_diag.h, netlink.h
 NETLINK_SOCK_DIAG = 4
