@@ -1,17 +1,21 @@
 """park: Ctrl+Z for servers. `park 3000` pauses whatever listens on :3000 and frees the port;
 `park resume 3000` brings the same processes back, listening on :3000 again.
 
-This file is the platform-neutral front: the command line, the state under ~/.park (PARK_HOME), and the
-safety policy. The work on processes is done by one backend module per platform, loaded from the directory
-of this file (never through sys.path). A backend exports:
+This file is the platform-neutral front: the command line, the state under ~/.park (PARK_HOME), the safety
+policy, and the keeper: one process per park, in its own session, that holds the parked processes (never with
+SIGSTOP, so a shell sees no stopped job), runs --for and --hold, and does what resume and release ask of it.
+The work on processes is done by one backend module per platform, loaded from the directory of this file
+(never through sys.path). A backend exports:
   Error(message, fix=None, errno=None, parked=False)  the one exception it raises for expected failures
   listeners(port)            [{inode, family, host, port, holders: {pid: [fd, ...]}}] for each TCP listener
   ports_listening()          {port: [pid, ...]} of every TCP listener whose holders park can see
   process(pid)               {pid, name, argv, state, uid, start, kernel, tracer, seccomp} or None
-  stopped(info)              True when that process is stopped by a signal
+  held(info, keeper)         True when park's keeper (a pid, or None when it is gone) holds that process
+  signals(pid)               {pending, blocked, ignored, caught}: sets of signal numbers (Linux)
   inspect(listener, force)   the listener with everything needed to recreate it (JSON-serialisable)
-  park(plan, drain, suspend_seccomp)            close the listeners, leave their holders stopped
-  resume(plan, force, suspend_seccomp, given)   recreate them (or hand over `given` fds) and continue
+  park(plan, drain, suspend_seccomp)   close the listeners; {reset, held, tracer}: the tracer (Linux) keeps
+                                       every thread in a ptrace stop until it resumes or releases them
+  resume(plan, force, suspend_seccomp, given, tracer)  recreate them (or hand over `given` fds), let them run
   swap(plan_a, plan_b, suspend_seccomp)         move each side's listeners to the other's port
   hold_socket(listener)      a listening socket of park's own at that address, for --hold
   queue_lengths(inodes, families)  {inode: (accept queue length, backlog)}
@@ -371,16 +375,28 @@ class Critical:
 # ---------------------------------------------------------------------------------------------------------
 # Status of a parked record
 
-def holder_status(backend, h):
-    """'parked', 'running' or 'gone' for one recorded holder (a reused pid counts as gone)."""
+def keeper_alive(backend, record):
+    """The keeper's pid when the process that keeps this park is alive (a reused pid does not count)."""
+    k = record.get("keeper") or {}
+    if not isinstance(k.get("pid"), int):
+        return None
+    info = backend.process(k["pid"])
+    alive = info is not None and info["start"] == k.get("starttime") and info["state"] not in ("Z", "X")
+    return k["pid"] if alive else None
+
+
+def holder_status(backend, h, keeper=None):
+    """'parked', 'running' or 'gone' for one recorded holder (a reused pid counts as gone). Parked means held
+    by the live keeper (on Linux: traced by it); a holder the keeper no longer holds runs without its listener."""
     info = backend.process(h["pid"])
     if info is None or info["start"] != h["starttime"]:
         return "gone"
-    return "parked" if backend.stopped(info) else "running"
+    return "parked" if backend.held(info, keeper) else "running"
 
 
 def record_status(backend, record):
-    states = [holder_status(backend, h) for h in record["holders"]]
+    keeper = None if record.get("ended") else keeper_alive(backend, record)
+    states = [holder_status(backend, h, keeper) for h in record["holders"]]
     if all(s == "gone" for s in states):
         return "gone", states
     if "running" in states:
@@ -425,10 +441,10 @@ def _prepare(backend, port, force):
         status, _ = record_status(backend, old)
         if status == "parked":
             raise ParkError("pid %s on :%d is already parked" % (_pids(old), port), fix="park resume %d" % port)
-        if status == "running":
-            raise ParkError("pid %s, parked on :%d, was continued by something else and runs without its "
-                            "listener" % (_pids(old), port), fix="park resume %d" % port)
-        remove_state(old)  # its processes are gone
+        if status == "running" and not backend.listeners(port):
+            raise ParkError("pid %s, parked on :%d, runs without its listener (%s)"
+                            % (_pids(old), port, _why_running(old)), fix="park resume %d" % port)
+        remove_state(old)  # its processes are gone, or serve again
     found = backend.listeners(port)
     if not found:
         raise ParkError("nothing is listening on :%d" % port, fix="park list  (shows what is parked)")
@@ -461,6 +477,13 @@ def _prepare(backend, port, force):
     return record, plan, record["seccomp"]
 
 
+def _why_running(record):
+    ended = record.get("ended")
+    if ended:
+        return ended["reason"]
+    return "its keeper, pid %s, is gone" % (record.get("keeper") or {}).get("pid", "?")
+
+
 def cmd_park(args):
     import time
     seconds = parse_duration(args.for_) if args.for_ is not None else None
@@ -471,33 +494,28 @@ def cmd_park(args):
         if seconds is not None:
             record["timer"] = {"until": record["parked_at"] + seconds}
         # The state goes to disk before the target is touched, so a park that dies halfway leaves a record
-        # that `park resume` can use; it is removed again if park fails and the target runs as before.
+        # that `park resume` can use; the keeper removes it again if it fails and the target runs as before.
         write_state(record)
-        try:
-            with Critical():
-                result = backend.park(plan, drain=args.drain, suspend_seccomp=seccomp)
-        except backend.Error as e:
-            if not e.parked:
-                remove_state(record)
-            raise _from_backend(backend, e, port, "park")
-        except BaseException:
-            remove_state(record)
-            raise
-    debug("threads held by ptrace %.2f ms" % (result["held"] * 1000))
+        with Critical():
+            report = _spawn_keeper(backend, record, plan, seccomp, args.drain, args.hold)
+    if not report.get("ok"):
+        raise ParkError(report["error"], fix=report.get("fix"))
+    debug("threads held by ptrace %.2f ms" % (report["held"] * 1000))
     for i in record["holders"]:
         out("parked :%d  pid %d  %s" % (port, i["pid"], command_of(i)))
-    out("  was listening on %s" % ", ".join(where(l["address"]) for l in plan))
-    if result["reset"]:
-        out("  warning: %d queued connection(s) were not accepted in time and were reset" % result["reset"])
-    if args.hold:
-        return _hold(backend, record, seconds)
+    out("  was listening on %s  (held by keeper pid %d)" % (", ".join(where(l["address"]) for l in plan),
+                                                           report["keeper"]))
+    if report["reset"]:
+        out("  warning: %d queued connection(s) were not accepted in time and were reset" % report["reset"])
+    if report.get("hold_error"):
+        raise ParkError("parked, but cannot hold :%d open: %s; pid %s stays parked"
+                        % (port, report["hold_error"], _pids(record)), fix="park resume %d" % port)
     if seconds is not None:
-        _start_timer(port, record["parked_at"])
         out("  resumes by itself in %s, at %s (log: %s)" % (format_duration(seconds), time.strftime(
-            "%H:%M:%S", time.localtime(record["timer"]["until"])), _timer_log(port)))
-        out("  resume sooner: park resume %d" % port)
-    else:
-        out("  resume: park resume %d" % port)
+            "%H:%M:%S", time.localtime(record["timer"]["until"])), keeper_log(port)))
+    if args.hold:
+        return _hold_view(backend, port, seconds)
+    out("  resume%s: park resume %d" % (" sooner" if seconds is not None else "", port))
     return EXIT_OK
 
 
@@ -515,163 +533,524 @@ def parse_duration(text):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# park PORT --for: a detached resumer
+# The keeper: one process per park, in its own session, that parks the target and then holds it (on Linux as
+# its tracer: every thread stays in a ptrace stop, so the shell sees no stopped job), runs the --for timer and
+# the --hold sockets, acts on signals sent to the parked process, and does what `park resume` and
+# `park release` ask of it over a unix socket in the state directory. If the keeper dies, the process runs on
+# without its listener, and `park resume` recreates it.
 
+KEEPER_TICK = 0.25  # seconds between looks at the held processes' signals (see _keeper_signals)
 RETRY_SECONDS = 600  # how long a timed resume keeps trying while the port is taken
+ENDING = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT")  # they end a park: the process then gets them at once
+JOB_STOPS = ("SIGTSTP", "SIGTTIN", "SIGTTOU")
+DEFAULT_IGNORED = ("SIGCHLD", "SIGCONT", "SIGURG", "SIGWINCH")  # signal(7): default action Ign (or Cont)
 
 
-def _timer_log(port):
-    return os.path.join(_ensure_dir(os.path.join(home(), "timers")), "%d.log" % port)
+def _keepers_dir():
+    return _ensure_dir(os.path.join(_ensure_dir(home()), "keepers"))
 
 
-def _start_timer(port, token):
-    """Fork a resumer that outlives this terminal (its own session, no tty, SIGHUP ignored)."""
-    import signal
+def keeper_socket(port):
+    return os.path.join(_keepers_dir(), "%d.sock" % port)
+
+
+def keeper_log(port):
+    return os.path.join(_keepers_dir(), "%d.log" % port)
+
+
+def _spawn_keeper(backend, record, plan, seccomp, drain, hold):
+    """Fork the keeper, which parks the target and stays; return its report (a dict) once it has parked."""
+    import json
+    r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
-        code = 1
+        code = EXIT_FAIL
         try:
-            os.setsid()
+            os.close(r)
+            os.setsid()  # no terminal, no job control: the shell that ran park never waits for the keeper
             if os.fork() != 0:
                 os._exit(0)
-            fd = os.open(os.devnull, os.O_RDWR)
-            for n in (0, 1, 2):
-                os.dup2(fd, n)
-            signal.signal(signal.SIGHUP, signal.SIG_IGN)
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            code = _timer_run(port, token)
+            code = _keeper(backend, record, plan, seccomp, drain, hold, w)
         finally:
             os._exit(code)
+    os.close(w)
     os.waitpid(pid, 0)
-
-
-def _timer_run(port, token):
-    """Sleep until the timer is due, then resume; keep trying while the port is taken. Returns an exit code."""
-    import time
-    backend = load_backend()
-    log_path = _timer_log(port)
-
-    def log(text):
-        with open(log_path, "a") as f:
-            f.write("%s :%d %s\n" % (time.strftime("%Y-%m-%d %H:%M:%S"), port, text))
-
-    def ours():
-        try:
-            r = read_state(state_path(port))
-        except ParkError:
-            return None
-        return r if r.get("parked_at") == token and r.get("timer") else None
-
-    log("timer started (pid %d)" % os.getpid())
-    record = ours()
-    while record is not None and time.time() < record["timer"]["until"]:
-        time.sleep(min(1.0, max(0.05, record["timer"]["until"] - time.time())))
-        record = ours()
-    give_up = time.time() + RETRY_SECONDS
-    last = None
-    while True:
-        if ours() is None:
-            log("resumed or released by hand before the timer; nothing to do")
-            return EXIT_OK
-        try:
-            with PortLock(port):
-                record = ours()
-                if record is None:
-                    continue
-                plan, notes = _live_plan(backend, record)
-                _resume_plan(backend, record, plan, force=False, wait=0)
-            log("resumed pid %s" % _pids(record))
-            return EXIT_OK
-        except PortBusy as e:
-            why = "resume pending: :%d is in use by %s" % (port, e.holders)
-        except ParkError as e:
-            if "another park command" not in str(e):
-                log("cannot resume: %s" % e)
-                return EXIT_FAIL
-            why = None
-        if time.time() > give_up:
-            log("gave up after %d s; the process stays parked (park resume %d)" % (RETRY_SECONDS, port))
-            _set_pending(port, token, "gave up at %s: %s" % (time.strftime("%H:%M:%S"), last or "busy"))
-            return EXIT_FAIL
-        if why and why != last:
-            log(why + "; retrying every second")
-            _set_pending(port, token, why)
-            last = why
-        time.sleep(1.0)
-
-
-def _set_pending(port, token, text):
-    """Note in the state why a timed resume is waiting (shown by list and the dashboard)."""
+    with os.fdopen(r, "rb") as f:
+        data = f.read()  # until the keeper closes its end: after parking, or when it dies
     try:
-        with PortLock(port):
-            record = read_state(state_path(port))
-            if record.get("parked_at") == token and record.get("timer"):
-                record["timer"]["pending"] = text
-                record.pop("_path", None)
-                write_state(record)
+        return json.loads(data.decode())
+    except ValueError:
+        status, _ = record_status(backend, record)
+        if status == "running" or not os.path.exists(state_path(record["port"])):
+            remove_state(record)
+            return {"ok": False, "error": "park's keeper died before it could park :%d; the server runs as it "
+                                          "was" % record["port"], "fix": "park %d  (again)" % record["port"]}
+        return {"ok": False, "error": "park's keeper died while it parked :%d" % record["port"],
+                "fix": "park resume %d" % record["port"]}
+
+
+class _Keeper:
+    """What the keeper holds: the record, the Tracer (Linux), the --hold sockets and its control socket."""
+
+    def __init__(self, backend, record, plan, report):
+        self.backend, self.record, self.plan, self.report = backend, record, plan, report
+        self.port = record["port"]
+        self.tracer = None
+        self.socks = []
+        self.ctl = None
+        self.terminate = False
+        self.pending = None  # why a timed resume waits
+        self.retry_at = 0.0
+        self.give_up = None
+
+    def log(self, text):
+        import time
+        try:
+            with open(keeper_log(self.port), "a") as f:
+                f.write("%s :%d %s\n" % (time.strftime("%Y-%m-%d %H:%M:%S"), self.port, text))
+        except OSError:
+            pass
+
+    def send_report(self, data):
+        import json
+        if self.report is not None:
+            try:
+                os.write(self.report, json.dumps(data).encode())
+            except OSError:
+                pass
+            os.close(self.report)
+            self.report = None
+
+    def save(self):
+        self.record.pop("_path", None)
+        write_state(self.record)
+
+    def close(self):
+        for s in self.socks + ([self.ctl] if self.ctl else []):
+            s.close()
+        self.socks, self.ctl = [], None
+        try:
+            os.unlink(keeper_socket(self.port))
+        except OSError:
+            pass
+
+
+def _keeper(backend, record, plan, seccomp, drain, hold, report):
+    """The keeper's life: park, report to the CLI, then hold until resumed, released or ended."""
+    import signal
+    import socket
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])  # forked inside the CLI's Critical(): unblock everything
+    fd = os.open(os.devnull, os.O_RDWR)
+    for n in (0, 1, 2):
+        os.dup2(fd, n)  # nothing of the terminal, nor of a pipe the CLI writes to, is kept open
+    os.closerange(3, report)
+    os.closerange(report + 1, 1 << 16)  # the CLI's port lock among them
+    for name in ("SIGINT", "SIGHUP", "SIGQUIT", "SIGTSTP", "SIGTTIN", "SIGTTOU", "SIGPIPE"):
+        signal.signal(getattr(signal, name), signal.SIG_IGN)
+    k = _Keeper(backend, record, plan, report)
+
+    def on_term(signum, frame):
+        k.terminate = True
+    signal.signal(signal.SIGTERM, on_term)
+    me = backend.process(os.getpid())
+    port = record["port"]
+    path = keeper_socket(port)
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+    k.ctl = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    k.ctl.bind(path)
+    os.chmod(path, 0o600)
+    k.ctl.listen(8)
+    record["keeper"] = {"pid": os.getpid(), "starttime": me["start"] if me else 0}
+    k.save()
+    k.log("keeper started (pid %d)" % os.getpid())
+    try:
+        result = backend.park(plan, drain=drain, suspend_seccomp=seccomp)
+    except backend.Error as e:
+        err = _from_backend(backend, e, port, "park")
+        if not e.parked:
+            remove_state(record)
+            k.close()
+            k.send_report({"ok": False, "error": str(err), "fix": err.fix})
+            return EXIT_FAIL
+        k.log("park failed, the process stays parked: %s" % e)
+        k.tracer = e.tracer
+        k.send_report({"ok": False, "error": str(err), "fix": err.fix})
+        return _keeper_loop(k)
+    except BaseException as e:
+        remove_state(record)
+        k.close()
+        k.send_report({"ok": False, "error": "unexpected error: %s: %s" % (type(e).__name__, e),
+                       "fix": "run again with PARK_DEBUG=1 and report it"})
+        return EXIT_FAIL
+    k.tracer = result.get("tracer")
+    k.log("parked pid %s" % _pids(record))
+    hold_error = None
+    if hold:
+        try:
+            k.socks = [backend.hold_socket(l) for l in plan]
+            record["hold"] = {"pid": os.getpid(), "starttime": record["keeper"]["starttime"],
+                              "sockets": [{"inode": os.fstat(s.fileno()).st_ino, "family": int(s.family)}
+                                          for s in k.socks]}
+            k.save()
+        except (OSError, backend.Error) as e:
+            hold_error = getattr(e, "strerror", None) or str(e)
+    k.send_report({"ok": True, "reset": result["reset"], "held": result["held"], "keeper": os.getpid(),
+                   "hold_error": hold_error})
+    return _keeper_loop(k)
+
+
+def _keeper_loop(k):
+    """Sleep in select() on the control socket; every KEEPER_TICK look at the held processes (exits, signals,
+    job control) and at the timer. Returns the keeper's exit code once the park has ended."""
+    import select
+    import time
+    while True:
+        timer = k.record.get("timer")
+        wait = KEEPER_TICK
+        if timer and timer.get("gave_up"):
+            timer = None
+        if timer and not k.pending:
+            wait = max(0.0, min(wait, timer["until"] - time.time()))
+        try:
+            ready, _, _ = select.select([k.ctl], [], [], wait)
+        except OSError:
+            ready = []
+        if k.terminate:
+            _keeper_end(k, "the keeper got SIGTERM")
+            return EXIT_OK
+        if _keeper_watch(k):
+            return EXIT_OK
+        if ready and _keeper_request(k):
+            return EXIT_OK
+        if timer and time.time() >= max(timer["until"], k.retry_at) and _keeper_timer(k):
+            return EXIT_OK
+
+
+def _keeper_watch(k):
+    """Holders that died, and signals queued for the held ones; True when the park has ended."""
+    import signal
+    backend = k.backend
+    if k.tracer is not None:
+        for pid, event in k.tracer.reap():
+            if event[0] == "exit":
+                status = event[1]
+                how = ("killed by %s" % signal.Signals(os.WTERMSIG(status)).name if os.WIFSIGNALED(status)
+                       else "exited with status %d" % os.WEXITSTATUS(status))
+                k.log("pid %d %s while parked" % (pid, how))
+                k.dead = getattr(k, "dead", {})
+                k.dead[pid] = how
+            elif event[0] == "continued":
+                k.log("pid %d was continued by job control (fg/bg); it stays parked" % pid)
+        alive = set(k.tracer.pids())
+    else:
+        alive = {h["pid"] for h in k.record["holders"]
+                 if holder_status(backend, h, os.getpid()) != "gone"}
+    if not alive:
+        dead = getattr(k, "dead", {})
+        reason = "; ".join("pid %d %s" % kv for kv in sorted(dead.items())) or "its processes are gone"
+        k.record["ended"] = {"reason": reason, "listener": False}
+        k.save()
+        k.close()
+        return True
+    if k.tracer is None:
+        return False
+    for pid in sorted(alive):
+        if pid in _listening(k.tracer):
+            continue  # stopped by job control: like any stopped process, it acts on its signals after SIGCONT
+        sigs = backend.signals(pid)
+        live = sigs["pending"] - sigs["ignored"]
+        ending = sorted(n for n in live if _ends_park(n, sigs["caught"]))
+        if ending:
+            name = _signame(ending[0])
+            _keeper_end(k, "%s was sent to pid %d" % (name, pid))
+            return True
+        stops = sorted(n for n in live if _signame(n) in JOB_STOPS)
+        if stops:
+            taken = k.tracer.job_stop(pid, stops[0])
+            k.resend = getattr(k, "resend", []) + [(pid, n) for n in taken]
+            k.log("pid %d got %s: stopped by job control, still parked" % (pid, _signame(stops[0])))
+    return False
+
+
+def _listening(tracer):
+    return {pid for pid, p in tracer.procs.items() if p.listening}
+
+
+def _signame(n):
+    import signal
+    try:
+        return signal.Signals(n).name
+    except ValueError:
+        return "signal %d" % n
+
+
+def _ends_park(n, caught):
+    """A signal that ends a park: the four a user sends to end a server, and any other whose default action
+    (signal(7)) would end the process and that it does not catch."""
+    name = _signame(n)
+    if name in ENDING:
+        return True
+    if name in JOB_STOPS or name in DEFAULT_IGNORED or name in ("SIGSTOP", "SIGKILL"):
+        return False
+    return n not in caught
+
+
+def _keeper_end(k, reason):
+    """A signal (or SIGTERM to the keeper) ends the park: put the listener back if the port is free, else let
+    the process run without it; either way the signal that was queued is delivered as the threads go."""
+    import time
+    lock = PortLock(k.port)
+    try:
+        lock.__enter__()
     except ParkError:
+        lock = None  # a park command holds the lock and waits for us: it cannot change anything meanwhile
+    try:
+        restored = False
+        try:
+            _keeper_resume(k, force=True)
+            restored = True
+        except ParkError as e:
+            k.log("could not put the listener back (%s); the process runs without it" % e)
+            if k.tracer is not None:
+                k.tracer.release()
+        for pid, n in getattr(k, "resend", []):
+            _kill(pid, n)
+        k.log("%s: the park ended%s" % (reason, ", listener restored" if restored else ""))
+        k.record["ended"] = {"reason": reason, "listener": restored, "at": time.time()}
+        k.record.pop("hold", None)
+        k.save()
+        k.close()
+        # A process that went on after its signal, with its listener back, is simply running: forget it.
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline and record_status(k.backend, k.record)[0] != "gone":
+            time.sleep(0.05)
+        if restored and record_status(k.backend, k.record)[0] != "gone":
+            remove_state(k.record)
+    finally:
+        if lock is not None:
+            lock.__exit__()
+
+
+def _kill(pid, signo):
+    try:
+        os.kill(pid, signo)
+    except OSError:
         pass
 
 
-# ---------------------------------------------------------------------------------------------------------
-# park PORT --hold: keep the port open so clients wait, then hand them to the parked process
+def _keeper_resume(k, force):
+    """Recreate the listeners (or hand over the hold's sockets) in the held processes and let them go; the
+    state is removed. Raises PortBusy or ParkError and keeps holding them when it cannot."""
+    backend = k.backend
+    plan, notes = _live_plan(backend, k.record)
+    given = None
+    if k.socks:
+        held = {l["inode"]: s.fileno() for l, s in zip(k.record["listeners"], k.socks)}
+        given = [held[l["inode"]] for l in plan]
+    elif backend.listeners(k.port):
+        raise PortBusy("cannot resume: :%d is in use by %s; pid %s stays parked"
+                       % (k.port, _holders_text(backend, k.port), _pids(k.record)),
+                       "stop that process, or: park resume %d --wait" % k.port, _holders_text(backend, k.port))
+    result = _resume_once(backend, k.record, plan, force, given, k.tracer)
+    for pid, n in getattr(k, "resend", []):
+        _kill(pid, n)
+    k.resend = []
+    k.record.pop("_path", None)
+    k.log("resumed pid %s" % _pids(k.record))
+    return result, plan, notes
 
-def _hold(backend, record, seconds):
+
+def _keeper_request(k):
+    """Serve one request from the CLI; True when the park has ended."""
+    import json
+    import socket
+    import struct
+    try:
+        conn, _ = k.ctl.accept()
+    except OSError:
+        return False
+    with conn:
+        conn.settimeout(5)
+        try:
+            uid = struct.unpack("=iII", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[1]
+            if uid not in (0, os.geteuid()):
+                return False
+            req = json.loads(conn.makefile("rb").readline().decode())
+            op = req.get("op")
+        except (OSError, ValueError, AttributeError):
+            return False
+        reply, done = {"ok": True}, False
+        if op == "resume":
+            try:
+                result, plan, notes = _keeper_resume(k, bool(req.get("force")))
+                if k.record.get("timer"):
+                    k.log("resumed by hand (park resume) before the timer")
+                waiting = sum(q[0] for q in k.backend.queue_lengths(
+                    [os.fstat(s.fileno()).st_ino for s in k.socks], {int(s.family) for s in k.socks}).values()) \
+                    if k.socks else None
+                reply.update(held=result["held"], notes=notes, handed=waiting,
+                             pids=[h["pid"] for l in plan for h in l["holders"]],
+                             addresses=[where(l["address"]) for l in plan])
+                k.close()
+                remove_state(k.record)
+                done = True
+            except PortBusy as e:
+                reply = {"ok": False, "busy": True, "error": str(e), "fix": e.fix, "holders": e.holders}
+            except ParkError as e:
+                reply = {"ok": False, "error": str(e), "fix": e.fix}
+        elif op == "release":
+            if k.tracer is not None:
+                k.tracer.release()
+            for pid, n in getattr(k, "resend", []):
+                _kill(pid, n)
+            k.log("released pid %s" % _pids(k.record))
+            k.close()
+            remove_state(k.record)
+            done = True
+        elif op != "ping":
+            reply = {"ok": False, "error": "unknown request %r" % op}
+        try:
+            conn.sendall(json.dumps(reply).encode() + b"\n")
+        except OSError:
+            pass
+        return done
+
+
+def _keeper_timer(k):
+    """The --for timer is due: resume, or keep trying every second while the port is taken."""
+    import time
+    if k.give_up is None:
+        k.give_up = time.time() + RETRY_SECONDS
+    try:
+        lock = PortLock(k.port)
+        with lock:
+            _keeper_resume(k, force=False)
+            k.close()
+            remove_state(k.record)
+        return True
+    except PortBusy as e:
+        why = "resume pending: :%d is in use by %s" % (k.port, e.holders)
+    except ParkError as e:
+        if "another park command" in str(e):
+            k.retry_at = time.time() + 0.2
+            return False
+        why = "cannot resume: %s" % e
+    if time.time() > k.give_up:
+        k.log("gave up after %d s; the process stays parked (park resume %d)" % (RETRY_SECONDS, k.port))
+        k.record["timer"]["pending"] = "gave up at %s: %s" % (time.strftime("%H:%M:%S"), k.pending or why)
+        k.record["timer"]["gave_up"] = True
+        k.save()
+        return False
+    if why != k.pending:
+        k.log(why + "; retrying every second")
+        k.record["timer"]["pending"] = why
+        k.save()
+        k.pending = why
+    k.retry_at = time.time() + 1.0
+    return False
+
+
+def _ask_keeper(port, request, timeout=60):
+    """Send one request to the keeper of port; its reply (a dict), or None when no keeper answers."""
+    import json
+    import socket
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.settimeout(timeout)
+        try:
+            s.connect(keeper_socket(port))
+        except OSError:
+            return None
+        s.sendall(json.dumps(request).encode() + b"\n")
+        data = s.makefile("rb").readline()
+    except OSError:
+        return None
+    finally:
+        s.close()
+    try:
+        return json.loads(data.decode())
+    except ValueError:
+        return None
+
+
+def _hold_view(backend, port, seconds):
+    """`park PORT --hold` in the foreground: show how many clients wait; Ctrl+C (or SIGTERM) hands them over.
+    The sockets are the keeper's: a closed terminal (SIGHUP) ends only this view, the clients keep waiting
+    until `park resume` or the timer."""
     import signal
     import time
-    port = record["port"]
-    try:
-        socks = [backend.hold_socket(l) for l in record["listeners"]]
-    except (OSError, backend.Error) as e:
-        raise ParkError("parked, but cannot hold :%d open: %s; pid %s stays parked"
-                        % (port, getattr(e, "strerror", None) or e, _pids(record)), fix="park resume %d" % port)
-    me = backend.process(os.getpid())
-    with PortLock(port):
-        record = read_state(state_path(port))
-        record.pop("_path", None)
-        record["hold"] = {"pid": os.getpid(), "starttime": me["start"] if me else 0,
-                          "sockets": [{"inode": os.fstat(s.fileno()).st_ino, "family": int(s.family)} for s in socks]}
-        write_state(record)
-    token = record["parked_at"]
-    until = time.time() + seconds if seconds is not None else None
     woke = []
-    handler = lambda signum, frame: woke.append(signum)  # noqa: E731
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1):
-        signal.signal(sig, handler)
-    tty = sys.stderr.isatty()
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda signum, frame: woke.append(signum))
     out("  holding :%d: clients wait instead of being refused. Ctrl+C (or park resume %d elsewhere) hands them "
         "over%s" % (port, port, " in %s" % format_duration(seconds) if seconds is not None else ""))
-    waiting = 0
-    while not woke and (until is None or time.time() < until):
+    tty = sys.stderr.isatty()
+    token = None
+    while not woke:
         try:
             rec = read_state(state_path(port))
         except ParkError:
             rec = None
-        if rec is None or rec.get("parked_at") != token:  # released or resumed without us
-            for s in socks:
-                s.close()
-            out("  :%d is no longer parked; stopped holding" % port)
+        token = token or (rec or {}).get("parked_at")
+        if rec is None or rec.get("parked_at") != token or rec.get("ended"):
+            out("  :%d is no longer parked; stopped showing the hold" % port)
             return EXIT_OK
-        waiting = hold_waiting(backend, rec["hold"]) or 0
+        waiting = hold_waiting(backend, rec.get("hold")) or 0
         if tty:
-            sys.stderr.write("\r  %d client(s) waiting on :%d   " % (waiting, port))
-            sys.stderr.flush()
+            try:
+                sys.stderr.write("\r  %d client(s) waiting on :%d   " % (waiting, port))
+                sys.stderr.flush()
+            except OSError:  # the terminal is gone: the keeper keeps the clients
+                return EXIT_OK
         time.sleep(0.25)
+    if woke[0] == signal.SIGHUP:
+        return EXIT_OK
     if tty:
         sys.stderr.write("\n")
-    with PortLock(port):
-        record = read_state(state_path(port))
-        waiting = hold_waiting(backend, record["hold"]) or 0
-        plan, notes = _live_plan(backend, record)
-        held = {l["inode"]: s.fileno() for l, s in zip(record["listeners"], socks)}
-        given = [held[l["inode"]] for l in plan]  # _live_plan drops a listener whose holders are all gone
-        _resume_plan(backend, record, plan, force=False, wait=0, given=given)
-    for s in socks:
-        s.close()  # the processes have their own copies now
-    for h in record["holders"]:
-        out("resumed :%d  pid %d  %s" % (port, h["pid"], command_of(h)))
-    out("  handed over %d waiting client(s) on %s" % (waiting, ", ".join(where(l["address"]) for l in plan)))
+    with Critical():
+        with PortLock(port):
+            reply = _ask_keeper(port, {"op": "resume"})
+    return _print_resumed(read_state_or_none(port), port, reply)
+
+
+def read_state_or_none(port):
+    try:
+        return read_state(state_path(port))
+    except ParkError:
+        return None
+
+
+def _print_resumed(record, port, reply):
+    if reply is None:
+        raise ParkError("the keeper of :%d did not answer" % port, fix="park list; park resume %d" % port)
+    if not reply.get("ok"):
+        raise ParkError(reply["error"], fix=reply.get("fix"))
+    for n in reply.get("notes", []):
+        out(n)
+    names = {h["pid"]: h for h in (record or {}).get("holders", [])}
+    for pid in sorted(set(reply["pids"])):
+        out("resumed :%d  pid %d  %s" % (port, pid, command_of(names.get(pid, {"name": "?"}))))
+    if reply.get("handed") is not None:
+        out("  handed over %d waiting client(s) on %s" % (reply["handed"], ", ".join(reply["addresses"])))
+    else:
+        out("  listening on %s" % ", ".join(reply["addresses"]))
+    debug("threads held by ptrace %.2f ms" % (reply["held"] * 1000))
     return EXIT_OK
+
+
+def hold_waiting(backend, hold):
+    """Clients waiting on a --hold listener, or None when no live keeper holds it."""
+    if not hold:
+        return None
+    info = backend.process(hold["pid"])
+    if info is None or info["start"] != hold["starttime"]:
+        return None
+    socks = hold.get("sockets", [])
+    queues = backend.queue_lengths([x["inode"] for x in socks], {x["family"] for x in socks})
+    return sum(q[0] for q in queues.values())
 
 
 def _pids(record):
@@ -712,63 +1091,69 @@ def cmd_resume(args):
     backend = load_backend()
     record = find_record(args.target)
     port = record["port"]
-    hold = record.get("hold")
-    if hold and hold_waiting(backend, hold) is not None:
-        # A `park --hold` owns the port: ask it to hand its waiting clients over, and wait for it.
-        import signal
-        os.kill(hold["pid"], signal.SIGUSR1)
-        deadline = time.monotonic() + 15
-        while os.path.exists(record["_path"]) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        if os.path.exists(record["_path"]):
-            raise ParkError("the park holding :%d (pid %d) did not hand over in time" % (port, hold["pid"]),
-                            fix="press Ctrl+C in its terminal, or: kill %d; park resume %d" % (hold["pid"], port))
-        out("resumed :%d  pid %s, handed over by the park holding the port (pid %d)" % (port, _pids(record),
-                                                                                       hold["pid"]))
-        return EXIT_OK
+    deadline = time.monotonic() + (args.wait or 0)
+    while not record.get("ended") and keeper_alive(backend, record):
+        with PortLock(port):
+            reply = _ask_keeper(port, {"op": "resume", "force": args.force})
+        if reply is None and not keeper_alive(backend, record):
+            break  # it died just now: resume without it
+        if reply is None or not reply.get("busy") or time.monotonic() >= deadline:
+            return _print_resumed(record, port, reply)
+        time.sleep(0.1)
+    # No keeper holds it: the process runs without its listener (its keeper died, or a signal ended the park
+    # while the port was taken). Recreate the listener here.
     with PortLock(port):
         record = read_state(record["_path"])  # re-read under the lock
         plan, notes = _live_plan(backend, record)
-        _resume_plan(backend, record, plan, args.force, args.wait or 0)
-    for n in notes:
-        out(n)
-    for h in record["holders"]:
-        if any(h["pid"] == x["pid"] for l in plan for x in l["holders"]):
-            out("resumed :%d  pid %d  %s" % (port, h["pid"], command_of(h)))
-    out("  listening on %s" % ", ".join(where(l["address"]) for l in plan))
-    return EXIT_OK
+        result = _resume_plan(backend, record, plan, args.force, args.wait or 0)
+    return _print_resumed(record, port, {"ok": True, "notes": notes, "held": result["held"],
+                                         "pids": [h["pid"] for l in plan for h in l["holders"]],
+                                         "addresses": [where(l["address"]) for l in plan]})
 
 
-def _resume_plan(backend, record, plan, force, wait, given=None):
-    """Recreate the listeners (or hand over `given` sockets) and forget the state, waiting up to `wait` s
-    while the port is in use."""
-    import time
+def _resume_once(backend, record, plan, force, given=None, tracer=None):
+    """One attempt to recreate the listeners (or hand over `given` sockets) and forget the state. tracer: the
+    keeper's, which holds the processes. Raises PortBusy while the port is in use."""
     port = record["port"]
+    kw = {"tracer": tracer} if tracer is not None else {}
+    try:
+        with Critical():
+            result = backend.resume(plan, force=force, suspend_seccomp=bool(record.get("seccomp")), given=given,
+                                    **kw)
+            remove_state(record)
+        return result
+    except backend.Error as e:
+        if e.errno != EADDRINUSE or given is not None:
+            raise _from_backend(backend, e, port, "resume")
+    # No listener, yet the address is in use: TIME_WAIT entries that the backend could not clear (that needs
+    # root) and that a listener without SO_REUSEADDR cannot bind over.
+    tw = [t for l in plan for t in backend.time_wait(l)]
+    if tw:
+        raise PortBusy("cannot resume: %d TIME_WAIT connection(s) on :%d block the listener; pid %s stays "
+                       "parked" % (len(tw), port, _pids(record)),
+                       "park resume %d --wait 60  (they expire within 60 s), or: sudo park resume %d"
+                       % (port, port), "%d TIME_WAIT connection(s)" % len(tw))
+    holders = _holders_text(backend, port)
+    raise PortBusy("cannot resume: :%d is in use by %s; pid %s stays parked" % (port, holders, _pids(record)),
+                   "stop that process, or: park resume %d --wait" % port, holders)
+
+
+def _resume_plan(backend, record, plan, force, wait):
+    """_resume_once, retried every 0.1 s while the port is in use, for up to `wait` seconds."""
+    import time
     deadline = time.monotonic() + wait
     while True:
-        if given is not None or not backend.listeners(port):
+        if not backend.listeners(record["port"]):
             try:
-                with Critical():
-                    result = backend.resume(plan, force=force, suspend_seccomp=bool(record.get("seccomp")),
-                                            given=given)
-                    remove_state(record)
-                debug("threads held by ptrace %.2f ms" % (result["held"] * 1000))
-                return
-            except backend.Error as e:
-                if e.errno != EADDRINUSE or given is not None:
-                    raise _from_backend(backend, e, port, "resume")
-            # No listener, yet the address is in use: TIME_WAIT entries that the backend could not clear
-            # (that needs root) and that a listener without SO_REUSEADDR cannot bind over.
-            tw = [t for l in plan for t in backend.time_wait(l)]
-            if tw and time.monotonic() >= deadline:
-                raise PortBusy("cannot resume: %d TIME_WAIT connection(s) on :%d block the listener; pid %s stays "
-                               "parked" % (len(tw), port, _pids(record)),
-                               "park resume %d --wait 60  (they expire within 60 s), or: sudo park resume %d"
-                               % (port, port), "%d TIME_WAIT connection(s)" % len(tw))
-        if time.monotonic() >= deadline:
-            holders = _holders_text(backend, port)
-            raise PortBusy("cannot resume: :%d is in use by %s; pid %s stays parked" % (port, holders, _pids(record)),
-                           "stop that process, or: park resume %d --wait" % port, holders)
+                return _resume_once(backend, record, plan, force)
+            except PortBusy:
+                if time.monotonic() >= deadline:
+                    raise
+        elif time.monotonic() >= deadline:
+            holders = _holders_text(backend, record["port"])
+            raise PortBusy("cannot resume: :%d is in use by %s; pid %s stays parked"
+                           % (record["port"], holders, _pids(record)),
+                           "stop that process, or: park resume %d --wait" % record["port"], holders)
         time.sleep(0.1)
 
 
@@ -835,22 +1220,27 @@ def cmd_release(args):
     record = find_record(args.target)
     port = record["port"]
     sig = signal.SIGKILL if args.force else signal.SIGTERM if args.kill else None
-    unhold = getattr(backend, "release", None)  # macOS: park's thread_suspend holds, which no signal lifts
     with PortLock(port):
-        done = []
-        for h in record["holders"]:
-            if holder_status(backend, h) == "gone":
-                continue
+        live = [h for h in record["holders"] if holder_status(backend, h) != "gone"]
+        if not record.get("ended") and keeper_alive(backend, record):
+            reply = _ask_keeper(port, {"op": "release"})
+            if reply is None or not reply.get("ok"):
+                raise ParkError("the keeper of :%d did not let go of it" % port,
+                                fix="park list; then kill %d" % record["keeper"]["pid"])
+        else:
+            unhold = getattr(backend, "release", None)  # macOS: park's thread_suspend holds outlive the keeper
             if unhold is not None:
                 try:
-                    unhold([h["pid"]])
+                    unhold([h["pid"] for h in live])
                 except backend.Error as e:
                     raise ParkError(str(e), fix=e.fix)
+        done = []
+        for h in live:
             try:
                 if sig is not None:
-                    os.kill(h["pid"], sig)  # a stopped process handles SIGTERM once it is continued
-                if sig != signal.SIGKILL:
-                    os.kill(h["pid"], signal.SIGCONT)
+                    os.kill(h["pid"], sig)
+                    if sig != signal.SIGKILL:
+                        os.kill(h["pid"], signal.SIGCONT)  # handled at once, also if job control stopped it
             except ProcessLookupError:
                 continue
             except PermissionError:
@@ -877,7 +1267,8 @@ def list_rows(backend, prune=False):
         if prune and status == "gone":
             remove_state(r)
             continue
-        timer, hold = r.get("timer"), r.get("hold")
+        timer, hold, ended = r.get("timer"), r.get("hold"), r.get("ended")
+        keeper = None if ended else keeper_alive(backend, r)
         rows.append({
             "port": r["port"],
             "pids": [h["pid"] for h in r["holders"]],
@@ -887,23 +1278,13 @@ def list_rows(backend, prune=False):
             "command": command_of(r["holders"][0]),
             "parked_at": r["parked_at"],
             "parked_for": round(now - r["parked_at"], 1),
-            "timer_left": round(max(0.0, timer["until"] - now), 1) if timer else None,
-            "pending": (timer or {}).get("pending"),
-            "waiting": hold_waiting(backend, hold),
+            "keeper": keeper,
+            "timer_left": round(max(0.0, timer["until"] - now), 1) if timer and keeper else None,
+            "pending": (timer or {}).get("pending") if keeper else None,
+            "waiting": hold_waiting(backend, hold) if keeper else None,
+            "ended": ended["reason"] if ended else None if keeper or status == "gone" else _why_running(r),
         })
     return rows
-
-
-def hold_waiting(backend, hold):
-    """Clients waiting on a --hold listener, or None when no live park holds it."""
-    if not hold:
-        return None
-    info = backend.process(hold["pid"])
-    if info is None or info["start"] != hold["starttime"]:
-        return None
-    socks = hold.get("sockets", [])
-    queues = backend.queue_lengths([x["inode"] for x in socks], {x["family"] for x in socks})
-    return sum(q[0] for q in queues.values())
 
 
 def cmd_list(args):
@@ -916,19 +1297,22 @@ def cmd_list(args):
     if not rows:
         out("nothing is parked")
         return EXIT_OK
-    table = [("PORT", "PID", "ADDRESS", "FOR", "STATUS", "COMMAND")]
+    table = [("PORT", "PID", "ADDRESS", "FOR", "STATUS", "KEEPER", "COMMAND")]
     for row in rows:
         table.append((":%d" % row["port"], ",".join(map(str, row["pids"])), ",".join(row["addresses"]),
-                      format_duration(row["parked_for"]), row["status"], row["command"]))
-    widths = [max(len(r[i]) for r in table) for i in range(5)]
+                      format_duration(row["parked_for"]), row["status"], str(row["keeper"] or "-"), row["command"]))
+    widths = [max(len(r[i]) for r in table) for i in range(6)]
     for r, row in zip(table, [None] + rows):
-        out("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[5])
+        out("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[6])
         if row and row["pending"]:
             out("    timer: %s" % row["pending"])
         elif row and row["timer_left"] is not None:
             out("    timer: resumes in %s" % format_duration(row["timer_left"]))
         if row and row["waiting"] is not None:
             out("    hold: %d client(s) waiting" % row["waiting"])
+        if row and row["ended"]:
+            out("    %s: %s" % ("ended" if row["status"] == "gone" else "runs without its listener", row["ended"])
+                + ("" if row["status"] == "gone" else "; park resume %d brings it back" % row["port"]))
     return EXIT_OK
 
 

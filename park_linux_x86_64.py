@@ -5,7 +5,10 @@ Socket options are read from a pidfd_getfd(2) duplicate that is closed again bef
 Every thread of every holder is stopped with PTRACE_SEIZE + PTRACE_INTERRUPT before a listener is touched;
 system calls are then run in one stopped thread by pointing rip at an existing `syscall` instruction in the
 target's vdso and single-stepping it. No code is written into the target; the only memory written (a small
-scratch area below a stack pointer, on resume) and every register are put back before the thread is released.
+scratch area below a stack pointer, on resume) and every register are put back after each batch of calls,
+and the thread is then settled into a plain ptrace stop, so a tracer that dies at any later moment leaves
+every thread with its own registers (the process then runs on, as after SIGCONT). A parked process is held
+in those ptrace stops by park's keeper, never by SIGSTOP: its shell sees no stopped job.
 This module imports only the standard library and never imports park.
 """
 
@@ -29,6 +32,7 @@ PTRACE_DETACH = 17
 PTRACE_SINGLESTEP = 9
 PTRACE_SEIZE = 0x4206
 PTRACE_INTERRUPT = 0x4207
+PTRACE_LISTEN = 0x4208
 PTRACE_GETSIGMASK = 0x420A
 PTRACE_SETSIGMASK = 0x420B
 PTRACE_EVENT_STOP = 128
@@ -126,7 +130,8 @@ class Error(Exception):
         super().__init__(message)
         self.fix = fix
         self.errno = errno
-        self.parked = parked  # the target was left parked, with its state
+        self.parked = parked  # the target was left parked (or without its listener), with its state
+        self.tracer = None  # park(): the Tracer that still holds a target left parked
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -326,8 +331,13 @@ def process(pid):
 
 
 def stopped(info):
-    """True when the process is stopped by a signal (a parked process)."""
+    """True when the process is stopped (by a signal, or in a ptrace stop)."""
     return info["state"] in ("T", "t")
+
+
+def held(info, keeper):
+    """True when park's keeper (a pid, or None) holds this process: on Linux, it is its tracer."""
+    return keeper is not None and info["tracer"] == keeper
 
 
 def parse_fdinfo_epoll(text):
@@ -639,6 +649,7 @@ class _Proc:
         self.scratch = None
         self.scratch_orig = None
         self.used = 0
+        self.listening = []  # threads job control stopped, waiting in PTRACE_LISTEN for SIGCONT
 
 
 class Tracer:
@@ -868,42 +879,190 @@ class Tracer:
         if n != len(data):
             raise Error("cannot write scratch memory in pid %d" % pid)
 
-    # -- releasing --
-    def release(self, stop_signal=False):
-        """Put back registers, signal mask and memory, optionally leave each process stopped (SIGSTOP), and
-        detach. The saved registers go back unchanged: the thread is still inside the kernel's signal path
-        (get_signal), which applies the syscall-restart rules itself when it resumes, so an interrupted call
-        restarts, or returns EINTR to a handler, exactly as after a plain SIGSTOP/SIGCONT."""
+    # -- putting back --
+    def restore(self):
+        """Put back the registers, signal mask and scratch memory of every thread injected into, and settle
+        each into a plain ptrace stop; every thread stays stopped. The saved registers go back unchanged: the
+        thread is still inside the kernel's signal path (get_signal), which applies the syscall-restart rules
+        itself when it finally runs, so an interrupted call restarts, or returns EINTR to a handler, exactly as
+        after a plain SIGSTOP/SIGCONT."""
         first = None
         for p in self.procs.values():
             if p.tid is not None:
                 try:
                     _ptrace(PTRACE_SETREGS, p.tid, 0, ctypes.addressof(p.saved))
                     _ptrace(PTRACE_SETSIGMASK, p.tid, 8, ctypes.addressof(p.mask))
-                except OSError as e:
+                    self._settle(p.tid)
+                except (OSError, Error) as e:
                     first = first or e
             if p.scratch is not None:
                 try:
                     self._write_mem(p.pid, p.scratch, p.scratch_orig)
                 except Error as e:
                     first = first or e
-            if stop_signal:
-                # Queued while every thread is traced; each thread enters group-stop as it is detached.
-                try:
-                    os.kill(p.pid, signal.SIGSTOP)
-                except OSError:
-                    pass
-        for p in self.procs.values():
-            for tid in p.tids:
-                try:
-                    _ptrace(PTRACE_DETACH, tid)
-                except OSError:
-                    pass
+            p.tid = p.saved = p.mask = p.scratch = p.scratch_orig = None
+            p.used = 0
         if self.stopped_at is not None:
             self.held = time.perf_counter() - self.stopped_at
-        self.procs = {}
         if first is not None:
-            raise Error("could not restore the state of the process cleanly: %s" % first, parked=stop_signal)
+            raise Error("could not restore the state of the process cleanly: %s" % first, parked=True)
+
+    def _settle(self, tid):
+        """From the stop after a single-step into a plain ptrace event stop, without running user code: only a
+        resume request clears the single-step flag (kernel/ptrace.c ptrace_resume), and a thread that keeps it
+        dies of SIGTRAP if its tracer dies. The pending INTERRUPT traps the thread again inside get_signal,
+        which checks traps before it would return to user mode (kernel/signal.c)."""
+        _ptrace(PTRACE_INTERRUPT, tid)
+        _ptrace(PTRACE_CONT, tid, 0, 0)
+        if not self._wait_stopped(tid):
+            raise Error("thread %d exited while park settled it" % tid)
+
+    def release(self):
+        """restore(), then detach every thread: each runs on from where it was stopped (a process that was
+        stopped by job control before or during the park stays stopped, as it would have)."""
+        try:
+            self.restore()
+        finally:
+            for p in self.procs.values():
+                for tid in p.tids:
+                    try:
+                        _ptrace(PTRACE_DETACH, tid)
+                    except OSError:
+                        pass
+            self.procs = {}
+
+    # -- holding (park's keeper) --
+    def pids(self):
+        return sorted(self.procs)
+
+    def hold_all(self):
+        """Bring every thread that job control stopped (PTRACE_LISTEN) back into a ptrace stop, so that system
+        calls can be injected again."""
+        for p in self.procs.values():
+            for tid in list(p.listening):
+                try:
+                    _ptrace(PTRACE_INTERRUPT, tid)
+                except OSError:
+                    pass
+            for tid in list(p.listening):
+                if not self._wait_stopped(tid):
+                    p.tids.remove(tid)
+            p.listening = []
+
+    def reap(self):
+        """Take every notification the kernel has for the held threads, without waiting. Returns
+        [(pid, event)]: event is ("exit", wait status) when a holder has died, ("continued",) when job control
+        continued a process park had let stop. Threads continued that way are held again at once."""
+        events = []
+        for p in list(self.procs.values()):
+            for tid in list(p.tids):
+                while True:
+                    try:
+                        got, status = os.waitpid(tid, WALL | os.WNOHANG)
+                    except ChildProcessError:
+                        got, status = tid, 0
+                    if got == 0:
+                        break
+                    if not os.WIFSTOPPED(status):
+                        p.tids.remove(tid)
+                        if tid in p.listening:
+                            p.listening.remove(tid)
+                        if tid == p.pid or not p.tids:
+                            events.append((p.pid, ("exit", status)))
+                        break
+                    # After SIGCONT a listening thread reports an event stop with SIGTRAP (do_jobctl_trap: the
+                    # group stop is over); a stop signal instead means it is still stopped by job control.
+                    if tid in p.listening and status >> 16 == PTRACE_EVENT_STOP and os.WSTOPSIG(status) == signal.SIGTRAP:
+                        p.listening.remove(tid)  # it is in a plain ptrace stop again
+                        if not p.listening:
+                            events.append((p.pid, ("continued",)))
+                        break
+                    if tid in p.listening:
+                        try:
+                            _ptrace(PTRACE_LISTEN, tid)  # another stop notification: keep listening
+                        except OSError:
+                            pass
+                    break
+            if not p.tids:
+                del self.procs[p.pid]
+        return events
+
+    def job_stop(self, pid, signo):
+        """Let job control stop pid, as a pending SIGTSTP/SIGTTIN/SIGTTOU would have (the shell that waits for
+        it sees it stopped and takes its terminal back), while park keeps its threads. The signal is taken by a
+        thread that does not block it and turned into SIGSTOP, so no handler runs; signals taken before it are
+        returned, to be sent again later. Each thread then joins the group stop inside the kernel, and waits
+        in PTRACE_LISTEN, which reports the SIGCONT that ends it."""
+        p = self.procs[pid]
+        tid = next((t for t in p.tids if not _blocked(pid, t) & (1 << (signo - 1))), None)
+        if tid is None:
+            return []
+        taken = []
+        _ptrace(PTRACE_CONT, tid, 0, 0)
+        for _ in range(64):
+            got = self._wait_signal(tid)
+            if got is None:
+                return taken
+            if got == signo or got == signal.SIGSTOP:
+                break
+            taken.append(got)  # a lower-numbered signal came first: suppressed now, sent again later
+            _ptrace(PTRACE_CONT, tid, 0, 0)
+        else:
+            raise Error("pid %d did not take its stop signal" % pid)
+        _ptrace(PTRACE_CONT, tid, 0, signal.SIGSTOP)
+        self._wait_stopped(tid)
+        for t in p.tids:
+            if t != tid:
+                _ptrace(PTRACE_CONT, t, 0, 0)  # JOBCTL_STOP_PENDING is set: it traps again, in the group stop
+                self._wait_stopped(t)
+        for t in p.tids:
+            _ptrace(PTRACE_LISTEN, t)
+        p.listening = list(p.tids)
+        return taken
+
+    def _wait_signal(self, tid, timeout=3.0):
+        """The signal of tid's next signal-delivery-stop (None if it exited); event stops are waited through."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                got, status = os.waitpid(tid, WALL | os.WNOHANG)
+            except ChildProcessError:
+                return None
+            if got == 0:
+                if time.monotonic() > deadline:
+                    raise Error("thread %d does not stop" % tid)
+                time.sleep(0.0005)
+                continue
+            if not os.WIFSTOPPED(status):
+                return None
+            if status >> 16 == 0:
+                return os.WSTOPSIG(status)
+            _ptrace(PTRACE_CONT, tid, 0, 0)
+
+
+def _status_fields(pid, tid=None):
+    path = "/proc/%d/status" % pid if tid is None else "/proc/%d/task/%d/status" % (pid, tid)
+    try:
+        text = _read(path)
+    except OSError:
+        return {}
+    return dict(l.split(":\t", 1) for l in text.splitlines() if ":\t" in l)
+
+
+def _blocked(pid, tid):
+    return int(_status_fields(pid, tid).get("SigBlk", "0"), 16)
+
+
+def signals(pid):
+    """What /proc says of pid's signals: {"pending", "blocked", "ignored", "caught"} as sets of numbers. Pending
+    is the process-wide queue (kill, the terminal) and the main thread's own."""
+    f = _status_fields(pid)
+
+    def bits(name):
+        v = int(f.get(name, "0").strip() or "0", 16)
+        return {n + 1 for n in range(64) if v >> n & 1}
+    return {"pending": bits("ShdPnd") | bits("SigPnd"), "blocked": bits("SigBlk"), "ignored": bits("SigIgn"),
+            "caught": bits("SigCgt")}
 
 
 def _sockaddr(family, address):
@@ -988,10 +1147,12 @@ def _close_listeners(tracer, plan, pids, closed):
 
 
 def park(plan, drain=2.0, suspend_seccomp=False):
-    """Stop every holder, close the listeners, leave the holders stopped. plan: listeners from inspect().
+    """Stop every holder, close the listeners, and keep every thread in a ptrace stop: the caller is then
+    the keeper of the park. plan: listeners from inspect().
 
-    Returns {"reset": n, "held": seconds}. On failure the target is left running, as it was, unless the
-    Error says parked=True (the listener could not be put back: the target stays parked)."""
+    Returns {"reset": n, "held": seconds, "tracer": the Tracer holding them}. On failure the target is left
+    running, as it was, unless the Error says parked=True (the listener could not be put back: the target
+    stays held by the Error's tracer)."""
     pids = sorted({h["pid"] for l in plan for h in l["holders"]})
     inodes = [l["inode"] for l in plan]
     families = {l["family"] for l in plan}
@@ -1030,16 +1191,22 @@ def park(plan, drain=2.0, suspend_seccomp=False):
             except BaseException:
                 # Cannot put the listener back now: keep the processes parked, with their state, rather
                 # than let them run without it.
-                tracer.release(stop_signal=True)
-                raise Error("%s; the processes stay parked" % failure,
-                            fix="park release %d  (continue them; restart the server if it does not serve)"
-                            % plan[0]["port"], parked=True)
+                tracer.restore()
+                e = Error("%s; the processes stay parked" % failure,
+                          fix="park release %d  (continue them; restart the server if it does not serve)"
+                          % plan[0]["port"], parked=True)
+                e.tracer = tracer
+                raise e
             raise
+    except Error as e:
+        if not e.parked:
+            tracer.release()
+        raise
     except BaseException:
         tracer.release()
         raise
-    tracer.release(stop_signal=True)
-    return {"reset": reset, "held": tracer.held}
+    tracer.restore()
+    return {"reset": reset, "held": tracer.held, "tracer": tracer}
 
 
 def swap(plan_a, plan_b, suspend_seccomp=False):
@@ -1062,8 +1229,10 @@ def swap(plan_a, plan_b, suspend_seccomp=False):
             try:
                 _recreate(tracer, both, force=True)
             except BaseException:
-                tracer.release(stop_signal=True)
-                raise Error("%s; the listeners could not be put back either, so the processes are parked"
+                # Neither move nor roll back: let them run without their listeners (no keeper holds them),
+                # and say how to bring each back.
+                tracer.release()
+                raise Error("%s; the listeners could not be put back either: the processes run without them"
                             % failure, fix="park resume %d; park resume %d" % (port_a, port_b), parked=True)
             raise
     except BaseException:
@@ -1081,33 +1250,36 @@ def _on_port(l, port):
     return out
 
 
-def resume(plan, force=False, suspend_seccomp=False, given=None):
-    """Recreate each listener in its stopped holders and continue them. On failure they stay as they were.
-    given: park's own listening fds (from hold_socket), one per listener, to hand over instead."""
+def resume(plan, force=False, suspend_seccomp=False, given=None, tracer=None):
+    """Recreate each listener in its holders and let them run on. tracer: the keeper's Tracer, which holds
+    them; without one (the keeper is gone and they run without their listener) they are stopped first. On
+    failure they stay as they were: held by the keeper, or running. given: park's own listening fds (from
+    hold_socket), one per listener, to hand over instead."""
     pids = sorted({h["pid"] for l in plan for h in l["holders"]})
-    tracer = Tracer(suspend_seccomp)
+    own = tracer is None
     try:
-        # Every thread, although a parked process is group-stopped: a SIGCONT from elsewhere (fg, a
-        # supervisor) during the injection would otherwise let threads see a half-made listener.
-        tracer.stop(pids)
+        if own:
+            tracer = Tracer(suspend_seccomp)
+            tracer.stop(pids)
+        else:
+            tracer.hold_all()
+            tracer.stopped_at = time.perf_counter()
         for l in plan:
             for h in l["holders"]:
                 fds = _proc_fds(h["pid"])
                 for f in h["fds"]:
                     if f["fd"] in fds:
-                        raise Error("pid %d reused fd %d while parked (something continued it)" % (h["pid"], f["fd"]),
-                                    fix="park release %d  (continue it as it is), or restart the server"
+                        raise Error("pid %d reused fd %d while it ran without its listener" % (h["pid"], f["fd"]),
+                                    fix="park release %d  (let it run as it is), or restart the server"
                                     % h["pid"])
         _recreate(tracer, plan, force, given)
     except BaseException:
-        tracer.release()
+        if own:
+            tracer.release()
+        else:
+            tracer.restore()
         raise
     tracer.release()
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGCONT)
-        except OSError:
-            pass
     return {"held": tracer.held}
 
 
