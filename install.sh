@@ -11,9 +11,9 @@ set -u
 BASE_URL="https://raw.githubusercontent.com/park-sh/park/main"
 
 # sha256 of each file at this release (test_park.py fails, printing these lines, when one differs).
-SHA256_park_py="181727328acf7688e968930ae4c682780bea1efc1c2025c86f63a8c327dbd44c"
-SHA256_park_darwin_arm64_py="65f9c9a05968ad9043db11c0e8378ed5f599b50de4cc982bad788652a928a095"
-SHA256_park_linux_x86_64_py="b4a1648bea95249c4c68f992d900a05e1d79b4b068f3e018a621eccd439ee977"
+SHA256_park_py="26ce865372c90352f65c44a76f143880cad9e112e3168bef3cf044fc20b11461"
+SHA256_park_darwin_arm64_py="35e04a52d80d7f0bec27951dd9d39527268a8dfc71ddaf28203861b6a83c51bd"
+SHA256_park_linux_x86_64_py="5378bc7c15a07f1fbdbfdccbdeaef0042a15057bf55a8b3ee68b6863103e60fc"
 
 say() { printf 'park-install: %s\n' "$*"; }
 err() { printf 'park-install: error: %s\n' "$*" >&2; }

@@ -36,8 +36,8 @@ BACKENDS = {("linux", "x86_64"): "park_linux_x86_64", ("darwin", "arm64"): "park
 # fails, printing the line to paste, when a pin differs from the file.
 BASE_URL = "https://raw.githubusercontent.com/park-sh/park/main"
 PINS = {
-    "park_darwin_arm64": "65f9c9a05968ad9043db11c0e8378ed5f599b50de4cc982bad788652a928a095",
-    "park_linux_x86_64": "b4a1648bea95249c4c68f992d900a05e1d79b4b068f3e018a621eccd439ee977",
+    "park_darwin_arm64": "35e04a52d80d7f0bec27951dd9d39527268a8dfc71ddaf28203861b6a83c51bd",
+    "park_linux_x86_64": "5378bc7c15a07f1fbdbfdccbdeaef0042a15057bf55a8b3ee68b6863103e60fc",
 }
 SCHEMA = 1
 KIND = "park.parked"
@@ -885,12 +885,10 @@ def _keeper_request(k):
         reply, done = {"ok": True}, False
         if op == "resume":
             try:
+                waiting = hold_waiting(k.backend, k.record.get("hold"))
                 result, plan, notes = _keeper_resume(k, bool(req.get("force")))
                 if k.record.get("timer"):
                     k.log("resumed by hand (park resume) before the timer")
-                waiting = sum(q[0] for q in k.backend.queue_lengths(
-                    [os.fstat(s.fileno()).st_ino for s in k.socks], {int(s.family) for s in k.socks}).values()) \
-                    if k.socks else None
                 reply.update(held=result["held"], notes=notes, handed=waiting,
                              pids=[h["pid"] for l in plan for h in l["holders"]],
                              addresses=[where(l["address"]) for l in plan])
@@ -988,7 +986,7 @@ def _hold_view(backend, port, seconds):
     out("  holding :%d: clients wait instead of being refused. Ctrl+C (or park resume %d elsewhere) hands them "
         "over%s" % (port, port, " in %s" % format_duration(seconds) if seconds is not None else ""))
     tty = sys.stderr.isatty()
-    token = None
+    token = rec = None
     while not woke:
         try:
             rec = read_state(state_path(port))
@@ -1013,14 +1011,7 @@ def _hold_view(backend, port, seconds):
     with Critical():
         with PortLock(port):
             reply = _ask_keeper(port, {"op": "resume"})
-    return _print_resumed(read_state_or_none(port), port, reply)
-
-
-def read_state_or_none(port):
-    try:
-        return read_state(state_path(port))
-    except ParkError:
-        return None
+    return _print_resumed(rec, port, reply)
 
 
 def _print_resumed(record, port, reply):

@@ -5,8 +5,8 @@ registration of a listener with its exact udata (PROC_PIDFDKQUEUE_EXTINFO), read
 With the task port, every thread is held with thread_suspend; each system call then runs in a new raw thread
 (thread_create_running) on a 16 KiB stub page written while RW and then made R|X, with its data on a separate
 RW page; the result and the carry flag are read from the thread's registers, and the thread is terminated
-and every port and page released. A parked process keeps its thread holds (they outlive park) and gets a
-SIGSTOP, so it shows as stopped; SIGCONT does not lift thread holds, release(pids) does.
+and every port and page released. A parked process keeps its thread holds (they outlive park and its keeper)
+and gets no SIGSTOP, so a shell sees no stopped job; SIGCONT does not lift thread holds, release(pids) does.
 Written from the xnu sources (xnu-11417.101.15) and not yet run on a Mac. Importing this module touches no
 macOS library: libSystem is loaded on first use, on macOS only. It imports only the standard library and
 never imports park.
@@ -828,8 +828,14 @@ def process(pid, mach=None):
 
 
 def stopped(info):
-    """True when the process is stopped (SSTOP): a parked process also gets SIGSTOP, besides its thread holds."""
+    """True when the process is stopped (SSTOP) by job control."""
     return info["state"] == "T"
+
+
+def held(info, keeper):
+    """True while park's keeper (a pid, or None) keeps the park. The thread holds themselves outlive the keeper
+    and are not visible without the task port; a park whose keeper is gone is resumed the same way."""
+    return keeper is not None
 
 
 def time_wait(listener):
@@ -1365,7 +1371,7 @@ def _close_all(targets, plan, closed):
 
 def _put_back(m, targets, plan, closed, failure, port):
     """After a failure with some fds closed: give them back. If that fails too, the processes stay parked
-    (their threads held, SIGSTOP) rather than run without their listener: an Error with parked=True."""
+    (their threads held) rather than run without their listener: an Error with parked=True."""
     try:
         _recreate(targets, plan, force=True, closed=closed)
         for l in plan:
@@ -1383,7 +1389,7 @@ def _put_back(m, targets, plan, closed, failure, port):
 # Park, resume, swap, release
 
 def park(plan, drain=2.0, suspend_seccomp=False, mach=None):
-    """Hold every thread of every holder, close the listeners, leave the threads held and the process stopped.
+    """Hold every thread of every holder, close the listeners, leave the threads held.
 
     Returns {"reset": n, "held": seconds}. On failure the target is left running, as it was, unless the
     Error says parked=True (the listener could not be put back: the target stays parked)."""
@@ -1433,13 +1439,11 @@ def park(plan, drain=2.0, suspend_seccomp=False, mach=None):
 
 
 def _leave(m, targets, state, quiet=False, resumed=False):
-    """End a park, resume or swap. Parked: the processes keep this run's holds and get SIGSTOP. Resumed: every
-    hold is lifted, park's too. Otherwise this run's holds are lifted and what was stopped is stopped again."""
+    """End a park, resume or swap. Parked: the processes keep this run's holds (no SIGSTOP: job control stays
+    the shell's). Resumed: every hold is lifted, park's too. Otherwise this run's holds are lifted. Either way
+    what job control had stopped is stopped again."""
     held = time.perf_counter() - state["started"] if state["started"] else 0.0
-    if state["parked"]:
-        _signal(m, list(targets), signal.SIGSTOP)
-    elif not resumed:
-        _signal(m, state["continued"], signal.SIGSTOP)
+    _signal(m, state["continued"], signal.SIGSTOP)
     _finish(targets, resume=not state["parked"], parked_too=resumed, quiet=quiet)
     return held
 
@@ -1465,7 +1469,7 @@ def resume(plan, force=False, suspend_seccomp=False, given=None, mach=None):
                 t.attach()
             for t in targets.values():
                 t.hold()
-            # A parked process is SIGSTOPped as well, and a stopped task would hold the injected thread.
+            # A process that job control stopped would hold the injected thread (a stopped task holds them all).
             state["continued"] = _continue_stopped(m, targets)
             for l in plan:
                 for h in l["holders"]:

@@ -875,11 +875,36 @@ class ParkTestCase(unittest.TestCase):
                 self.fail("connections on :%d did not close: %s" % (port, busy))
             time.sleep(0.02)
 
-    def assert_parked(self, pid):
-        """The process and every thread of it are stopped by a signal (T), not traced (t)."""
-        self.assertEqual(proc_state(pid), "T", "pid %d is not parked" % pid)
+    def keeper_of(self, pid):
+        """The keeper pid that the state files (of any PARK_HOME this test made) name for a parked pid."""
+        for path in glob.glob(os.path.join(self.tmp, "*", "parked", "*.json")):
+            try:
+                with open(path) as f:
+                    data = json.load(f)
+            except (OSError, ValueError):
+                continue
+            if any(h.get("pid") == pid for h in data.get("holders", [])):
+                return (data.get("keeper") or {}).get("pid")
+        return None
+
+    def assert_parked(self, pid, keeper=None):
+        """Every thread of the process is held in a ptrace stop (t) by park's keeper (the one its state file
+        names, unless given), and none is stopped by a signal (T): a shell would see that as a stopped job."""
+        keeper = keeper or self.keeper_of(pid)
+        self.assertIsNotNone(keeper, "no state file names pid %d with its keeper" % pid)
         states = thread_states(pid)
-        self.assertTrue(states and all(s == "T" for s in states.values()), "threads of %d: %s" % (pid, states))
+        self.assertTrue(states and all(s == "t" for s in states.values()), "threads of %d: %s" % (pid, states))
+        for tid in states:
+            status = _read_text("/proc/%d/task/%d/status" % (pid, tid))
+            tracer = int(status.split("TracerPid:", 1)[1].split()[0])
+            self.assertEqual(tracer, keeper, "thread %d of %d is not held by the keeper %d" % (tid, pid, keeper))
+
+    def wait_for(self, predicate, what, timeout=15):
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() > deadline:
+                self.fail("timed out waiting for " + what)
+            time.sleep(0.05)
 
     def assert_running(self, pid):
         st = proc_state(pid)
@@ -1586,19 +1611,18 @@ class BehaviourTest(LiveTestCase):
         self.assertEqual(snapshot(self.port), before)
         self.assertEqual(self.get_count("127.0.0.1", self.port), (proc.pid, n + 1))
 
-    def test_resume_after_external_sigcont(self):
-        """Something continued the parked server (a supervisor, kill -CONT): list says so, resume still works."""
+    def test_sigcont_while_parked_keeps_it_parked(self):
+        """SIGCONT (`fg`, `bg`, kill -CONT) does not undo a park: the keeper's ptrace stops are not job control.
+        The process stays held, the port free, and resume brings it back as usual."""
         proc = self.start_asyncio(self.port)
         _, n = self.get_count("127.0.0.1", self.port)
         self.wait_quiet(self.port)
         before = snapshot(self.port)
         self.park_ok(self.port, [proc.pid], "127.0.0.1")
         os.kill(proc.pid, signal.SIGCONT)
-        deadline = time.monotonic() + 5
-        while proc_state(proc.pid) == "T":
-            self.assertLess(time.monotonic(), deadline)
-            time.sleep(0.02)
-        self.assertEqual(self.entry(self.port)["status"], "running")
+        time.sleep(1.0)  # a few keeper ticks
+        self.assert_parked(proc.pid)
+        self.assertEqual(self.entry(self.port)["status"], "parked")
         self.assertEqual(listen_inodes(self.port), set())
         self.park("resume", self.port, expect=0)
         self.assert_running(proc.pid)
@@ -1666,9 +1690,13 @@ class BehaviourTest(LiveTestCase):
         self.assertIsNone(self.entry(self.port), "prune kept a gone entry")
 
     def test_pid_reuse_is_refused(self):
+        """With its keeper gone, resume goes by the state file alone: a pid whose start time differs from the
+        recorded one is another process, and is left alone."""
         proc = self.start_asyncio(self.port)
         self.wait_quiet(self.port)
         self.park_ok(self.port, [proc.pid], "127.0.0.1")
+        self.kill_pid(self.keeper_of(proc.pid))
+        self.wait_for(lambda: (self.entry(self.port) or {}).get("status") == "running", "the keeper to be gone")
         path = self.state_file_of(proc.pid)
         with open(path) as f:
             state = json.load(f)
@@ -1678,8 +1706,9 @@ class BehaviourTest(LiveTestCase):
                                   else str(int(h["starttime"]) + 1000))
         with open(path, "w") as f:
             json.dump(state, f)
-        self.park("resume", self.port, expect=1)
-        self.assert_parked(proc.pid)
+        r = self.park("resume", self.port, expect=1)
+        self.assertIn("pid %d is now a different process" % proc.pid, r.stderr)
+        self.assert_running(proc.pid)
         self.assertEqual(listen_inodes(self.port), set())
 
     def state_file_of(self, pid, home=None):
@@ -1705,13 +1734,15 @@ class BehaviourTest(LiveTestCase):
                 proc = self.start_asyncio(port)
                 self.wait_quiet(port)
                 self.park(port, expect=0, env=env)
+                keeper = self.keeper_of(proc.pid)
                 path = self.state_file_of(proc.pid, home)
                 with open(path, "wb") as f:
                     f.write(content)
                 for args in (["list"], ["resume", str(port)]):
                     r = self.park(*args, expect=1, env=env)
                     self.assertIn(os.path.basename(path), r.stderr.splitlines()[0], "the file is not named")
-                self.assert_parked(proc.pid)
+                self.assert_parked(proc.pid, keeper)
+                self.kill_pid(proc.pid)  # its keeper sees it die and ends
 
     def test_concurrent_parks_one_wins(self):
         proc = self.start_asyncio(self.port)
@@ -1823,16 +1854,20 @@ class SafetyTest(LiveTestCase):
         self.assertEqual(snapshot(self.port), before)
         self.assertEqual(self.get_count("127.0.0.1", self.port), (pid, n + 2))
 
-    def test_signal_sent_while_parked_interrupts_the_call_as_usual(self):
-        """SIGTERM sent to a parked server is handled as after a plain SIGSTOP/SIGCONT: the blocked accept()
-        returns EINTR so the Python handler runs at once, instead of the call silently restarting."""
+    def test_sigterm_while_parked_ends_the_park_and_is_handled_at_once(self):
+        """SIGTERM sent to a parked server ends the park: the listener comes back and the server's handler runs
+        at once (its blocked accept() returns EINTR), without any park command. The state says why."""
         proc, _ = self.start_python(PY_ACCEPT_TERM, self.port)
         self.get_count("127.0.0.1", self.port)
         self.wait_quiet(self.port)
         self.park(self.port, expect=0)
+        keeper = self.keeper_of(proc.pid)
         os.kill(proc.pid, signal.SIGTERM)
-        self.park("resume", self.port, expect=0)
         self.assertEqual(proc.wait(timeout=10), 42)
+        e = self.entry(self.port)
+        self.assertEqual(e["status"], "gone")
+        self.assertIn("SIGTERM was sent to pid %d" % proc.pid, e["ended"])
+        self.wait_for(lambda: proc_state(keeper) in (None, "Z"), "the keeper to exit")
 
     def test_server_that_dropped_privileges_on_a_low_port(self):
         if os.geteuid() != 0:
@@ -2212,7 +2247,7 @@ class TimerTest(LiveTestCase):
         self.assertEqual(self.get_count("127.0.0.1", self.port), (pid, n + 1))
         self.assertEqual(snapshot(self.port), before)
         self.assertEqual(self.park_list(), [])
-        with open(os.path.join(self.home, "timers", "%d.log" % self.port)) as f:
+        with open(os.path.join(self.home, "keepers", "%d.log" % self.port)) as f:
             self.assertIn("resumed pid %d" % proc.pid, f.read())
 
     def test_manual_resume_before_the_timer_wins(self):
@@ -2222,7 +2257,7 @@ class TimerTest(LiveTestCase):
         self.park(self.port, "--for", "1", expect=0)
         self.park("resume", self.port, expect=0)
         self.assertEqual(self.get_count("127.0.0.1", self.port), (pid, n + 1))
-        log = os.path.join(self.home, "timers", "%d.log" % self.port)
+        log = os.path.join(self.home, "keepers", "%d.log" % self.port)
         self.wait_until("the timer to notice", lambda: "by hand" in open(log).read())
         self.assert_running(proc.pid)
         self.assertEqual(self.get_count("127.0.0.1", self.port), (pid, n + 2))
@@ -2330,18 +2365,23 @@ class HoldTest(LiveTestCase):
         self.assert_running(proc.pid)
         self.assertEqual(snapshot(self.port), before)
 
-    def test_killing_the_holder_leaves_the_target_parked(self):
+    def test_killing_the_hold_view_keeps_the_clients_waiting(self):
+        """The hold's sockets are the keeper's: when the `park PORT --hold` in a terminal dies (kill -9 here; a
+        closed terminal is tested in ForegroundTest), its clients keep waiting and the next resume serves them."""
         proc = self.start_node(self.port)
         pid, n = self.get_count("127.0.0.1", self.port)
         self.wait_quiet(self.port)
         hold = self.start_hold()
+        threads, results = self.clients("127.0.0.1", 3)
         self.kill_pid(hold.pid)
         hold.wait(10)
         self.assert_parked(proc.pid)
         e = self.entry(self.port)
-        self.assertEqual((e["status"], e["waiting"]), ("parked", None))
-        self.park("resume", self.port, expect=0)
-        self.assertEqual(self.get_count("127.0.0.1", self.port), (pid, n + 1))
+        self.assertEqual((e["status"], e["waiting"]), ("parked", 3))
+        r = self.park("resume", self.port, expect=0)
+        self.assertIn("handed over 3 waiting client(s)", r.stdout)
+        results = self.finish(threads, results, 3)
+        self.assertEqual(sorted(parse_counter(b)[1] for _, b in results), list(range(n + 1, n + 4)))
 
 
 class SwapTest(LiveTestCase):
@@ -2778,7 +2818,7 @@ class UiTest(LiveTestCase):
         lines = self.select_port(self.port, "LISTENING")
         self.assertIn(str(proc.pid), lines[self.row_of(lines, self.port, "LISTENING")].split())
         self.press("p")
-        self.wait_until(lambda: proc_state(proc.pid) == "T", "p did not park pid %d" % proc.pid)
+        self.wait_until(lambda: proc_state(proc.pid) == "t" and self.keeper_of(proc.pid), "p did not park pid %d" % proc.pid)
         self.assert_parked(proc.pid)
         self.assertEqual(listen_inodes(self.port), set())
         lines = self.wait_screen(lambda l: self.row_of(l, self.port, "PARKED") in self.selected(l),
@@ -3711,9 +3751,11 @@ class DarwinOrchestrationTest(unittest.TestCase):
         self.assertEqual(fake.counts(pid), [0] * len(fake.counts(pid)), "every thread released")
         self.assertEqual(fake.procs[pid].status, MAC_SRUN)
 
-    def assertParked(self, fake, pid):
+    def assertParked(self, fake, pid, stopped=False):
+        """Every thread held once (the park hold); no SIGSTOP (a shell would see a stopped job), unless job
+        control had stopped it before."""
         self.assertEqual(fake.counts(pid), [1] * len(fake.counts(pid)), "every thread held once (the park hold)")
-        self.assertEqual(fake.procs[pid].status, MAC_SSTOP)
+        self.assertEqual(fake.procs[pid].status, MAC_SSTOP if stopped else MAC_SRUN)
         self.assertNotIn(3, fake.procs[pid].fds)
 
     def check_holds_bracket_injection(self, fake, pid):
@@ -3782,7 +3824,7 @@ class DarwinOrchestrationTest(unittest.TestCase):
         self.assertEqual([k[1] for k in self.snapshot(fake, PID_A)[1]], [7], "close removed the listener's knotes")
         self.check_holds_bracket_injection(fake, PID_A)
         self.assertEqual(fake.log[-1][:2], ("mach", "mach_port_deallocate"))
-        self.assertIn(("kill", PID_A, signal.SIGSTOP), fake.log)
+        self.assertNotIn("kill", [e[0] for e in fake.log], "no signal: a shell must not see a stopped job")
         self.assertClean(fake)
         fake.log.clear()
         fake.injected.clear()
@@ -3799,10 +3841,7 @@ class DarwinOrchestrationTest(unittest.TestCase):
         self.assertEqual(fake.injected[6][4:8], [2, 0, 0, 0], "2 changes, no event list: nothing waits")
         self.assertEqual(self.snapshot(fake, PID_A), before, "same fd, address, backlog, options, flags and knotes")
         self.assertRunning(fake, PID_A)
-        kills = [e for e in fake.log if e[0] == "kill"]
-        self.assertEqual(kills, [("kill", PID_A, signal.SIGCONT)])
-        first_inject = next(i for i, e in enumerate(fake.log) if e[:2] == ("mach", "thread_create_running"))
-        self.assertLess(fake.log.index(kills[0]), first_inject, "SIGCONT before the first injected call")
+        self.assertEqual([e for e in fake.log if e[0] == "kill"], [], "it was not stopped: nothing to continue")
         self.check_holds_bracket_injection(fake, PID_A)
         self.assertClean(fake)
         blocked = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGALRM, signal.SIGCHLD}
@@ -3981,7 +4020,7 @@ class DarwinOrchestrationTest(unittest.TestCase):
         plan = self.plan_for(fake)
         fake.log.clear()
         self.b.park(plan, drain=0, mach=fake)
-        self.assertParked(fake, PID_A)
+        self.assertParked(fake, PID_A, stopped=True)
         self.assertEqual([e for e in fake.log if e[0] == "kill"],
                          [("kill", PID_A, signal.SIGCONT), ("kill", PID_A, signal.SIGSTOP)])
         self.assertClean(fake)
@@ -4206,7 +4245,7 @@ class DarwinOrchestrationTest(unittest.TestCase):
 @unittest.skipUnless(sys.platform.startswith("linux") and platform.machine() == "x86_64", "uses this OS's backend")
 class DarwinFrontTest(ParkTestCase):
     """park.py's side of the macOS contract, run here with a stand-in backend in place of this platform's:
-    `release` lifts the backend's holds before it signals (SIGCONT does not undo a thread_suspend hold), and a
+    `release` lifts the backend's holds before it signals (a signal does not undo a thread_suspend hold), and a
     failure to lift them is a one-line error that keeps the process parked and its state."""
 
     def setUp(self):
@@ -4232,6 +4271,7 @@ class DarwinFrontTest(ParkTestCase):
         fake.Error = type("Error", (Exception,), {"fix": None, "errno": None, "parked": False})
         fake.process = lambda pid: {"pid": pid, "start": 7, "state": "T", "name": "sleep", "argv": ["sleep"]}
         fake.stopped = lambda info: True
+        fake.held = lambda info, keeper: keeper is not None
         fake.release = self.calls.append
         sys.modules[name] = fake
         self.fake = fake
@@ -4245,12 +4285,14 @@ class DarwinFrontTest(ParkTestCase):
             rc = self.park.main(list(argv))
         return rc, out.getvalue(), err.getvalue()
 
-    def test_release_lifts_the_backends_holds_then_continues(self):
+    def test_release_lifts_the_backends_holds_and_leaves_job_control_alone(self):
+        """The keeper is gone (this record names none), so release lifts the thread holds itself; a process
+        job control had stopped (the stand-in is SIGSTOPped) stays stopped: park never sent that stop."""
         rc, out, err = self.main("release", "3000")
         self.assertEqual((rc, err), (0, ""))
         self.assertEqual(self.calls, [[self.child.pid]])
         self.assertIn("continued pid %d" % self.child.pid, out)
-        self.assertNotEqual(proc_state(self.child.pid), "T", "SIGCONT followed")
+        self.assertEqual(proc_state(self.child.pid), "T", "no SIGCONT: park did not stop it")
         self.assertFalse(os.path.exists(self.park.state_path(3000)))
 
     def test_a_failed_release_keeps_it_parked(self):
