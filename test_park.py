@@ -2384,6 +2384,342 @@ class HoldTest(LiveTestCase):
         self.assertEqual(sorted(parse_counter(b)[1] for _, b in results), list(range(n + 1, n + 4)))
 
 
+NODE_RAW_KEYS = r'''
+// A dev server that owns its terminal as vite does: raw mode, a key answers at once (q quits).
+const http = require('http');
+let count = 0;
+http.createServer((req, res) => {
+  count += 1;
+  res.end(`pid=${process.pid} count=${count}\n`);
+}).listen(Number(process.argv[2]), '127.0.0.1', () => { process.stdout.write('READY\r\n'); });
+process.stdin.setRawMode(true);
+process.stdin.resume();
+process.stdin.on('data', (d) => {
+  const key = d.toString();
+  if (key === 'q') process.exit(0);
+  process.stdout.write(`key:${key} count=${count}\r\n`);
+});
+'''
+
+FLASK_APP = r'''
+import os
+from flask import Flask
+
+app = Flask(__name__)
+count = [0]
+
+
+@app.route("/")
+def index():
+    count[0] += 1
+    return "pid=%d count=%d\n" % (os.getpid(), count[0])
+'''
+
+
+class Terminal:
+    """A real interactive shell in a pseudo-terminal, typed at as a person would. Closing it hangs the
+    terminal up (the master side goes away), as closing a terminal window does."""
+
+    SHELLS = {"bash": ["bash", "--norc", "--noprofile", "-i"], "zsh": ["zsh", "-f", "-i"]}
+    PROMPT = b"PROMPT$ "
+
+    def __init__(self, test, shell="bash", env=None, cwd=None):
+        import pty
+        exe = shutil.which(shell)
+        if exe is None:
+            test.live_skip("%s is not installed" % shell)
+        env = dict(env or os.environ, PS1=self.PROMPT.decode(), TERM="xterm", HISTFILE=os.devnull)
+        self.test, self.buf = test, b""
+        self.pid, self.fd = pty.fork()
+        if self.pid == 0:
+            try:
+                os.chdir(cwd or test.tmp)
+                os.execve(exe, [exe] + self.SHELLS[shell][1:], env)
+            finally:
+                os._exit(127)
+        test.addCleanup(self.close)
+        self.expect(self.PROMPT)
+
+    def pump(self, seconds=0.05):
+        deadline = time.monotonic() + seconds
+        while True:
+            r, _, _ = select.select([self.fd], [], [], max(0.0, deadline - time.monotonic()))
+            if r:
+                try:
+                    data = os.read(self.fd, 65536)
+                except OSError:  # EIO: the shell side is gone
+                    return
+                self.buf += data
+            if time.monotonic() >= deadline:
+                return
+
+    def type(self, text):
+        os.write(self.fd, text.encode() if isinstance(text, str) else text)
+
+    def mark(self):
+        self.pump()
+        return len(self.buf)
+
+    def expect(self, pattern, since=0, timeout=20):
+        """Wait until pattern (bytes or regex) shows up after offset `since`; returns the match."""
+        rx = re.compile(re.escape(pattern) if isinstance(pattern, bytes) else pattern.encode())
+        deadline = time.monotonic() + timeout
+        while True:
+            m = rx.search(self.buf, since)
+            if m:
+                return m
+            if time.monotonic() > deadline:
+                self.test.fail("the terminal never showed %r; it shows:\n%s" % (pattern, self.text(since)))
+            self.pump(0.05)
+
+    def text(self, since=0):
+        return self.buf[since:].decode("utf-8", "replace")
+
+    def foreground(self):
+        """The terminal's foreground process group (tcgetpgrp)."""
+        return os.tcgetpgrp(self.fd)
+
+    def close(self):
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        try:
+            os.waitpid(self.pid, 0)
+        except ChildProcessError:
+            pass
+
+
+class ForegroundTest(LiveTestCase):
+    """A server in the foreground of a real interactive shell, parked from elsewhere: the shell sees nothing,
+    and the server comes back exactly as it was, in its terminal. Driven through a pty as a person types."""
+
+    def start_in(self, term, command, port):
+        """Type command at the shell; returns the server's pid (from its answer), stopped at cleanup."""
+        term.type(command + "\n")
+        body = self.wait_serving("127.0.0.1", port)
+        pid = parse_counter(body)[0]
+        self.addCleanup(self.kill_pid, pid)
+        return pid
+
+    def node_in_the_foreground(self, shell):
+        if not shutil.which("node"):
+            self.live_skip("node is not installed")
+        term = Terminal(self, shell)
+        path = self.write("server.js", NODE_HTTP)
+        pid = self.start_in(term, "node %s %d" % (path, self.port), self.port)
+        self.assertEqual(term.foreground(), os.getpgid(pid), "the server is not the terminal's foreground")
+        _, n = self.get_count("127.0.0.1", self.port)
+        self.wait_quiet(self.port)
+        before = snapshot(self.port)
+        mark = term.mark()
+        self.park_ok(self.port, [pid], "127.0.0.1")
+        self.assert_port_free(self.port, [(socket.AF_INET, "127.0.0.1")])
+        term.pump(0.5)
+        self.assertEqual(term.text(mark), "", "the terminal printed something at park")
+        self.assertEqual(term.foreground(), os.getpgid(pid), "the shell took its terminal back")
+        self.park("resume", self.port, expect=0)
+        term.pump(0.3)
+        self.assertEqual(term.text(mark), "", "the terminal printed something at resume")
+        self.assertEqual(self.get_count("127.0.0.1", self.port), (pid, n + 1))
+        self.assertEqual(snapshot(self.port), before)
+        self.assertEqual(term.foreground(), os.getpgid(pid), "after resume the server is not in the foreground")
+        term.type("\x03")  # Ctrl+C typed at it reaches it, as before park
+        self.wait_for(lambda: proc_state(pid) in (None, "Z"), "Ctrl+C to end the resumed server")
+        term.expect(Terminal.PROMPT, since=mark)
+
+    def test_node_in_the_foreground_of_bash(self):
+        self.node_in_the_foreground("bash")
+
+    def test_node_in_the_foreground_of_zsh(self):
+        self.node_in_the_foreground("zsh")
+
+    def test_ctrl_z_fg_and_bg_while_parked(self):
+        """Job control works as always on a parked server: Ctrl+Z gives the shell its prompt back, `bg` and
+        `fg` continue the job, and through all of it the server stays parked until park resume."""
+        term = Terminal(self, "bash")
+        path = self.write("fixture.py", PY_ASYNCIO)
+        pid = self.start_in(term, "%s %s %d" % (sys.executable, path, self.port), self.port)
+        _, n = self.get_count("127.0.0.1", self.port)
+        self.wait_quiet(self.port)
+        self.park(self.port, expect=0)
+        mark = term.mark()
+        term.type("\x1a")
+        term.expect(r"Stopped.*\r?\n.*PROMPT\$ ", since=mark)
+        self.assertEqual(term.foreground(), os.getpgid(term.pid), "the shell did not take the terminal back")
+        self.assert_parked(pid)
+        self.assertEqual(self.entry(self.port)["status"], "parked")
+        for command in ("bg", "fg"):
+            mark = term.mark()
+            term.type(command + "\n")
+            term.pump(0.6)
+            self.assert_parked(pid)
+            self.assertEqual(listen_inodes(self.port), set(), "%s brought the listener back" % command)
+        self.assertEqual(term.foreground(), os.getpgid(pid), "fg did not give the terminal to the server")
+        self.park("resume", self.port, expect=0)
+        self.assertEqual(self.get_count("127.0.0.1", self.port), (pid, n + 1))
+        self.assertEqual(term.foreground(), os.getpgid(pid))
+        term.type("jobs\n")  # typed at the server (it does not read): the shell reads it once the server ends
+        term.type("\x03")
+        self.wait_for(lambda: proc_state(pid) in (None, "Z"), "Ctrl+C to end the server")
+
+    def test_raw_mode_server_answers_keys_after_resume(self):
+        """A server that reads its terminal in raw mode (as vite does for its shortcut keys) gets its keys after
+        resume: it was never moved to the background, so no SIGTTIN stops it."""
+        if not shutil.which("node"):
+            self.live_skip("node is not installed")
+        term = Terminal(self, "bash")
+        path = self.write("keys.js", NODE_RAW_KEYS)
+        pid = self.start_in(term, "node %s %d" % (path, self.port), self.port)
+        _, n = self.get_count("127.0.0.1", self.port)
+        self.wait_quiet(self.port)
+        self.park(self.port, expect=0)
+        self.park("resume", self.port, expect=0)
+        mark = term.mark()
+        term.type("h")
+        term.expect(b"key:h count=%d" % (n,), since=mark)
+        self.assert_running(pid)
+        self.assertEqual(self.get_count("127.0.0.1", self.port), (pid, n + 1))
+        term.type("q")
+        self.wait_for(lambda: proc_state(pid) in (None, "Z"), "q to end the server")
+
+    def test_flask_reloader_in_the_foreground(self):
+        """`flask run --debug`: the reloader and its child both hold the listener; both are parked, both come
+        back, and Ctrl+C ends them as before."""
+        try:
+            import flask  # noqa: F401  (installed by .ci/run)
+        except ImportError:
+            self.live_skip("flask is not installed (pip install flask)")
+        self.write("app.py", FLASK_APP)
+        term = Terminal(self, "bash")
+        child = self.start_in(term, "%s -m flask --app app run --debug --host 127.0.0.1 --port %d"
+                              % (sys.executable, self.port), self.port)
+        pids = sorted(holders_of(listen_inodes(self.port)))
+        self.assertIn(child, pids)
+        self.assertEqual(len(pids), 2, "the reloader and its child: %s" % pids)
+        for p in pids:
+            self.addCleanup(self.kill_pid, p)
+        _, n = self.get_count("127.0.0.1", self.port)
+        self.wait_quiet(self.port)
+        before = snapshot(self.port)
+        mark = term.mark()
+        self.park_ok(self.port, pids, "127.0.0.1")
+        self.assert_port_free(self.port, [(socket.AF_INET, "127.0.0.1")])
+        self.park("resume", self.port, expect=0)
+        self.assertEqual(self.get_count("127.0.0.1", self.port), (child, n + 1))
+        self.assertEqual(snapshot(self.port), before)
+        self.assertNotIn("Stopped", term.text(mark))
+        self.assertEqual(term.foreground(), os.getpgid(child))
+        term.type("\x03")
+        for p in pids:
+            self.wait_for(lambda: proc_state(p) in (None, "Z"), "Ctrl+C to end pid %d" % p)
+
+    def test_background_server_survives_its_shell_exiting_while_parked(self):
+        term = Terminal(self, "bash")
+        path = self.write("fixture.py", PY_ASYNCIO)
+        pid = self.start_in(term, "%s %s %d &" % (sys.executable, path, self.port), self.port)
+        _, n = self.get_count("127.0.0.1", self.port)
+        self.wait_quiet(self.port)
+        self.park(self.port, expect=0)
+        term.type("exit\n")
+        self.wait_for(lambda: proc_state(term.pid) in (None, "Z"), "the shell to exit")
+        term.close()
+        time.sleep(0.5)
+        self.assert_parked(pid)
+        self.park("resume", self.port, expect=0)
+        self.assertEqual(self.get_count("127.0.0.1", self.port), (pid, n + 1))
+
+    def test_ctrl_c_at_a_parked_server_ends_it(self):
+        term = Terminal(self, "bash")
+        path = self.write("fixture.py", PY_ASYNCIO)
+        pid = self.start_in(term, "%s %s %d" % (sys.executable, path, self.port), self.port)
+        self.wait_quiet(self.port)
+        self.park(self.port, "--for", "5m", expect=0)
+        keeper = self.keeper_of(pid)
+        term.type("\x03")
+        self.wait_for(lambda: proc_state(pid) in (None, "Z"), "Ctrl+C to end the parked server")
+        term.expect(Terminal.PROMPT, since=term.mark() - 200)
+        e = self.entry(self.port)
+        self.assertEqual(e["status"], "gone")
+        self.assertIn("SIGINT was sent to pid %d" % pid, e["ended"])
+        self.assertIsNone(e["keeper"])
+        self.wait_for(lambda: proc_state(keeper) in (None, "Z"), "the keeper (and its timer) to exit")
+        r = self.park("list", expect=0)
+        self.assertIn("ended: SIGINT was sent to pid %d" % pid, r.stdout)
+
+    def test_closing_the_terminal_of_a_hold_loses_no_client(self):
+        if not shutil.which("node"):
+            self.live_skip("node is not installed")
+        proc = self.start_node(self.port)
+        pid, n = self.get_count("127.0.0.1", self.port)
+        self.wait_quiet(self.port)
+        term = Terminal(self, "bash", env=self.env)
+        term.type("%s %s %d --hold\n" % (sys.executable, PARK, self.port))
+        term.expect(b"holding :%d" % self.port)
+        results = []
+
+        def one():
+            try:
+                results.append(http_get("127.0.0.1", self.port, timeout=30))
+            except Exception as e:  # counted below
+                results.append(e)
+
+        threads = [threading.Thread(target=one) for _ in range(4)]
+        for t in threads:
+            t.start()
+        self.wait_for(lambda: (self.entry(self.port) or {}).get("waiting") == 4, "4 clients waiting on the hold")
+        term.close()  # the terminal window goes away: hangup, then EIO on its tty
+        time.sleep(0.5)
+        self.assertEqual(self.entry(self.port)["waiting"], 4)
+        self.assert_parked(proc.pid)
+        r = self.park("resume", self.port, expect=0)
+        self.assertIn("handed over 4 waiting client(s)", r.stdout)
+        for t in threads:
+            t.join(30)
+        self.assertEqual(sorted(parse_counter(b)[1] for _, b in results), list(range(n + 1, n + 5)))
+
+
+class KeeperTest(LiveTestCase):
+    """The keeper that holds a park."""
+
+    def test_killed_keeper_leaves_the_server_running_and_resumable(self):
+        proc = self.start_node(self.port)
+        pid, n = self.get_count("127.0.0.1", self.port)
+        self.wait_quiet(self.port)
+        before = snapshot(self.port)
+        self.park(self.port, expect=0)
+        keeper = self.keeper_of(pid)
+        os.kill(keeper, signal.SIGKILL)
+        self.wait_for(lambda: (self.entry(self.port) or {}).get("status") == "running", "list to say running")
+        self.assert_running(pid)
+        self.assertEqual(int(_read_text("/proc/%d/status" % pid).split("TracerPid:")[1].split()[0]), 0)
+        e = self.entry(self.port)
+        self.assertIn("keeper, pid %d, is gone" % keeper, e["ended"])
+        r = self.park("list", expect=0)
+        self.assertIn("runs without its listener", r.stdout)
+        self.assertEqual(listen_inodes(self.port), set())
+        time.sleep(0.5)
+        self.assert_running(pid)  # it runs on, without its listener: no SIGTRAP, no injected registers
+        self.park("resume", self.port, expect=0)
+        self.assertEqual(self.get_count("127.0.0.1", self.port), (pid, n + 1))
+        self.assertEqual(snapshot(self.port), before)
+
+    def test_list_names_the_keeper(self):
+        proc = self.start_asyncio(self.port)
+        self.wait_quiet(self.port)
+        self.park(self.port, expect=0)
+        keeper = self.keeper_of(proc.pid)
+        self.assertEqual(self.entry(self.port)["keeper"], keeper)
+        r = self.park("list", expect=0)
+        self.assertEqual(r.stdout.split("\n")[0].split()[5], "KEEPER")
+        self.assertEqual(r.stdout.split("\n")[1].split()[5], str(keeper))
+        self.park("resume", self.port, expect=0)
+        self.wait_for(lambda: proc_state(keeper) in (None, "Z"), "the keeper to exit after resume")
+
+
 class SwapTest(LiveTestCase):
     """park swap PORT1 PORT2."""
 
