@@ -2707,6 +2707,50 @@ class KeeperTest(LiveTestCase):
         self.assertEqual(self.get_count("127.0.0.1", self.port), (pid, n + 1))
         self.assertEqual(snapshot(self.port), before)
 
+    def test_sigkill_while_parked_is_reported(self):
+        proc = self.start_asyncio(self.port)
+        self.wait_quiet(self.port)
+        self.park(self.port, expect=0)
+        keeper = self.keeper_of(proc.pid)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        self.wait_for(lambda: proc_state(keeper) in (None, "Z"), "the keeper to exit")
+        e = self.entry(self.port)
+        self.assertEqual((e["status"], e["keeper"]), ("gone", None))
+        self.assertIn("pid %d killed by SIGKILL" % proc.pid, e["ended"])
+
+    def test_an_uncaught_deadly_signal_ends_the_park(self):
+        """SIGUSR2, which the fixture does not catch, would end the process: it ends the park and does so."""
+        proc = self.start_asyncio(self.port)
+        self.wait_quiet(self.port)
+        self.park(self.port, expect=0)
+        os.kill(proc.pid, signal.SIGUSR2)
+        self.assertEqual(proc.wait(10), -signal.SIGUSR2)
+        self.assertIn("SIGUSR2 was sent to pid %d" % proc.pid, self.entry(self.port)["ended"])
+
+    def test_a_caught_signal_waits_for_resume(self):
+        """A signal the server catches (SIGUSR1 with a handler) leaves it parked; it is delivered at resume."""
+        proc, _ = self.start_python(PY_ACCEPT_TERM.replace("signal.SIGTERM", "signal.SIGUSR1"), self.port)
+        self.get_count("127.0.0.1", self.port)
+        self.wait_quiet(self.port)
+        self.park(self.port, expect=0)
+        os.kill(proc.pid, signal.SIGUSR1)
+        time.sleep(1.0)
+        self.assert_parked(proc.pid)
+        self.park("resume", self.port, expect=0)
+        self.assertEqual(proc.wait(10), 42, "the handler ran once resumed")
+
+    def test_sigterm_to_the_keeper_resumes_the_server(self):
+        proc = self.start_asyncio(self.port)
+        pid, n = self.get_count("127.0.0.1", self.port)
+        self.wait_quiet(self.port)
+        self.park(self.port, expect=0)
+        keeper = self.keeper_of(proc.pid)
+        os.kill(keeper, signal.SIGTERM)
+        self.wait_for(lambda: proc_state(keeper) in (None, "Z"), "the keeper to exit")
+        self.assertEqual(self.get_count("127.0.0.1", self.port), (pid, n + 1))
+        self.assertEqual(self.park_list(), [])
+
     def test_list_names_the_keeper(self):
         proc = self.start_asyncio(self.port)
         self.wait_quiet(self.port)

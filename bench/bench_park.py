@@ -8,7 +8,11 @@ Measures, over --rounds interleaved rounds:
   3. the time from spawning `park resume PORT` to the first HTTP 200 served by the resumed server (measured in
      a second park/resume pair per round, so the client's polling does not disturb the wall times of 1.).
 
-Every round checks that the server is stopped and its port free after park, and that after resume the same
+After the rounds, the server is parked once more and park's keeper (the process that holds a park) is left idle
+for --keeper-idle seconds: its CPU time over that span (utime+stime from /proc/PID/stat) and its resident memory
+(VmRSS) are reported.
+
+Every round checks that the server is held by the keeper and its port free after park, and that after resume the same
 PID answers with a request counter that keeps increasing. PYTHON is the real interpreter binary
 (os.path.realpath(sys.executable), never a pyenv shim) unless --python is given. The node server is always
 resumed (if parked) and killed by its PID at the end, also on errors, SIGTERM and Ctrl+C.
@@ -407,8 +411,8 @@ class Bench:
         if "pid %d" % pid not in out:
             raise BenchError("%s: park output does not name pid %d: %r" % (what, pid, out))
         st = proc_state(pid)
-        if st != "T":
-            raise BenchError("%s: after park, node pid %d is in state %r, not T (stopped)" % (what, pid, st))
+        if st != "t":
+            raise BenchError("%s: after park, node pid %d is in state %r, not t (held by the keeper)" % (what, pid, st))
         if not port_free(port):
             raise BenchError("%s: after park, 127.0.0.1:%d is not free" % (what, port))
 
@@ -466,6 +470,32 @@ class Bench:
             r["first_from_main"].append(self.from_main * 1e3)
             r["resume_polled"].append(t_polled * 1e3)
             r["attempts"].append(attempts)
+
+    def measure_keeper(self):
+        """Park, then read the keeper's CPU time and RSS across --keeper-idle idle seconds; resume."""
+        port = str(self.server["port"])
+        _, rc, out, err = run(self.park_cmd + [port], self.env)
+        self.check_parked(rc, out, err, "keeper")
+        _, rc, out, err = run(self.park_cmd + ["list", "--json"], self.env)
+        keeper = json.loads(out)[0]["keeper"]
+        tick = os.sysconf("SC_CLK_TCK")
+
+        def cpu():
+            with open("/proc/%d/stat" % keeper) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / tick  # utime, stime (proc(5))
+
+        time.sleep(0.5)  # past the park itself
+        c0, t0 = cpu(), time.monotonic()
+        time.sleep(self.args.keeper_idle)
+        c1, t1 = cpu(), time.monotonic()
+        with open("/proc/%d/status" % keeper) as f:
+            rss = int(f.read().split("VmRSS:")[1].split()[0])
+        self.keeper = {"pid": keeper, "cpu_s": c1 - c0, "span_s": t1 - t0, "rss_kb": rss}
+        print("keeper pid %d idle for %.1f s: %.3f s of CPU (%.3f %%), RSS %d KiB"
+              % (keeper, t1 - t0, c1 - c0, 100 * (c1 - c0) / (t1 - t0), rss), flush=True)
+        _, rc, out, err = run(self.park_cmd + ["resume", port], self.env)
+        self.check_resumed(rc, out, err, "keeper")
 
     def resume_and_poll(self):
         port = self.server["port"]
@@ -525,6 +555,7 @@ def main():
                     help="let park's backend be byte-compiled once (PYTHONPYCACHEPREFIX in the temp dir, "
                          "PYTHONDONTWRITEBYTECODE unset) instead of inheriting the environment as it is")
     ap.add_argument("--max-seconds", type=float, default=100.0, help="stop taking rounds after this long")
+    ap.add_argument("--keeper-idle", type=float, default=10.0, help="seconds the idle keeper is measured")
     args = ap.parse_args()
     if args.python is None:
         args.python = os.path.realpath(sys.executable)
@@ -555,6 +586,7 @@ def main():
             record = i > args.warmup
             bench.round(i - args.warmup if record else i, record)
             done += record
+        bench.measure_keeper()
     except BenchError as e:
         failure, status = "correctness/run failure: %s" % e, 1
     except KeyboardInterrupt:
@@ -568,6 +600,11 @@ def main():
             print("cleanup problem: %r" % e, file=sys.stderr)
     if bench.server:
         report(bench.results, info, bench.server, done, args)
+        k = getattr(bench, "keeper", None)
+        if k:
+            print()
+            print("keeper, idle while holding the server: %.3f s of CPU in %.1f s (%.3f %%), RSS %d KiB"
+                  % (k["cpu_s"], k["span_s"], 100 * k["cpu_s"] / k["span_s"], k["rss_kb"]))
     else:
         print("\n".join(info))
     print()
