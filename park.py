@@ -222,8 +222,14 @@ def format_duration(seconds):
 
 def command_of(info):
     argv = info.get("argv") or []
-    text = " ".join(argv) if argv else "[%s]" % info.get("name", "?")
+    text = safe(" ".join(argv) if argv else "[%s]" % info.get("name", "?"))
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def safe(text):
+    """Text that came from a target (its argv, its name), with control characters escaped: printed raw, an
+    escape sequence in a server's command line would reach the user's terminal."""
+    return "".join(c if " " <= c < "\x7f" or c > "\x9f" else "\\x%02x" % ord(c) for c in text)
 
 
 def where(address):
@@ -1774,6 +1780,12 @@ def main(argv=None):
         if e.fix:
             sys.stderr.write("  fix: %s\n" % e.fix)
         return e.code
+    except BrokenPipeError:  # `park ... | head -1`: the work is done (a timer or hold is the keeper's); stop quietly
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return EXIT_OK
     except KeyboardInterrupt:
         sys.stderr.write("park: interrupted (no process was left half-changed; park list shows what is parked)\n")
         return EXIT_INTERRUPTED

@@ -2280,6 +2280,21 @@ class TimerTest(LiveTestCase):
         self.wait_until("the retried resume", lambda: self.is_resumed(proc.pid))
         self.assertEqual(self.get_count("127.0.0.1", self.port), (pid, n + 1))
 
+    def test_for_into_a_closed_pipe_still_resumes(self):
+        """`park PORT --for 2s | head -1`: head exits after the first line; park's next write meets a closed pipe.
+        The timer is the keeper's, set up before anything was printed: the server still comes back."""
+        proc = self.start_asyncio(self.port)
+        pid, n = self.get_count("127.0.0.1", self.port)
+        self.wait_quiet(self.port)
+        r = subprocess.run(["sh", "-c", '"$0" "$1" "$2" --for 2s | head -1', sys.executable, PARK, str(self.port)],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, env=self.env,
+                           timeout=CHILD_TIMEOUT, stdin=subprocess.DEVNULL)
+        self.assertTrue(r.stdout.startswith("parked :%d" % self.port), r)
+        self.assertEqual(r.stderr, "")
+        self.assert_parked(proc.pid)
+        self.wait_until("the timed resume", lambda: self.is_resumed(proc.pid))
+        self.assertEqual(self.get_count("127.0.0.1", self.port), (pid, n + 1))
+
     def test_bad_durations(self):
         for bad in ("0", "abc", "5x", "-3", ""):
             with self.subTest(bad=bad):
