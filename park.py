@@ -906,6 +906,10 @@ def _keeper_request(k):
             except ParkError as e:
                 reply = {"ok": False, "error": str(e), "fix": e.fix}
         elif op == "release":
+            signo = req.get("signal")
+            if isinstance(signo, int) and signo > 0:
+                for h in k.record["holders"]:
+                    _kill(h["pid"], signo)  # queued while still held: handled first thing once they run
             if k.tracer is not None:
                 k.tracer.release()
             for pid, n in getattr(k, "resend", []):
@@ -1219,8 +1223,9 @@ def cmd_release(args):
     sig = signal.SIGKILL if args.force else signal.SIGTERM if args.kill else None
     with PortLock(port):
         live = [h for h in record["holders"] if holder_status(backend, h) != "gone"]
-        if not record.get("ended") and keeper_alive(backend, record):
-            reply = _ask_keeper(port, {"op": "release"})
+        by_keeper = not record.get("ended") and keeper_alive(backend, record)
+        if by_keeper:
+            reply = _ask_keeper(port, {"op": "release", "signal": sig})
             if reply is None or not reply.get("ok"):
                 raise ParkError("the keeper of :%d did not let go of it" % port,
                                 fix="park list; then kill %d" % record["keeper"]["pid"])
@@ -1235,7 +1240,8 @@ def cmd_release(args):
         for h in live:
             try:
                 if sig is not None:
-                    os.kill(h["pid"], sig)
+                    if not by_keeper:  # the keeper sent it already, before it let them go
+                        os.kill(h["pid"], sig)
                     if sig != signal.SIGKILL:
                         os.kill(h["pid"], signal.SIGCONT)  # handled at once, also if job control stopped it
             except ProcessLookupError:
