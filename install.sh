@@ -11,7 +11,7 @@ set -u
 BASE_URL="https://raw.githubusercontent.com/park-sh/park/main"
 
 # sha256 of each file at this release (test_park.py fails, printing these lines, when one differs).
-SHA256_park_py="d444c7e2023004dd20bd2590b4544e41975cb128325986132291cdf602735834"
+SHA256_park_py="bc9b79a1d9b663a1acd6a2fd1c24aa3dd9a6c84e69a956e89b1118eab79a0f2a"
 SHA256_park_darwin_arm64_py="35e04a52d80d7f0bec27951dd9d39527268a8dfc71ddaf28203861b6a83c51bd"
 SHA256_park_linux_x86_64_py="5378bc7c15a07f1fbdbfdccbdeaef0042a15057bf55a8b3ee68b6863103e60fc"
 

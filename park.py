@@ -127,12 +127,11 @@ def _load_pinned(name):
     checked against the sha256 pinned above. Nothing unverified ever runs."""
     import hashlib
     pin = PINS[name]
-    lib = _ensure_dir(os.path.join(_ensure_dir(home()), "lib"))
-    cache = os.path.join(lib, name + ".py")
+    lib = state().sub("lib")
+    cache = lib.where(name + ".py")
     stale = None
     try:
-        with open(cache, "rb") as f:
-            data = f.read()
+        data = lib.read(name + ".py")
         if hashlib.sha256(data).hexdigest() == pin:
             return _exec_module(name, cache, data)
         stale = cache
@@ -157,11 +156,7 @@ def _load_pinned(name):
         raise ParkError("%s does not match the sha256 pinned in park.py (got %s, want %s); nothing was run"
                         % (url, got[:16], pin[:16]),
                         fix="take park.py and its backend from the same release (PARK_BASE_URL=%s)" % base_url())
-    tmp = "%s.%d.tmp" % (cache, os.getpid())
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, cache)
+    lib.write(name + ".py", data)
     return _exec_module(name, cache, data)
 
 
@@ -171,7 +166,7 @@ def _load_pinned(name):
 def parse_port(text):
     """'3000' or ':3000' to 3000; a usage error otherwise."""
     t = text[1:] if text.startswith(":") else text
-    if not (t.isascii() and t.isdigit()) or not 1 <= int(t) <= 65535:
+    if not (t.isascii() and t.isdigit()) or len(t) > 5 or not 1 <= int(t) <= 65535:
         raise ParkError("not a port: %r (expected 1-65535, e.g. 3000 or :3000)" % text, code=EXIT_USAGE)
     return int(t)
 
@@ -180,7 +175,7 @@ def parse_target(text):
     """A PORT|PID argument: ('port', n) for ':n', else ('any', n)."""
     if text.startswith(":"):
         return "port", parse_port(text)
-    if not (text.isascii() and text.isdigit()) or int(text) < 1:
+    if not (text.isascii() and text.isdigit()) or len(text) > 10 or int(text) < 1:
         raise ParkError("not a port or pid: %r" % text, code=EXIT_USAGE)
     return "any", int(text)
 
@@ -238,55 +233,193 @@ def where(address):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# State: one JSON file per parked port under $PARK_HOME/parked, written atomically, with a lock per port
+# State: one JSON file per parked port under $PARK_HOME/parked, with a lock per port, and the keepers'
+# sockets and logs. The directory is checked as ssh checks ~/.ssh, and then used only through file
+# descriptors opened without following symlinks, so nothing another user writes can redirect a write.
 
 def home():
     return os.environ.get("PARK_HOME") or os.path.join(os.path.expanduser("~"), ".park")
 
 
-def _ensure_dir(path):
-    os.makedirs(path, mode=0o700, exist_ok=True)
-    try:
-        if os.stat(path).st_mode & 0o077:
-            os.chmod(path, 0o700)
-    except OSError:
-        pass
-    return path
+class StateDir:
+    """One checked directory of the state, opened O_NOFOLLOW; every file in it is opened relative to it."""
+
+    def __init__(self, path, fd, owner):
+        self.path, self.fd, self.owner = path, fd, owner
+
+    @classmethod
+    def open(cls, path, owner=None, create=True):
+        """Open and check path: a real directory (not a symlink), owned by `owner` (default: the directory
+        may belong to the effective user, or to anyone when that is root), and writable by its owner only."""
+        import stat
+        me = os.geteuid()
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            if not create:
+                raise
+            try:
+                os.mkdir(path, 0o700)
+            except FileExistsError:
+                pass
+            except OSError as e:
+                raise ParkError("cannot create the state directory %s: %s" % (path, e.strerror),
+                                fix="mkdir -m 700 %s, or set PARK_HOME to a directory of yours" % path)
+            if owner is not None and owner != me:
+                os.chown(path, owner, -1, follow_symlinks=False)
+            st = os.lstat(path)
+        except OSError as e:
+            raise ParkError("cannot read the state directory %s: %s" % (path, e.strerror),
+                            fix="set PARK_HOME to a directory of yours")
+        if stat.S_ISLNK(st.st_mode):
+            raise ParkError("the state directory %s is a symlink; park does not follow it" % path,
+                            fix="rm %s  (park then makes a real directory there), or point PARK_HOME at the "
+                                "real directory" % path)
+        if not stat.S_ISDIR(st.st_mode):
+            raise ParkError("the state directory %s is not a directory" % path,
+                            fix="rm %s, or set PARK_HOME to a directory" % path)
+        if owner is None and st.st_uid != me and me != 0:
+            raise ParkError("the state directory %s belongs to uid %d, not to you (uid %d)" % (path, st.st_uid, me),
+                            fix="set PARK_HOME to a directory of your own (e.g. PARK_HOME=~/.park)")
+        if owner is not None and st.st_uid != owner:
+            raise ParkError("%s belongs to uid %d, not to uid %d like the rest of the state" % (path, st.st_uid,
+                                                                                          owner),
+                            fix="rm -r %s" % path)
+        if st.st_mode & 0o022:
+            raise ParkError("the state directory %s is writable by %s" % (
+                path, "others" if st.st_mode & 0o002 else "its group"), fix="chmod go-w %s" % path)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as e:
+            raise ParkError("cannot open the state directory %s: %s" % (path, e.strerror),
+                            fix="set PARK_HOME to a directory of yours")
+        if (os.fstat(fd).st_ino, os.fstat(fd).st_dev) != (st.st_ino, st.st_dev):
+            os.close(fd)
+            raise ParkError("the state directory %s changed while park opened it" % path, fix="run park again")
+        return cls(path, fd, st.st_uid)
+
+    def sub(self, name):
+        """A subdirectory (made 0700, and owned like this one, if missing), checked the same way."""
+        cache = self.__dict__.setdefault("subs", {})
+        if name not in cache:
+            cache[name] = StateDir.open(os.path.join(self.path, name), owner=self.owner)
+        return cache[name]
+
+    def where(self, name):
+        return os.path.join(self.path, name)
+
+    def close(self):
+        for sub in self.__dict__.get("subs", {}).values():
+            sub.close()
+        try:
+            os.close(self.fd)
+        except OSError:
+            pass
+
+    def fd_path(self, name):
+        """A path to name that goes through this directory's fd (for bind and connect, which take a path)."""
+        return "/proc/self/fd/%d/%s" % (self.fd, name)
+
+    def open_file(self, name, flags, mode=0o600):
+        """os.open of name in this directory: never through a symlink, and a file park creates is its owner's."""
+        fd = os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=self.fd)
+        try:
+            self._check_file(fd, name)
+            if flags & os.O_CREAT and os.fstat(fd).st_uid != self.owner:
+                os.fchown(fd, self.owner, -1)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _check_file(self, fd, name):
+        import stat
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink > 1:
+            raise ParkError("%s is not a plain file" % self.where(name), fix="rm %s" % self.where(name))
+        if st.st_uid not in (self.owner, os.geteuid()) or st.st_mode & 0o022:
+            raise ParkError("%s %s" % (self.where(name), "belongs to uid %d" % st.st_uid
+                                       if st.st_uid not in (self.owner, os.geteuid()) else "is writable by others"),
+                            fix="rm %s" % self.where(name))
+
+    def read(self, name):
+        try:
+            fd = self.open_file(name, os.O_RDONLY)
+        except OSError as e:
+            if e.errno == 40:  # ELOOP: a symlink
+                raise ParkError("%s is a symlink; park does not follow it" % self.where(name),
+                                fix="rm %s" % self.where(name))
+            raise
+        with os.fdopen(fd, "rb") as f:
+            return f.read()
+
+    def write(self, name, data):
+        """Replace name atomically: an O_EXCL temporary file with an unpredictable name, renamed over it."""
+        tmp = ".%s.%s.tmp" % (name, os.urandom(8).hex())
+        fd = self.open_file(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.rename(tmp, name, src_dir_fd=self.fd, dst_dir_fd=self.fd)
+        except BaseException:
+            self.unlink(tmp)
+            raise
+
+    def append(self, name, text):
+        fd = self.open_file(name, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        with os.fdopen(fd, "a") as f:
+            f.write(text)
+
+    def unlink(self, name):
+        try:
+            os.unlink(name, dir_fd=self.fd)
+        except FileNotFoundError:
+            pass
+
+    def exists(self, name):
+        try:
+            os.stat(name, dir_fd=self.fd, follow_symlinks=False)
+            return True
+        except FileNotFoundError:
+            return False
+
+    def names(self):
+        return sorted(os.listdir(self.fd))
 
 
-def state_dir():
-    _ensure_dir(home())
-    return _ensure_dir(os.path.join(home(), "parked"))
+_STATE = []  # the StateDir of this process, opened once (the keeper opens its own after closing every fd)
+
+
+def state():
+    if _STATE and _STATE[0].path != home():  # PARK_HOME changed (main() called from code, e.g. by tests)
+        _STATE.pop().close()
+    if not _STATE:
+        _STATE.append(StateDir.open(home()))
+    return _STATE[0]
+
+
+def parked_dir():
+    return state().sub("parked")
 
 
 def state_path(port):
-    return os.path.join(state_dir(), "%d.json" % port)
+    """The state file of port, for messages."""
+    return parked_dir().where("%d.json" % port)
 
 
 def write_state(record):
-    path = state_path(record["port"])
-    tmp = "%s.%d.tmp" % (path, os.getpid())
     import json
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(record, f, indent=1, sort_keys=True)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    record.pop("_path", None)
+    parked_dir().write("%d.json" % record["port"], json.dumps(record, indent=1, sort_keys=True).encode())
 
 
-def read_state(path):
-    """One state file, checked; a damaged or foreign file is a ParkError naming it."""
+def read_state(port):
+    """The state file of port, checked (see check_record); a damaged or foreign file is a ParkError naming it."""
     import json
-    fix = "rm %s  (if its process is still stopped, continue it with kill -CONT <pid>)" % path
+    path = state_path(port)
+    fix = "rm %s" % path
     try:
-        with open(path, "rb") as f:
-            data = json.loads(f.read().decode("utf-8"))
+        data = json.loads(parked_dir().read("%d.json" % port).decode("utf-8"))
     except OSError as e:
         raise ParkError("cannot read state file %s: %s" % (path, e.strerror), fix=fix)
     except ValueError:
@@ -296,31 +429,122 @@ def read_state(path):
     if data.get("schema") != SCHEMA:
         raise ParkError("state file %s has schema %r; this park (%s) reads schema %d"
                         % (path, data.get("schema"), __version__, SCHEMA), fix="use the park that wrote it, or " + fix)
-    try:
-        ok = isinstance(data["port"], int) and all(isinstance(h["pid"], int) and isinstance(h["starttime"], int)
-                                                    for h in data["holders"]) and isinstance(data["listeners"], list)
-    except (KeyError, TypeError):
-        ok = False
-    if not ok:
-        raise ParkError("state file %s is damaged (fields missing)" % path, fix=fix)
+    why = check_record(data, port)
+    if why:
+        raise ParkError("state file %s is damaged (%s)" % (path, why), fix=fix)
     data["_path"] = path
     return data
 
 
+def check_record(data, port):
+    """Why a state record cannot be trusted as park's own (a string), or None. A state file is input: every
+    field park acts on is checked for its type and range before anything uses it."""
+    def is_int(v, lo=0, hi=(1 << 64) - 1):
+        return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
+
+    def is_num(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) < 1e12
+
+    def ints(d, names, hi=(1 << 31) - 1):
+        return isinstance(d, dict) and all(is_int(d.get(n), 0, hi) for n in names)
+
+    if data.get("port") != port or not is_int(port, 1, 65535):
+        return "its port is not %d" % port
+    if not is_num(data.get("parked_at")):
+        return "parked_at"
+    holders = data.get("holders")
+    if not isinstance(holders, list) or not holders or len(holders) > 4096:
+        return "holders"
+    pids = set()
+    for h in holders:
+        if not ints(h, ("pid", "starttime", "uid"), (1 << 62)) or h["pid"] < 2 or h["pid"] in pids:
+            return "a holder"
+        if not isinstance(h.get("name"), str) or not isinstance(h.get("argv"), list) or \
+                not all(isinstance(a, str) for a in h["argv"]):
+            return "the command of pid %d" % h["pid"]
+        pids.add(h["pid"])
+    listeners = data.get("listeners")
+    if not isinstance(listeners, list) or len(listeners) > 64:
+        return "listeners"
+    for l in listeners:
+        why = _check_listener(l, port, pids, is_int)
+        if why:
+            return why
+    for name in ("keeper", "hold"):
+        if name in data and not ints(data[name], ("pid", "starttime"), 1 << 62):
+            return name
+    hold = data.get("hold")
+    if hold is not None and (not isinstance(hold.get("sockets"), list) or
+                             not all(ints(x, ("inode", "family")) for x in hold["sockets"])):
+        return "hold"
+    timer = data.get("timer")
+    if timer is not None and (not isinstance(timer, dict) or not is_num(timer.get("until")) or
+                              not isinstance(timer.get("pending", ""), str)):
+        return "timer"
+    ended = data.get("ended")
+    if ended is not None and (not isinstance(ended, dict) or not isinstance(ended.get("reason"), str)):
+        return "ended"
+    if not isinstance(data.get("seccomp", False), bool):
+        return "seccomp"
+    return None
+
+
+def _check_listener(l, port, pids, is_int):
+    import socket
+    if not isinstance(l, dict) or not is_int(l.get("inode")) or l.get("family") not in (2, 10, 30):
+        return "a listener"
+    address = l.get("address")
+    if not isinstance(address, list) or len(address) not in (2, 4) or not isinstance(address[0], str) or \
+            address[1] != port or not all(is_int(x, 0, (1 << 32) - 1) for x in address[2:]):
+        return "a listener's address"
+    try:
+        socket.inet_pton(socket.AF_INET6 if ":" in address[0] else socket.AF_INET, address[0])
+    except (OSError, ValueError):
+        return "a listener's address"
+    if not is_int(l.get("backlog"), 0, 1 << 20) or not isinstance(l.get("nonblock"), bool):
+        return "a listener's backlog or flags"
+    options = l.get("options")
+    if not isinstance(options, list) or not all(
+            isinstance(o, list) and len(o) == 5 and is_int(o[0], 0, 1 << 16) and isinstance(o[1], str) and
+            is_int(o[2], 0, 1 << 16) and o[3] in ("int", "buf", "linger", "str") and
+            (is_int(o[4], 0, (1 << 31) - 1) if o[3] in ("int", "buf") else isinstance(o[4], str) and len(o[4]) < 64)
+            for o in options):
+        return "a listener's options"
+    holders = l.get("holders")
+    if not isinstance(holders, list) or not holders:
+        return "a listener's holders"
+    for h in holders:
+        if not isinstance(h, dict) or h.get("pid") not in pids or not isinstance(h.get("fds"), list) or \
+                not h["fds"] or not isinstance(h.get("epoll", []), list):
+            return "a listener's holder"
+        fds = set()
+        for f in h["fds"]:
+            if not isinstance(f, dict) or not is_int(f.get("fd"), 0, 1 << 20) or \
+                    not isinstance(f.get("cloexec"), bool) or not isinstance(f.get("nonblock", False), bool):
+                return "the fds of pid %d" % h["pid"]
+            fds.add(f["fd"])
+        for r in h.get("epoll", []):
+            if not isinstance(r, dict) or not is_int(r.get("epfd"), 0, 1 << 20) or r.get("tfd") not in fds or \
+                    not is_int(r.get("events"), 0, (1 << 32) - 1) or not is_int(r.get("data")):
+                return "the epoll registrations of pid %d" % h["pid"]
+    return None
+
+
+def state_exists(port):
+    return parked_dir().exists("%d.json" % port)
+
+
 def all_states():
-    d = state_dir()
     out = []
-    for name in sorted(os.listdir(d)):
-        if name.endswith(".json"):
-            out.append(read_state(os.path.join(d, name)))
+    for name in parked_dir().names():
+        stem = name[:-5]
+        if name.endswith(".json") and stem.isdigit() and len(stem) <= 5:
+            out.append(read_state(int(stem)))
     return sorted(out, key=lambda r: r["port"])
 
 
 def remove_state(record):
-    try:
-        os.unlink(record.get("_path") or state_path(record["port"]))
-    except FileNotFoundError:
-        pass
+    parked_dir().unlink("%d.json" % record["port"])
 
 
 class PortLock:
@@ -332,8 +556,12 @@ class PortLock:
 
     def __enter__(self):
         import fcntl
-        path = os.path.join(_ensure_dir(os.path.join(home(), "locks")), "%d.lock" % self.port)
-        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        locks = state().sub("locks")
+        try:
+            self.fd = locks.open_file("%d.lock" % self.port, os.O_RDWR | os.O_CREAT)
+        except OSError as e:
+            raise ParkError("cannot open the lock %s: %s" % (locks.where("%d.lock" % self.port), e.strerror),
+                            fix="rm %s" % locks.where("%d.lock" % self.port))
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -413,9 +641,8 @@ def record_status(backend, record):
 def find_record(text):
     """The state record for a PORT|PID argument."""
     kind, n = parse_target(text)
-    path = state_path(n) if n <= 65535 else None
-    if path and os.path.exists(path):
-        return read_state(path)
+    if n <= 65535 and state_exists(n):
+        return read_state(n)
     if kind == "any":
         for r in all_states():
             if any(h["pid"] == n for h in r["holders"]):
@@ -441,9 +668,8 @@ def out(text=""):
 def _prepare(backend, port, force):
     """Everything park needs to park port: (record, plan, seccomp); nothing is changed yet."""
     import time
-    path = state_path(port)
-    if os.path.exists(path):
-        old = read_state(path)
+    if state_exists(port):
+        old = read_state(port)
         status, _ = record_status(backend, old)
         if status == "parked":
             raise ParkError("pid %s on :%d is already parked" % (_pids(old), port), fix="park resume %d" % port)
@@ -552,16 +778,12 @@ JOB_STOPS = ("SIGTSTP", "SIGTTIN", "SIGTTOU")
 DEFAULT_IGNORED = ("SIGCHLD", "SIGCONT", "SIGURG", "SIGWINCH")  # signal(7): default action Ign (or Cont)
 
 
-def _keepers_dir():
-    return _ensure_dir(os.path.join(_ensure_dir(home()), "keepers"))
-
-
-def keeper_socket(port):
-    return os.path.join(_keepers_dir(), "%d.sock" % port)
+def keepers_dir():
+    return state().sub("keepers")
 
 
 def keeper_log(port):
-    return os.path.join(_keepers_dir(), "%d.log" % port)
+    return keepers_dir().where("%d.log" % port)
 
 
 def _spawn_keeper(backend, record, plan, seccomp, drain, hold):
@@ -587,7 +809,7 @@ def _spawn_keeper(backend, record, plan, seccomp, drain, hold):
         return json.loads(data.decode())
     except ValueError:
         status, _ = record_status(backend, record)
-        if status == "running" or not os.path.exists(state_path(record["port"])):
+        if status == "running" or not state_exists(record["port"]):
             remove_state(record)
             return {"ok": False, "error": "park's keeper died before it could park :%d; the server runs as it "
                                           "was" % record["port"], "fix": "park %d  (again)" % record["port"]}
@@ -612,9 +834,9 @@ class _Keeper:
     def log(self, text):
         import time
         try:
-            with open(keeper_log(self.port), "a") as f:
-                f.write("%s :%d %s\n" % (time.strftime("%Y-%m-%d %H:%M:%S"), self.port, text))
-        except OSError:
+            keepers_dir().append("%d.log" % self.port, "%s :%d %s\n" % (time.strftime("%Y-%m-%d %H:%M:%S"),
+                                                                       self.port, safe(text)))
+        except (OSError, ParkError):
             pass
 
     def send_report(self, data):
@@ -635,10 +857,7 @@ class _Keeper:
         for s in self.socks + ([self.ctl] if self.ctl else []):
             s.close()
         self.socks, self.ctl = [], None
-        try:
-            os.unlink(keeper_socket(self.port))
-        except OSError:
-            pass
+        keepers_dir().unlink("%d.sock" % self.port)
 
 
 def _keeper(backend, record, plan, seccomp, drain, hold, report):
@@ -650,7 +869,8 @@ def _keeper(backend, record, plan, seccomp, drain, hold, report):
     for n in (0, 1, 2):
         os.dup2(fd, n)  # nothing of the terminal, nor of a pipe the CLI writes to, is kept open
     os.closerange(3, report)
-    os.closerange(report + 1, 1 << 16)  # the CLI's port lock among them
+    os.closerange(report + 1, 1 << 16)  # the CLI's port lock among them, and its state directory fds
+    _STATE.clear()
     for name in ("SIGINT", "SIGHUP", "SIGQUIT", "SIGTSTP", "SIGTTIN", "SIGTTOU", "SIGPIPE"):
         signal.signal(getattr(signal, name), signal.SIG_IGN)
     k = _Keeper(backend, record, plan, report)
@@ -660,14 +880,14 @@ def _keeper(backend, record, plan, seccomp, drain, hold, report):
     signal.signal(signal.SIGTERM, on_term)
     me = backend.process(os.getpid())
     port = record["port"]
-    path = keeper_socket(port)
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
+    keepers = keepers_dir()
+    name = "%d.sock" % port
+    keepers.unlink(name)
     k.ctl = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    k.ctl.bind(path)
-    os.chmod(path, 0o600)
+    os.umask(0o077)
+    k.ctl.bind(keepers.fd_path(name))  # in the checked 0700 directory; callers are checked with SO_PEERCRED
+    if keepers.owner != os.geteuid():
+        os.chown(name, keepers.owner, -1, dir_fd=keepers.fd, follow_symlinks=False)
     k.ctl.listen(8)
     record["keeper"] = {"pid": os.getpid(), "starttime": me["start"] if me else 0}
     k.save()
@@ -969,7 +1189,7 @@ def _ask_keeper(port, request, timeout=60):
     try:
         s.settimeout(timeout)
         try:
-            s.connect(keeper_socket(port))
+            s.connect(keepers_dir().fd_path("%d.sock" % port))
         except OSError:
             return None
         s.sendall(json.dumps(request).encode() + b"\n")
@@ -999,7 +1219,7 @@ def _hold_view(backend, port, seconds):
     token = rec = None
     while not woke:
         try:
-            rec = read_state(state_path(port))
+            rec = read_state(port) if state_exists(port) else None
         except ParkError:
             rec = None
         token = token or (rec or {}).get("parked_at")
@@ -1104,7 +1324,7 @@ def cmd_resume(args):
     # No keeper holds it: the process runs without its listener (its keeper died, or a signal ended the park
     # while the port was taken). Recreate the listener here.
     with PortLock(port):
-        record = read_state(record["_path"])  # re-read under the lock
+        record = read_state(port)  # re-read under the lock
         plan, notes = _live_plan(backend, record)
         result = _resume_plan(backend, record, plan, args.force, args.wait or 0)
     return _print_resumed(record, port, {"ok": True, "notes": notes, "held": result["held"],

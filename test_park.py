@@ -1089,56 +1089,105 @@ class LogicTest(unittest.TestCase):
         self.assertEqual(p.where(["::", 3000]), "[::]:3000")
         self.assertEqual(p.where(["127.0.0.1", 80]), "127.0.0.1:80")
 
+    def use_home(self, path):
+        old = os.environ.get("PARK_HOME")
+        os.environ["PARK_HOME"] = path
+        self.addCleanup(lambda: os.environ.__setitem__("PARK_HOME", old) if old else os.environ.pop("PARK_HOME"))
+
     def test_state_files_are_checked(self):
+        """Every malformed variant of a real record is refused by read_state with one line naming the file."""
         p = self.park
         d = tempfile.mkdtemp()
         self.addCleanup(shutil.rmtree, d, True)
-        good = {"kind": p.KIND, "schema": p.SCHEMA, "port": 3000, "holders": [{"pid": 5, "starttime": 9}],
-                "listeners": []}
-        samples = {
-            "garbage.json": b"\x00\xffnot json",
-            "foreign.json": b'{"hello": 1}',
-            "list.json": b"[1, 2]",
-            "schema.json": json.dumps(dict(good, schema=99)).encode(),
-            "fields.json": json.dumps(dict(good, holders=[{"pid": "x"}])).encode(),
-        }
-        for name, data in samples.items():
-            path = os.path.join(d, name)
-            with open(path, "wb") as f:
-                f.write(data)
-            with self.subTest(name=name):
+        self.use_home(os.path.join(d, "h"))
+        good = good_record(p)
+        p.write_state(dict(good))
+        self.assertEqual(p.read_state(3000)["port"], 3000)
+        for name, bad in bad_records(good):
+            with self.subTest(variant=name):
+                with open(p.state_path(3000), "wb") as f:
+                    f.write(bad if isinstance(bad, bytes) else json.dumps(bad).encode())
                 with self.assertRaises(p.ParkError) as cm:
-                    p.read_state(path)
-                self.assertIn(path, str(cm.exception))
+                    p.read_state(3000)
+                self.assertIn(p.state_path(3000), str(cm.exception))
                 self.assertIn("rm ", cm.exception.fix)
-        path = os.path.join(d, "good.json")
-        with open(path, "w") as f:
-            json.dump(good, f)
-        self.assertEqual(p.read_state(path)["port"], 3000)
 
     def test_state_is_private_and_atomic(self):
         p = self.park
         home = tempfile.mkdtemp()
         self.addCleanup(shutil.rmtree, home, True)
-        old = os.environ.get("PARK_HOME")
-        os.environ["PARK_HOME"] = os.path.join(home, "h")
-        try:
-            p.write_state({"kind": p.KIND, "schema": p.SCHEMA, "port": 8, "holders": [], "listeners": []})
-            path = p.state_path(8)
-            self.assertEqual(os.stat(path).st_mode & 0o777, 0o600)
-            self.assertEqual(os.stat(os.path.dirname(path)).st_mode & 0o777, 0o700)
-            self.assertEqual(os.stat(os.path.join(home, "h")).st_mode & 0o777, 0o700)
-            self.assertEqual(os.listdir(os.path.dirname(path)), ["8.json"], "no temporary file left behind")
-            with p.PortLock(8):
-                with self.assertRaises(p.ParkError) as cm:
-                    with p.PortLock(8):
-                        pass
-                self.assertIn("another park command", str(cm.exception))
-        finally:
-            if old is None:
-                os.environ.pop("PARK_HOME")
-            else:
-                os.environ["PARK_HOME"] = old
+        self.use_home(os.path.join(home, "h"))
+        p.write_state(dict(good_record(p), port=8))
+        path = p.state_path(8)
+        self.assertEqual(os.stat(path).st_mode & 0o777, 0o600)
+        self.assertEqual(os.stat(os.path.dirname(path)).st_mode & 0o777, 0o700)
+        self.assertEqual(os.stat(os.path.join(home, "h")).st_mode & 0o777, 0o700)
+        self.assertEqual(os.listdir(os.path.dirname(path)), ["8.json"], "no temporary file left behind")
+        with p.PortLock(8):
+            with self.assertRaises(p.ParkError) as cm:
+                with p.PortLock(8):
+                    pass
+            self.assertIn("another park command", str(cm.exception))
+
+
+def good_record(p, port=3000, pid=4242, start=777):
+    """A state record as park writes it, for a made-up process."""
+    return {"kind": p.KIND, "schema": p.SCHEMA, "version": p.__version__, "port": port, "parked_at": 1.5,
+            "holders": [{"pid": pid, "starttime": start, "uid": 0, "name": "node", "argv": ["node", "s.js"]}],
+            "listeners": [{"inode": 99, "family": 2, "host": "127.0.0.1", "port": port,
+                           "address": ["127.0.0.1", port], "backlog": 511, "nonblock": True,
+                           "options": [[1, "SO_REUSEADDR", 2, "int", 1]],
+                           "holders": [{"pid": pid, "fds": [{"fd": 18, "cloexec": True, "nonblock": True}],
+                                        "epoll": [{"epfd": 13, "tfd": 18, "events": 25, "data": 18}]}]}],
+            "seccomp": False, "keeper": {"pid": 4243, "starttime": 778}}
+
+
+def bad_records(good):
+    """(name, bytes or record) for every way park's own state file can be malformed."""
+    import copy
+
+    def v(name, edit):
+        r = copy.deepcopy(good)
+        edit(r)
+        return name, r
+    L = lambda r: r["listeners"][0]  # noqa: E731
+    H = lambda r: r["listeners"][0]["holders"][0]  # noqa: E731
+    return [
+        ("garbage", b"\x00\xffnot json"), ("not an object", b"[1, 2]"), ("foreign", b'{"hello": 1}'),
+        v("schema", lambda r: r.update(schema=99)),
+        v("port of another file", lambda r: r.update(port=3001)),
+        v("parked_at", lambda r: r.update(parked_at="x")),
+        v("no holders", lambda r: r.update(holders=[])),
+        v("holders not a list", lambda r: r.update(holders={"pid": 1})),
+        v("holder pid text", lambda r: r["holders"][0].update(pid="x")),
+        v("holder pid 1", lambda r: r["holders"][0].update(pid=1)),
+        v("holder pid bool", lambda r: r["holders"][0].update(pid=True)),
+        v("holder starttime missing", lambda r: r["holders"][0].pop("starttime")),
+        v("holder uid negative", lambda r: r["holders"][0].update(uid=-1)),
+        v("argv not strings", lambda r: r["holders"][0].update(argv=[1])),
+        v("listener empty", lambda r: r.update(listeners=[{}])),
+        v("listener family", lambda r: L(r).update(family=1)),
+        v("listener address", lambda r: L(r).update(address=["not an ip", 3000])),
+        v("listener address port", lambda r: L(r).update(address=["127.0.0.1", 22])),
+        v("listener backlog", lambda r: L(r).update(backlog=-5)),
+        v("listener nonblock", lambda r: L(r).update(nonblock="yes")),
+        v("option shape", lambda r: L(r).update(options=[[1, "SO_REUSEADDR"]])),
+        v("option kind", lambda r: L(r).update(options=[[1, "SO_REUSEADDR", 2, "ptr", 1]])),
+        v("option value", lambda r: L(r).update(options=[[1, "SO_REUSEADDR", 2, "int", "x"]])),
+        v("listener holder not a holder", lambda r: H(r).update(pid=1)),
+        v("listener holder without fds", lambda r: H(r).update(fds=[])),
+        v("fd negative", lambda r: H(r)["fds"][0].update(fd=-1)),
+        v("fd huge", lambda r: H(r)["fds"][0].update(fd=1 << 40)),
+        v("cloexec", lambda r: H(r)["fds"][0].update(cloexec=None)),
+        v("epoll tfd not a recorded fd", lambda r: H(r)["epoll"][0].update(tfd=3)),
+        v("epoll data over 64 bits", lambda r: H(r)["epoll"][0].update(data=1 << 64)),
+        v("epoll events", lambda r: H(r)["epoll"][0].update(events=-1)),
+        v("keeper", lambda r: r.update(keeper={"pid": "x"})),
+        v("hold", lambda r: r.update(hold={"pid": 5, "starttime": 1, "sockets": [{}]})),
+        v("timer", lambda r: r.update(timer={"until": "soon"})),
+        v("ended", lambda r: r.update(ended={"reason": 5})),
+        v("seccomp", lambda r: r.update(seccomp="no")),
+    ]
 
 
 @unittest.skipUnless(sys.platform.startswith("linux") and platform.machine() == "x86_64", "Linux x86_64 backend")
