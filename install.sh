@@ -11,9 +11,9 @@ set -u
 BASE_URL="https://raw.githubusercontent.com/park-sh/park/main"
 
 # sha256 of each file at this release (test_park.py fails, printing these lines, when one differs).
-SHA256_park_py="bc9b79a1d9b663a1acd6a2fd1c24aa3dd9a6c84e69a956e89b1118eab79a0f2a"
+SHA256_park_py="e1a3342d71832beda1fe86831e3c4f143a6b71485153568f4f35b8ee9935c926"
 SHA256_park_darwin_arm64_py="35e04a52d80d7f0bec27951dd9d39527268a8dfc71ddaf28203861b6a83c51bd"
-SHA256_park_linux_x86_64_py="5378bc7c15a07f1fbdbfdccbdeaef0042a15057bf55a8b3ee68b6863103e60fc"
+SHA256_park_linux_x86_64_py="a38950fb15d8616a5fa8eb4a3b417e651def5a91d3bcf937ce666df18a49b2fc"
 
 say() { printf 'park-install: %s\n' "$*"; }
 err() { printf 'park-install: error: %s\n' "$*" >&2; }

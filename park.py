@@ -37,7 +37,7 @@ BACKENDS = {("linux", "x86_64"): "park_linux_x86_64", ("darwin", "arm64"): "park
 BASE_URL = "https://raw.githubusercontent.com/park-sh/park/main"
 PINS = {
     "park_darwin_arm64": "35e04a52d80d7f0bec27951dd9d39527268a8dfc71ddaf28203861b6a83c51bd",
-    "park_linux_x86_64": "5378bc7c15a07f1fbdbfdccbdeaef0042a15057bf55a8b3ee68b6863103e60fc",
+    "park_linux_x86_64": "a38950fb15d8616a5fa8eb4a3b417e651def5a91d3bcf937ce666df18a49b2fc",
 }
 SCHEMA = 1
 KIND = "park.parked"
@@ -690,7 +690,7 @@ def _prepare(backend, port, force):
             info = backend.process(pid)
             if info is None:
                 raise ParkError("pid %d exited while park looked at it" % pid, fix="park %d" % port)
-            why = refusal(info, port, me, force)
+            why = refusal(info, port, me, force) or _not_owners(info, port)
             if why:
                 raise ParkError(why[0], fix=why[1])
             infos[pid] = info
@@ -707,6 +707,51 @@ def _prepare(backend, port, force):
         "seccomp": any(i["seccomp"] == 2 for i in infos.values()) and me == 0,
     }
     return record, plan, record["seccomp"]
+
+
+def _not_owners(info, port):
+    """Root with a state directory that another user owns acts only on that user's processes (so that
+    `sudo park resume` works for a server you parked yourself, and a state file of yours can steer nothing
+    else): (message, fix) when info is not one of them, else None."""
+    owner = state().owner
+    if owner == os.geteuid() or info["uid"] == owner:
+        return None
+    return ("pid %d (%s) belongs to uid %d, but the state directory %s belongs to uid %d: park acts only on "
+            "uid %d's processes with it" % (info["pid"], info["name"], info["uid"], state().path, owner, owner),
+            "PARK_HOME=/root/.park park %d  (a state directory of root's own)" % port)
+
+
+def recheck(backend, record):
+    """Before acting on a record with no keeper to vouch for it: each holder that is still the recorded
+    process may be touched (the refusals of `park PORT` apply again, checked against /proc, never the file),
+    and looks as park left it: no recorded listener fd open, each recorded epoll fd an epoll instance."""
+    me = os.geteuid()
+    table = getattr(backend, "fds", None)
+    port = record["port"]
+    for h in record["holders"]:
+        info = backend.process(h["pid"])
+        if info is None or info["start"] != h["starttime"]:
+            continue  # gone, or another process now: _live_plan leaves it alone
+        why = refusal(info, port, me, True) or _not_owners(info, port)
+        if why:
+            raise ParkError(why[0], fix=why[1])
+        if table is None:
+            continue
+        open_fds = table(h["pid"])
+        for l in record["listeners"]:
+            for lh in l["holders"]:
+                if lh["pid"] != h["pid"]:
+                    continue
+                for f in lh["fds"]:
+                    if f["fd"] in open_fds:
+                        raise ParkError("pid %d has fd %d open, where park closed its listener: it is not (or no "
+                                        "longer) parked as the state says" % (h["pid"], f["fd"]),
+                                        fix="park release %d  (forget it; the process is left as it is)" % port)
+                for r in lh.get("epoll", []):
+                    if open_fds.get(r["epfd"]) != "anon_inode:[eventpoll]":
+                        raise ParkError("pid %d has no epoll instance at fd %d, as its state says" % (h["pid"],
+                                                                                                     r["epfd"]),
+                                        fix="park release %d  (forget it; the process is left as it is)" % port)
 
 
 def _why_running(record):
@@ -1135,6 +1180,7 @@ def _keeper_request(k):
             for pid, n in getattr(k, "resend", []):
                 _kill(pid, n)
             k.log("released pid %s" % _pids(k.record))
+            reply["pids"] = [h["pid"] for h in k.record["holders"]]
             k.close()
             remove_state(k.record)
             done = True
@@ -1325,6 +1371,7 @@ def cmd_resume(args):
     # while the port was taken). Recreate the listener here.
     with PortLock(port):
         record = read_state(port)  # re-read under the lock
+        recheck(backend, record)
         plan, notes = _live_plan(backend, record)
         result = _resume_plan(backend, record, plan, args.force, args.wait or 0)
     return _print_resumed(record, port, {"ok": True, "notes": notes, "held": result["held"],
@@ -1449,7 +1496,10 @@ def cmd_release(args):
             if reply is None or not reply.get("ok"):
                 raise ParkError("the keeper of :%d did not let go of it" % port,
                                 fix="park list; then kill %d" % record["keeper"]["pid"])
+            live = [h for h in live if h["pid"] in reply.get("pids", [])]  # the keeper's own, not the file's
         else:
+            if live:
+                recheck(backend, record)
             unhold = getattr(backend, "release", None)  # macOS: park's thread_suspend holds outlive the keeper
             if unhold is not None:
                 try:

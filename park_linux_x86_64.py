@@ -52,6 +52,11 @@ NR_pidfd_open = 434
 NR_pidfd_getfd = 438
 NR_connect = 42
 NR_recvmsg = 47
+NR_pause = 34
+_NAMES = {NR_close: "close", NR_dup3: "dup3", NR_socket: "socket", NR_bind: "bind", NR_listen: "listen",
+          NR_setsockopt: "setsockopt", NR_fcntl: "fcntl", NR_epoll_ctl: "epoll_ctl", NR_connect: "connect",
+          NR_recvmsg: "recvmsg"}
+SYSCALL_DEADLINE = 3.0  # seconds an injected call may take; none of park's calls ever blocks when all is well
 
 O_NONBLOCK = 0o4000  # include/uapi/asm-generic/fcntl.h
 O_CLOEXEC = 0o2000000
@@ -248,6 +253,11 @@ def _proc_fds(pid):
         except OSError:
             pass
     return out
+
+
+def fds(pid):
+    """{fd: what it is} for pid, as /proc/PID/fd shows it ("socket:[N]", "anon_inode:[eventpoll]", a path)."""
+    return _proc_fds(pid)
 
 
 def listeners(port):
@@ -798,9 +808,13 @@ class Tracer:
         return v & (2 ** 64 - 1)
 
     def syscall(self, pid, nr, *args):
-        """Run one system call in pid; return its result, or raise OSError with the target's errno."""
+        """Run one system call in pid; return its result, or raise OSError with the target's errno. A call
+        that has not returned after SYSCALL_DEADLINE is interrupted, and is an Error naming it."""
         p = self.procs[pid]
         self._prepare(p)
+        name = _NAMES.get(nr, "system call %d" % nr)
+        if _failpoint("hang", name):
+            nr = NR_pause  # test hook: a call that never returns until park interrupts it
         regs = user_regs_struct.from_buffer_copy(p.saved)
         regs.rip, regs.rax, regs.orig_rax = p.gadget, nr, 2 ** 64 - 1
         for name, value in zip(("rdi", "rsi", "rdx", "r10", "r8", "r9"), args):
@@ -809,10 +823,7 @@ class Tracer:
         out = user_regs_struct()
         for _ in range(50):
             _ptrace(PTRACE_SINGLESTEP, p.tid)
-            try:
-                _, status = os.waitpid(p.tid, WALL)
-            except ChildProcessError:
-                status = 0
+            status = self._wait_step(p, name)
             if not os.WIFSTOPPED(status):
                 raise Error("pid %d died while park was working on it" % pid)
             _ptrace(PTRACE_GETREGS, p.tid, 0, ctypes.addressof(out))
@@ -823,6 +834,33 @@ class Tracer:
                 return result
             # A pending event stop (seizing a group-stopped task) can land before the step: step again.
         raise Error("pid %d did not run the injected system call" % pid)
+
+    def _wait_step(self, p, name):
+        """The wait status after a single step; past the deadline the call is interrupted (a blocking call
+        returns at once, -EINTR or a restart code, and the thread stops) and that is an Error."""
+        deadline = time.monotonic() + SYSCALL_DEADLINE
+        spins = 0
+        while True:
+            try:
+                got, status = os.waitpid(p.tid, WALL | os.WNOHANG)
+            except ChildProcessError:
+                return 0
+            if got:
+                return status
+            if time.monotonic() > deadline:
+                try:
+                    _ptrace(PTRACE_INTERRUPT, p.tid)
+                    self._wait_stopped(p.tid)
+                except (OSError, Error):
+                    pass
+                raise Error("the injected %s() in pid %d did not return within %g s; park interrupted it"
+                            % (name, p.pid, SYSCALL_DEADLINE), fix="look at what pid %d is doing "
+                            "(cat /proc/%d/task/%d/stack), then try again" % (p.pid, p.pid, p.tid))
+            spins += 1
+            if spins < 2000:
+                os.sched_yield()  # a step takes microseconds: stay close to it
+            else:
+                time.sleep(0.001)
 
     def scratch(self, pid, data, reset=False):
         """Copy data into the target's scratch area and return its address there (valid until release).
@@ -1356,50 +1394,85 @@ def _configure(tracer, l, pid, new, force):
 
 
 def _give_fd(tracer, pid, local_fd):
-    """Put a copy of park's local_fd into pid, passed with SCM_RIGHTS over an abstract unix socket that
-    only pid may connect to; returns its fd number there (FD_CLOEXEC set)."""
-    name = b"\0park-%d-%s" % (os.getpid(), os.urandom(8).hex().encode())
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as lsock:
-        lsock.bind(name)
-        lsock.listen(1)
-        lsock.settimeout(5)
+    """Put a copy of park's local_fd into pid, passed with SCM_RIGHTS over a unix socket in a fresh 0700
+    directory (chowned to pid's user when that is another one) that nobody else can reach; returns its fd
+    number there (FD_CLOEXEC set). The directory is made in pid's own /tmp (through /proc/PID/root, so a
+    private /tmp or another mount namespace works too). A peer other than pid is dropped."""
+    import tempfile
+    base = "/proc/%d/root/tmp" % pid
+    uid = (process(pid) or {}).get("uid", os.geteuid())
+    try:
+        d = tempfile.mkdtemp(prefix="park-", dir=base if os.access(base, os.W_OK) else "/tmp")
+    except OSError as e:
+        raise Error("cannot make a directory to pass the listener to pid %d: %s" % (pid, e.strerror))
+    mine = os.path.join(d, "s")
+    theirs = ("/tmp" + d[len(base):] if d.startswith(base + "/") else d) + "/s"
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as lsock:
+            lsock.bind(mine)
+            if uid != os.geteuid():
+                os.chown(mine, uid, -1)
+                os.chown(d, uid, -1)
+            lsock.listen(4)
+            try:
+                u = tracer.syscall(pid, NR_socket, AF_UNIX, SOCK_STREAM | O_CLOEXEC, 0)
+            except OSError as e:
+                raise Error("cannot pass the listener to pid %d: %s" % (pid, e.strerror), errno=e.errno)
+            try:
+                sun = struct.pack("=H", AF_UNIX) + theirs.encode() + b"\0"
+                tracer.syscall(pid, NR_connect, u, tracer.scratch(pid, sun, reset=True), len(sun))
+                _send_to(lsock, pid, local_fd)
+                buf = tracer.scratch(pid, bytes(8), reset=True)
+                cmsg = tracer.scratch(pid, bytes(24))
+                iov = tracer.scratch(pid, struct.pack("=QQ", buf, 1))
+                # struct msghdr (include/linux/socket.h): name, namelen, iov, iovlen, control, controllen, flags
+                msg = tracer.scratch(pid, struct.pack("=QI4xQQQQi4x", 0, 0, iov, 1, cmsg, 24, 0))
+                tracer.syscall(pid, NR_recvmsg, u, msg, MSG_CMSG_CLOEXEC)
+                length, level, kind, fd = struct.unpack("=QiiI4x", tracer.read_scratch(pid, cmsg, 24))
+                if level != SOL_SOCKET or kind != SCM_RIGHTS or length < 20:
+                    raise Error("pid %d did not receive the listener" % pid)
+                return fd
+            except OSError as e:
+                raise Error("cannot pass the listener to pid %d: %s" % (pid, e.strerror), errno=e.errno)
+            finally:
+                tracer.syscall(pid, NR_close, u)
+    finally:
+        for path, rm in ((mine, os.unlink), (d, os.rmdir)):
+            try:
+                rm(path)
+            except OSError:
+                pass
+
+
+def _send_to(lsock, pid, local_fd):
+    """Accept pid's connection on lsock (any other peer is dropped) and send it local_fd, by a deadline."""
+    deadline = time.monotonic() + SYSCALL_DEADLINE
+    while True:
+        lsock.settimeout(max(0.01, deadline - time.monotonic()))
         try:
-            u = tracer.syscall(pid, NR_socket, AF_UNIX, SOCK_STREAM | O_CLOEXEC, 0)
-        except OSError as e:
-            raise Error("cannot pass the listener to pid %d: %s" % (pid, e.strerror), errno=e.errno)
-        try:
-            sun = struct.pack("=H", AF_UNIX) + name
-            tracer.syscall(pid, NR_connect, u, tracer.scratch(pid, sun, reset=True), len(sun))
             conn, _ = lsock.accept()
-            with conn:
-                peer = struct.unpack("=iII", conn.getsockopt(SOL_SOCKET, SO_PEERCRED, 12))[0]
-                if peer != pid:  # somebody else raced to the name: never hand them the socket
-                    raise Error("an unexpected process (pid %d) connected while park passed the listener" % peer)
+        except OSError:
+            raise Error("pid %d did not connect to park to take the listener" % pid)
+        with conn:
+            peer = struct.unpack("=iII", conn.getsockopt(SOL_SOCKET, SO_PEERCRED, 12))[0]
+            if peer == pid:
                 conn.sendmsg([b"\0"], [(SOL_SOCKET, SCM_RIGHTS, struct.pack("=i", local_fd))])
-            buf = tracer.scratch(pid, bytes(8), reset=True)
-            cmsg = tracer.scratch(pid, bytes(24))
-            iov = tracer.scratch(pid, struct.pack("=QQ", buf, 1))
-            # struct msghdr (include/linux/socket.h): name, namelen, iov, iovlen, control, controllen, flags
-            msg = tracer.scratch(pid, struct.pack("=QI4xQQQQi4x", 0, 0, iov, 1, cmsg, 24, 0))
-            tracer.syscall(pid, NR_recvmsg, u, msg, MSG_CMSG_CLOEXEC)
-            length, level, kind, fd = struct.unpack("=QiiI4x", tracer.read_scratch(pid, cmsg, 24))
-            if level != SOL_SOCKET or kind != SCM_RIGHTS or length < 20:
-                raise Error("pid %d did not receive the listener" % pid)
-            return fd
-        except OSError as e:
-            raise Error("cannot pass the listener to pid %d: %s" % (pid, e.strerror), errno=e.errno)
-        finally:
-            tracer.syscall(pid, NR_close, u)
+                return
 
 
-def _failpoint(name):
-    """PARK_FAILPOINT=NAME:N makes the Nth call here fail as EADDRINUSE (tests use it to prove rollbacks)."""
-    spec = os.environ.get("PARK_FAILPOINT", "")
-    if not spec.startswith(name + ":"):
-        return
-    _FAILS[name] = _FAILS.get(name, 0) + 1
-    if _FAILS[name] == int(spec.split(":")[1]):
+def _failpoint(kind, name=None):
+    """Test hooks, for tests that prove rollbacks: PARK_FAILPOINT=bind:N makes the Nth rebind fail as
+    EADDRINUSE; PARK_FAILPOINT=hang:NAME:N turns the Nth injected NAME() into a call that never returns."""
+    spec = os.environ.get("PARK_FAILPOINT", "").split(":")
+    key = [kind] + ([name] if name else [])
+    if spec[:-1] != key:
+        return False
+    _FAILS[tuple(key)] = _FAILS.get(tuple(key), 0) + 1
+    if _FAILS[tuple(key)] != int(spec[-1]):
+        return False
+    if kind == "bind":
         raise OSError(errno.EADDRINUSE, os.strerror(errno.EADDRINUSE) + " (PARK_FAILPOINT)")
+    return True
 
 
 _FAILS = {}

@@ -4713,7 +4713,8 @@ class DarwinFrontTest(ParkTestCase):
         self.calls = []
         fake = type(sys)(name)
         fake.Error = type("Error", (Exception,), {"fix": None, "errno": None, "parked": False})
-        fake.process = lambda pid: {"pid": pid, "start": 7, "state": "T", "name": "sleep", "argv": ["sleep"]}
+        fake.process = lambda pid: {"pid": pid, "start": 7, "state": "T", "name": "sleep", "argv": ["sleep"],
+                                    "uid": os.geteuid(), "kernel": False, "tracer": 0, "seccomp": 0}
         fake.stopped = lambda info: True
         fake.held = lambda info, keeper: keeper is not None
         fake.release = self.calls.append
