@@ -11,9 +11,9 @@ set -u
 BASE_URL="https://raw.githubusercontent.com/park-sh/park/main"
 
 # sha256 of each file at this release (test_park.py fails, printing these lines, when one differs).
-SHA256_park_py="e1a3342d71832beda1fe86831e3c4f143a6b71485153568f4f35b8ee9935c926"
+SHA256_park_py="97faab1ce4ed3761759c884b1a5f947597c860871c228347f0a84dbb28cbbbd7"
 SHA256_park_darwin_arm64_py="35e04a52d80d7f0bec27951dd9d39527268a8dfc71ddaf28203861b6a83c51bd"
-SHA256_park_linux_x86_64_py="a38950fb15d8616a5fa8eb4a3b417e651def5a91d3bcf937ce666df18a49b2fc"
+SHA256_park_linux_x86_64_py="2a19bbb76879867779bc97b86817be403d9bc71300378dca85acb6ceed5f28f1"
 
 say() { printf 'park-install: %s\n' "$*"; }
 err() { printf 'park-install: error: %s\n' "$*" >&2; }

@@ -37,7 +37,7 @@ BACKENDS = {("linux", "x86_64"): "park_linux_x86_64", ("darwin", "arm64"): "park
 BASE_URL = "https://raw.githubusercontent.com/park-sh/park/main"
 PINS = {
     "park_darwin_arm64": "35e04a52d80d7f0bec27951dd9d39527268a8dfc71ddaf28203861b6a83c51bd",
-    "park_linux_x86_64": "a38950fb15d8616a5fa8eb4a3b417e651def5a91d3bcf937ce666df18a49b2fc",
+    "park_linux_x86_64": "2a19bbb76879867779bc97b86817be403d9bc71300378dca85acb6ceed5f28f1",
 }
 SCHEMA = 1
 KIND = "park.parked"
@@ -638,17 +638,66 @@ def record_status(backend, record):
     return "parked", states
 
 
-def find_record(text):
-    """The state record for a PORT|PID argument."""
+def find_record(text, backend=None, verb="resume"):
+    """The state record for a PORT|PID argument. As root under sudo, a port not parked in root's own state
+    is looked up in the state of the user who ran sudo (said once on stderr); a user who finds nothing is
+    told when a park run as root holds one of their processes."""
     kind, n = parse_target(text)
+    found = _lookup(kind, n)
+    if found is None:
+        caller = _sudo_caller_state()
+        if caller is not None:
+            os.environ["PARK_HOME"] = caller  # this command (and a keeper it forks) now uses that state
+            found = _lookup(kind, n)
+            if found is not None:
+                sys.stderr.write("park: note: using %s, the state of uid %d, who ran sudo\n" % (caller,
+                                                                                           state().owner))
+    if found is not None:
+        return found
+    fix = "park list  (shows what is parked)"
+    held = _held_by_root(backend) if backend is not None and os.geteuid() != 0 else []
+    if held:
+        fix = "sudo park %s %s  (pid %d of yours is held by a park run as root, keeper pid %d)" % (
+            verb, text, held[0][0], held[0][1])
+    raise ParkError("nothing is parked on :%d%s" % (n, "" if kind == "port" else " or as pid %d" % n), fix=fix)
+
+
+def _lookup(kind, n):
     if n <= 65535 and state_exists(n):
         return read_state(n)
     if kind == "any":
         for r in all_states():
             if any(h["pid"] == n for h in r["holders"]):
                 return r
-    raise ParkError("nothing is parked on :%d%s" % (n, "" if kind == "port" else " or as pid %d" % n),
-                    fix="park list  (shows what is parked)")
+    return None
+
+
+def _sudo_caller_state():
+    """The ~/.park of the user who ran sudo, when park runs as root with no PARK_HOME, and it exists."""
+    import pwd
+    import stat
+    uid = os.environ.get("SUDO_UID", "")
+    if os.geteuid() != 0 or os.environ.get("PARK_HOME") or not uid.isdigit() or int(uid) == 0:
+        return None
+    try:
+        path = os.path.join(pwd.getpwuid(int(uid)).pw_dir, ".park")
+        st = os.lstat(path)
+    except (KeyError, OSError):
+        return None
+    return path if stat.S_ISDIR(st.st_mode) and st.st_uid == int(uid) else None
+
+
+def _held_by_root(backend):
+    """[(pid, tracer)] of this user's processes that root's processes trace (a park run with sudo)."""
+    pids = getattr(backend, "pids", None)
+    out = []
+    for pid in pids() if pids else []:
+        info = backend.process(pid)
+        if info and info["uid"] == os.geteuid() and info.get("tracer"):
+            tracer = backend.process(info["tracer"])
+            if tracer and tracer["uid"] == 0 and any("park" in a for a in tracer["argv"][:3]):
+                out.append((pid, info["tracer"]))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -1356,7 +1405,7 @@ class PortBusy(ParkError):
 def cmd_resume(args):
     import time
     backend = load_backend()
-    record = find_record(args.target)
+    record = find_record(args.target, backend)
     port = record["port"]
     deadline = time.monotonic() + (args.wait or 0)
     while not record.get("ended") and keeper_alive(backend, record):
@@ -1485,7 +1534,7 @@ def cmd_swap(args):
 def cmd_release(args):
     import signal
     backend = load_backend()
-    record = find_record(args.target)
+    record = find_record(args.target, backend, "release")
     port = record["port"]
     sig = signal.SIGKILL if args.force else signal.SIGTERM if args.kill else None
     with PortLock(port):

@@ -255,6 +255,11 @@ def _proc_fds(pid):
     return out
 
 
+def pids():
+    """Every process id on the machine."""
+    return [int(n) for n in os.listdir("/proc") if n.isdigit()]
+
+
 def fds(pid):
     """{fd: what it is} for pid, as /proc/PID/fd shows it ("socket:[N]", "anon_inode:[eventpoll]", a path)."""
     return _proc_fds(pid)
