@@ -94,7 +94,11 @@ uninstall() {  # PREFIX BIN_DIR
     say "your state in ~/.park (if any) was left alone"
 }
 
+# A value as one single-quoted shell word, so that no path can run code when the launcher runs.
+quote() { printf "'%s'" "$(printf '%s' "$1" | sed "s/'/'\\\\''/g")"; }
+
 main() {
+    umask 022  # what is installed is writable by its owner only, whatever the caller's umask (e.g. 000)
     if [ "$(id -u)" = 0 ]; then
         bin_dir=/usr/local/bin
         prefix=/usr/local/share/park
@@ -161,7 +165,7 @@ main() {
 #!/bin/sh
 # installed by park install.sh; remove with: sh install.sh --uninstall
 exec python3 -I -c 'import sys; sys.path.insert(0, sys.argv.pop(1)); import park; sys.exit(park.main())' \\
-    "$prefix" "\$@"
+    $(quote "$prefix") "\$@"
 EOF
     if ! { chmod 0755 "$bin_dir/park.new" && mv -f "$bin_dir/park.new" "$bin_dir/park"; }; then
         err "cannot write $bin_dir/park"

@@ -2170,6 +2170,28 @@ class DistributionTest(LiveTestCase):
         self.assertFalse(os.path.exists(launcher))
         self.assertFalse(os.path.exists(prefix))
 
+    def test_install_sh_under_umask_000_with_a_hostile_prefix(self):
+        """Nothing install.sh creates is writable by others, even under umask 000, and a --prefix full of shell
+        syntax is pasted into the launcher as one quoted word: running the launcher runs no part of it."""
+        self.serve_tree()
+        mark = os.path.join(self.tmp, "PWNED")
+        prefix = os.path.join(self.tmp, "p $(touch %s) `touch %s` it's \"q\"" % (mark, mark))
+        bindir = os.path.join(self.tmp, "bin")
+        argv = ["sh", "-c", 'umask 000; exec sh "$@"', "sh", os.path.join(self.tree, "install.sh"),
+                "--base-url", self.env["PARK_BASE_URL"], "--bin-dir", bindir, "--prefix", prefix]
+        r = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
+                           env=self.env, cwd=self.cwd, timeout=CHILD_TIMEOUT)
+        self.assertEqual(r.returncode, 0, r)
+        for root, dirs, files in os.walk(self.tmp):
+            if not (root.startswith(prefix) or root.startswith(bindir)):
+                continue
+            for name in [root] + [os.path.join(root, f) for f in files]:
+                self.assertFalse(os.stat(name).st_mode & 0o022, "%s is writable by others" % name)
+        v = subprocess.run([os.path.join(bindir, "park"), "--version"], stdout=subprocess.PIPE,
+                           universal_newlines=True, env=self.env)
+        self.assertRegex(v.stdout, r"^park \d+\.\d+\.\d+")
+        self.assertFalse(os.path.exists(mark), "the prefix ran as code")
+
     def test_install_sh_refuses_a_wrong_checksum(self):
         with open(os.path.join(self.tree, "park.py"), "a") as f:
             f.write("\n# tampered\n")
