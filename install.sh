@@ -11,9 +11,9 @@ set -u
 BASE_URL="https://raw.githubusercontent.com/park-sh/park/main"
 
 # sha256 of each file at this release (test_park.py fails, printing these lines, when one differs).
-SHA256_park_py="97faab1ce4ed3761759c884b1a5f947597c860871c228347f0a84dbb28cbbbd7"
+SHA256_park_py="9e43f71295c2f3f1269de875bcfbf34f29d789014a2486208880d0a580f188b8"
 SHA256_park_darwin_arm64_py="35e04a52d80d7f0bec27951dd9d39527268a8dfc71ddaf28203861b6a83c51bd"
-SHA256_park_linux_x86_64_py="2a19bbb76879867779bc97b86817be403d9bc71300378dca85acb6ceed5f28f1"
+SHA256_park_linux_x86_64_py="6eece2cab033c4eac1d18603d81843060132d5e6604694586f422d8f32f50ad3"
 
 say() { printf 'park-install: %s\n' "$*"; }
 err() { printf 'park-install: error: %s\n' "$*" >&2; }

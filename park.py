@@ -37,7 +37,7 @@ BACKENDS = {("linux", "x86_64"): "park_linux_x86_64", ("darwin", "arm64"): "park
 BASE_URL = "https://raw.githubusercontent.com/park-sh/park/main"
 PINS = {
     "park_darwin_arm64": "35e04a52d80d7f0bec27951dd9d39527268a8dfc71ddaf28203861b6a83c51bd",
-    "park_linux_x86_64": "2a19bbb76879867779bc97b86817be403d9bc71300378dca85acb6ceed5f28f1",
+    "park_linux_x86_64": "6eece2cab033c4eac1d18603d81843060132d5e6604694586f422d8f32f50ad3",
 }
 SCHEMA = 1
 KIND = "park.parked"
@@ -258,6 +258,14 @@ class StateDir:
         except FileNotFoundError:
             if not create:
                 raise
+            if owner is None and me == 0:
+                # Root in someone else's HOME (sudo that keeps HOME, as on macOS): the state is that user's,
+                # and then steers only that user's processes (see _not_owners).
+                try:
+                    parent = os.stat(os.path.dirname(os.path.abspath(path))).st_uid
+                except OSError:
+                    parent = 0
+                owner = parent if parent != 0 else None
             try:
                 os.mkdir(path, 0o700)
             except FileExistsError:
@@ -322,7 +330,13 @@ class StateDir:
 
     def open_file(self, name, flags, mode=0o600):
         """os.open of name in this directory: never through a symlink, and a file park creates is its owner's."""
-        fd = os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=self.fd)
+        try:
+            fd = os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=self.fd)
+        except OSError as e:
+            if e.errno == 40:  # ELOOP: name is a symlink
+                raise ParkError("%s is a symlink; park does not follow it" % self.where(name),
+                                fix="rm %s" % self.where(name))
+            raise
         try:
             self._check_file(fd, name)
             if flags & os.O_CREAT and os.fstat(fd).st_uid != self.owner:
@@ -343,13 +357,7 @@ class StateDir:
                             fix="rm %s" % self.where(name))
 
     def read(self, name):
-        try:
-            fd = self.open_file(name, os.O_RDONLY)
-        except OSError as e:
-            if e.errno == 40:  # ELOOP: a symlink
-                raise ParkError("%s is a symlink; park does not follow it" % self.where(name),
-                                fix="rm %s" % self.where(name))
-            raise
+        fd = self.open_file(name, os.O_RDONLY)
         with os.fdopen(fd, "rb") as f:
             return f.read()
 

@@ -822,8 +822,8 @@ class Tracer:
             nr = NR_pause  # test hook: a call that never returns until park interrupts it
         regs = user_regs_struct.from_buffer_copy(p.saved)
         regs.rip, regs.rax, regs.orig_rax = p.gadget, nr, 2 ** 64 - 1
-        for name, value in zip(("rdi", "rsi", "rdx", "r10", "r8", "r9"), args):
-            setattr(regs, name, value & (2 ** 64 - 1))
+        for reg, value in zip(("rdi", "rsi", "rdx", "r10", "r8", "r9"), args):
+            setattr(regs, reg, value & (2 ** 64 - 1))
         _ptrace(PTRACE_SETREGS, p.tid, 0, ctypes.addressof(regs))
         out = user_regs_struct()
         for _ in range(50):

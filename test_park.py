@@ -2850,6 +2850,409 @@ class KeeperTest(LiveTestCase):
         self.wait_for(lambda: proc_state(keeper) in (None, "Z"), "the keeper to exit after resume")
 
 
+def users_python():
+    """A python3 that the test users can run: this one, unless it lives in a private directory (pyenv in
+    /root), then the system's."""
+    for exe in (sys.executable, "/usr/bin/python3", "/usr/local/bin/python3"):
+        d, ok = os.path.realpath(exe), True
+        while d != "/":
+            d = os.path.dirname(d)
+            ok = ok and bool(os.stat(d).st_mode & 0o001)
+        if ok and os.path.exists(exe) and os.stat(os.path.realpath(exe)).st_mode & 0o005 == 0o005:
+            return exe
+    return None
+
+
+class SecurityTest(LiveTestCase):
+    """Two real unprivileged users, made for these tests and deleted after: A, whose state directory root may
+    use, and B, whose processes nothing of A's may touch. Every attack is a real file, link or process."""
+
+    users = []
+
+    @classmethod
+    def setUpClass(cls):
+        cls.users = []
+        if os.geteuid() != 0 or not shutil.which("useradd"):
+            return
+        import pwd
+        cls.homes = tempfile.mkdtemp(prefix="park-users-")
+        os.chmod(cls.homes, 0o755)
+        for tag in ("a", "b"):
+            name = "parkt%s%d" % (tag, os.getpid() % 100000)
+            home = os.path.join(cls.homes, name)
+            r = subprocess.run(["useradd", "-M", "-d", home, "-s", "/bin/sh", name],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            if r.returncode != 0:
+                break
+            user = pwd.getpwnam(name)
+            os.mkdir(home, 0o700)
+            os.chown(home, user.pw_uid, user.pw_gid)
+            cls.users.append(user)
+
+    @classmethod
+    def tearDownClass(cls):
+        for u in cls.users:
+            subprocess.run(["userdel", u.pw_name], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        cls.users = []
+        if getattr(cls, "homes", None):
+            shutil.rmtree(cls.homes, ignore_errors=True)
+
+    def setUp(self):
+        super().setUp()
+        if len(self.users) != 2:
+            self.live_skip("needs root and useradd to make two test users")
+        self.a, self.b = self.users
+        os.chmod(self.tmp, 0o755)
+        self.pub = os.path.join(self.tmp, "pub")  # readable by the test users: park, its backend, fixtures
+        os.mkdir(self.pub, 0o755)
+        for f in (PARK, BACKEND):
+            shutil.copy(f, self.pub)
+        self.park_py = os.path.join(self.pub, "park.py")
+        self.python = users_python()
+        if self.python is None:
+            self.live_skip("no python3 that other users may run (this one lives in a private directory)")
+        self.home_a = self.user_dir(self.a, "home-a")
+        self.home_b = self.user_dir(self.b, "home-b")
+
+    def user_dir(self, user, name, mode=0o700):
+        path = os.path.join(self.tmp, name)
+        os.mkdir(path)
+        os.chown(path, user.pw_uid, user.pw_gid)
+        os.chmod(path, mode)
+        return path
+
+    def as_user(self, user):
+        def drop():
+            os.setgroups([])
+            os.setgid(user.pw_gid)
+            os.setuid(user.pw_uid)
+        return drop
+
+    def run_park(self, *args, user=None, home=None, env=None, expect=None):
+        e = dict(env or self.env)
+        if home is not None:
+            e["PARK_HOME"] = home
+        argv = [self.python, self.park_py] + [str(a) for a in args]
+        r = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, env=e,
+                           timeout=CHILD_TIMEOUT, stdin=subprocess.DEVNULL, cwd=self.pub,
+                           preexec_fn=self.as_user(user) if user else None)
+        what = "park %s (as %s) -> %d\nstdout: %s\nstderr: %s" % (" ".join(map(str, args)), user.pw_name if user
+                                                                 else "root", r.returncode, r.stdout, r.stderr)
+        self.check_output_form(r, what)
+        self.assertNotIn("unexpected error", r.stderr, what)
+        if expect is not None:
+            self.assertEqual(r.returncode, expect, what)
+        return r
+
+    def server_as(self, user, port):
+        """An asyncio fixture running as user (SIGUSR1 would kill it: it has no handler)."""
+        path = os.path.join(self.pub, "fixture-%d.py" % port)
+        with open(path, "w") as f:
+            f.write(PY_ASYNCIO)
+        os.chmod(path, 0o644)
+        log = open(os.path.join(self.tmp, "log-%d.txt" % port), "w+")
+        self.addCleanup(log.close)
+        proc = subprocess.Popen([self.python, "-u", path, str(port)], stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=log, cwd=self.pub, preexec_fn=self.as_user(user))
+        proc.log = log
+        self.addCleanup(self._stop_proc, proc)
+        self.read_ready(proc)
+        self.wait_serving("127.0.0.1", port)
+        return proc
+
+    def write_as(self, user, path, data):
+        """Write a file as user (as that user would plant it)."""
+        code = "import sys; open(sys.argv[1], 'wb').write(sys.stdin.buffer.read())"
+        subprocess.run([self.python, "-c", code, path], input=data, check=True, preexec_fn=self.as_user(user))
+
+    def hostile(self, port, pid, start, **extra):
+        rec = good_record(load_module("park_sec", PARK), port=port, pid=pid, start=start)
+        rec.update(extra)
+        return json.dumps(rec).encode()
+
+    def start_of(self, pid):
+        return int(_read_text("/proc/%d/stat" % pid).rsplit(")", 1)[1].split()[19])
+
+    def test_hostile_state_files_make_root_refuse(self):
+        """Root using A's state directory, where A wrote state files that name B's running server, pid 1 of a
+        pid namespace, A's own server that was never parked, or a fake hold: every command refuses, and the
+        victims keep running untouched (B's server gets no SIGUSR1, no new fd, no signal)."""
+        victim = self.server_as(self.b, self.port)
+        before = (snapshot(self.port), sorted(_fd_links(victim.pid).items()))
+        own_port = free_port()
+        own = self.server_as(self.a, own_port)
+        os.mkdir(os.path.join(self.home_a, "parked"))
+        os.chown(os.path.join(self.home_a, "parked"), self.a.pw_uid, self.a.pw_gid)
+        os.chmod(os.path.join(self.home_a, "parked"), 0o700)
+        cases = {
+            "B's server": (self.port, victim.pid, self.start_of(victim.pid), {}),
+            "B's server as a hold": (self.port, own.pid, self.start_of(own.pid),
+                                     {"hold": {"pid": victim.pid, "starttime": self.start_of(victim.pid),
+                                               "sockets": [{"inode": 1, "family": 2}]}}),
+            "pid 1": (self.port, 1, 0, {}),
+            "A's server, never parked": (own_port, own.pid, self.start_of(own.pid), {}),
+            "a timer due long ago": (self.port, victim.pid, self.start_of(victim.pid), {"timer": {"until": 1.0}}),
+        }
+        for name, (port, pid, start, extra) in cases.items():
+            with self.subTest(case=name):
+                data = self.hostile(port, max(pid, 2), start, **extra)
+                if pid == 1:
+                    data = data.replace(b'"pid": 2,', b'"pid": 1,')
+                self.write_as(self.a, os.path.join(self.home_a, "parked", "%d.json" % port), data)
+                for args in (["resume", port], ["release", port, "--kill", "--force"], ["release", port]):
+                    r = self.run_park(*args, home=self.home_a)
+                    if args[0] == "resume" or "--kill" in args:
+                        self.assertEqual(r.returncode, 1, r)
+                time.sleep(0.3)
+                self.assert_running(victim.pid)
+                self.assert_running(own.pid)
+                self.assertEqual((snapshot(self.port), sorted(_fd_links(victim.pid).items())), before,
+                                 "B's server was changed")
+                self.assertEqual(self.get_count("127.0.0.1", own_port)[0], own.pid)
+                try:
+                    os.unlink(os.path.join(self.home_a, "parked", "%d.json" % port))
+                except FileNotFoundError:
+                    pass
+
+    def test_root_with_a_users_state_acts_only_on_that_users_processes(self):
+        """PARK_HOME (or HOME) owned by A: root may park A's server there, its files end up A's, and root's own
+        server is refused."""
+        mine = self.spawn([sys.executable, "-m", "http.server", "--bind", "127.0.0.1", str(self.port)],
+                          cwd=self.pub)
+        self.wait_serving("127.0.0.1", self.port)
+        before = snapshot(self.port)
+        r = self.run_park(self.port, env=dict(self.env, HOME=self.home_a, PARK_HOME=""), expect=1)
+        self.assertIn("belongs to uid 0, but the state directory %s/.park" % self.home_a, r.stderr)
+        self.assertEqual(os.stat(os.path.join(self.home_a, ".park")).st_uid, self.a.pw_uid,
+                         "root made ~/.park in A's HOME, but not as A's")
+        self.assertEqual(snapshot(self.port), before)
+        self.assert_running(mine.pid)
+        port = free_port()
+        theirs = self.server_as(self.a, port)
+        self.run_park(port, home=self.home_a, expect=0)
+        self.assert_parked(theirs.pid, self.keeper_of_in(self.home_a, theirs.pid))
+        for root, dirs, files in os.walk(self.home_a):
+            for n in dirs + files:
+                st = os.lstat(os.path.join(root, n))
+                self.assertEqual(st.st_uid, self.a.pw_uid, "%s is not A's" % os.path.join(root, n))
+        self.run_park("resume", port, home=self.home_a, expect=0)
+        self.assertEqual(self.get_count("127.0.0.1", port)[0], theirs.pid)
+
+    def keeper_of_in(self, home, pid):
+        with open(os.path.join(home, "parked", "%d.json" % [int(n[:-5]) for n in os.listdir(
+                os.path.join(home, "parked")) if n.endswith(".json")][0])) as f:
+            return json.load(f)["keeper"]["pid"]
+
+    def test_state_directory_is_checked_like_ssh(self):
+        """A symlinked, foreign-owned, group- or world-writable PARK_HOME is refused in one line naming it."""
+        loose = self.user_dir(self.a, "loose", 0o770)
+        world = self.user_dir(self.b, "world", 0o777)
+        link = os.path.join(self.tmp, "link")
+        os.symlink(world, link)
+        plain = os.path.join(self.tmp, "plain-file")
+        with open(plain, "w") as f:
+            f.write("x")
+        cases = [(self.a, link, "is a symlink"), (None, link, "is a symlink"),
+                 (self.a, self.home_b, "belongs to uid %d" % self.b.pw_uid),
+                 (self.a, loose, "writable by its group"), (None, world, "writable by others"),
+                 (None, plain, "is not a directory")]
+        for user, home, says in cases:
+            with self.subTest(user=user and user.pw_name, home=home):
+                before = sorted(os.listdir(os.path.realpath(home))) if os.path.isdir(home) else None
+                r = self.run_park("list", user=user, home=home, expect=1)
+                self.assertIn(says, r.stderr)
+                self.assertIn(home, r.stderr)
+                if before is not None:
+                    self.assertEqual(sorted(os.listdir(os.path.realpath(home))), before, "park wrote there")
+
+    def test_planted_symlinks_are_not_followed(self):
+        """A plants symlinks in its state directory where root's park would write (the lock, the keeper's log,
+        the state file itself): the files they point at stay as they were, or are not created."""
+        port = free_port()
+        theirs = self.server_as(self.a, port)
+        target = os.path.join(self.tmp, "root-file")
+        with open(target, "w") as f:
+            f.write("root's\n")
+        missing = os.path.join(self.tmp, "never-created")
+        for sub in ("locks", "keepers", "parked"):
+            os.mkdir(os.path.join(self.home_a, sub))
+            os.chown(os.path.join(self.home_a, sub), self.a.pw_uid, self.a.pw_gid)
+            os.chmod(os.path.join(self.home_a, sub), 0o700)
+        before = os.stat(target)
+        links = {"locks/%d.lock" % port: missing, "keepers/%d.log" % port: target, "parked/%d.json" % port: target}
+        for rel, to in links.items():
+            subprocess.run(["ln", "-s", to, os.path.join(self.home_a, rel)], check=True,
+                           preexec_fn=self.as_user(self.a))
+        r = self.run_park(port, home=self.home_a, expect=1)
+        self.assertIn("symlink", r.stderr + r.stdout)
+        os.unlink(os.path.join(self.home_a, "locks", "%d.lock" % port))
+        r = self.run_park(port, home=self.home_a)  # past the lock: the state file and the log are links
+        self.run_park("resume", port, home=self.home_a)
+        after = os.stat(target)
+        self.assertEqual((after.st_size, after.st_mtime_ns, after.st_mode), (before.st_size, before.st_mtime_ns,
+                                                                             before.st_mode))
+        with open(target) as f:
+            self.assertEqual(f.read(), "root's\n")
+        self.assertFalse(os.path.exists(missing))
+        self.assert_running(theirs.pid)
+        self.assertEqual(self.get_count("127.0.0.1", port)[0], theirs.pid)
+
+    def test_sudo_resume_of_a_server_the_user_parked(self):
+        """A parks its own server; `sudo park resume` (root, HOME=/root, SUDO_UID=A) finds it in A's state and
+        says which directory it used."""
+        home = os.path.join(self.a.pw_dir, ".park")  # in A's home, as passwd names it
+        self.addCleanup(shutil.rmtree, home, True)
+        port = free_port()
+        theirs = self.server_as(self.a, port)
+        _, n = self.get_count("127.0.0.1", port)
+        env = dict(self.env, HOME=self.a.pw_dir)
+        env.pop("PARK_HOME")
+        self.run_park(port, user=self.a, env=env, expect=0)
+        root_env = dict(self.env, HOME=self.tmp, SUDO_UID=str(self.a.pw_uid), SUDO_USER=self.a.pw_name)
+        root_env.pop("PARK_HOME")
+        r = self.run_park("resume", port, env=root_env, expect=0)
+        self.assertIn("using %s, the state of uid %d" % (home, self.a.pw_uid), r.stderr)
+        self.assertEqual(self.get_count("127.0.0.1", port), (theirs.pid, n + 1))
+
+    def test_a_user_is_told_when_root_holds_their_server(self):
+        port = free_port()
+        theirs = self.server_as(self.a, port)
+        self.run_park(port, expect=0)  # root parks A's server, in root's state
+        r = self.run_park("resume", port, user=self.a, home=self.home_a, expect=1)
+        self.assertIn("sudo park resume %d" % port, r.stderr)
+        self.assertIn("pid %d of yours is held by a park run as root" % theirs.pid, r.stderr)
+        self.run_park("resume", port, expect=0)
+
+    def test_the_hand_over_cannot_be_reached_by_another_user(self):
+        """While root resumes a prefork server (the listener goes to each worker through a unix socket), B tries
+        to connect to every unix socket park could be using: none accepts B, and every resume succeeds."""
+        proc, _ = self.start_python(PY_PREFORK, self.port)
+        watcher = os.path.join(self.pub, "watch.py")
+        with open(watcher, "w") as f:
+            f.write(HAND_OVER_THIEF)
+        os.chmod(watcher, 0o644)
+        out = os.path.join(self.user_dir(self.b, "thief"), "got")
+        thief = subprocess.Popen([self.python, watcher, out], preexec_fn=self.as_user(self.b),
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.addCleanup(self._stop_proc, thief)
+        for i in range(5):
+            self.park(self.port, expect=0)
+            self.park("resume", self.port, expect=0)
+            self.get_count("127.0.0.1", self.port)
+        self.kill_pid(thief.pid)
+        thief.wait(10)
+        with open(out) as f:
+            tried, got = f.read().split()
+        self.assertGreater(int(tried), 0, "the thief never saw a socket to try")
+        self.assertEqual(int(got), 0, "another user connected to park's hand-over")
+
+    def test_a_hung_injected_call_is_interrupted(self):
+        """PARK_FAILPOINT=hang:connect:1 makes the first injected connect() (the hand-over, at resume) a call
+        that never returns: park interrupts it at its deadline, says which call hung, and the server stays
+        parked; the next resume works."""
+        proc, _ = self.start_python(PY_PREFORK, self.port)
+        pids = sorted(holders_of(listen_inodes(self.port)))
+        _, n = self.get_count("127.0.0.1", self.port)
+        self.wait_quiet(self.port)
+        before = snapshot(self.port)
+        self.park(self.port, expect=0, env=dict(self.env, PARK_FAILPOINT="hang:connect:1"))
+        t0 = time.monotonic()
+        r = self.park("resume", self.port, expect=1)
+        self.assertLess(time.monotonic() - t0, 20)
+        self.assertIn("the injected connect() in pid", r.stderr)
+        self.assertIn("did not return within", r.stderr)
+        for pid in pids:
+            self.assert_parked(pid)
+        self.assertEqual(listen_inodes(self.port), set())
+        self.park("resume", self.port, expect=0)
+        self.assertEqual(snapshot(self.port), before)
+        self.get_count("127.0.0.1", self.port)
+
+    def test_escape_sequences_in_a_servers_command_line_are_escaped(self):
+        """A server whose command line holds escape sequences (here its argv[0], through a symlink's name)."""
+        path = self.write("fixture.py", PY_ASYNCIO)
+        exe = os.path.join(self.tmp, "py\x1b]0;owned\x07\x1b[2J")
+        os.symlink(sys.executable, exe)
+        proc = self.spawn([exe, "-u", path, str(self.port)])
+        self.read_ready(proc)
+        self.wait_quiet(self.port)
+        outputs = [self.park(self.port, expect=0).stdout, self.park("list", expect=0).stdout]
+        rows = self.park_list()
+        outputs.append(self.park("resume", self.port, expect=0).stdout)
+        for text in outputs:
+            self.assertNotIn("\x1b", text)
+            self.assertIn("\\x1b]0;owned\\x07", text)
+        self.assertIn("\\x1b", rows[0]["command"])
+
+    def test_malformed_state_files_through_the_cli(self):
+        """Every malformed variant of a state file: one line naming the file and a fix, never a traceback."""
+        p = load_module("park_sec", PARK)
+        os.makedirs(os.path.join(self.home, "parked"), 0o700)
+        for name, bad in bad_records(good_record(p)):
+            with self.subTest(variant=name):
+                with open(os.path.join(self.home, "parked", "3000.json"), "wb") as f:
+                    f.write(bad if isinstance(bad, bytes) else json.dumps(bad).encode())
+                for args in (["list"], ["resume", "3000"], ["release", "3000", "--kill"]):
+                    r = self.park(*args, expect=1)
+                    self.assertIn("3000.json", r.stderr)
+                    self.assertNotIn("unexpected error", r.stderr)
+
+    def test_environment_problems_are_one_line(self):
+        unreadable = self.user_dir(self.a, "unreadable", 0o000)
+        for user, env, says in ((None, dict(self.env, PARK_HOME=__file__), "is not a directory"),
+                                (self.a, dict(self.env, PARK_HOME=unreadable), "cannot open the state directory")):
+            with self.subTest(says=says):
+                r = self.run_park("list", user=user, env=env, expect=1)
+                self.assertIn(says, r.stderr)
+        r = self.park("9" * 100000, expect=2)
+        self.assertIn("not a port", r.stderr)
+
+
+HAND_OVER_THIEF = r"""
+# Runs as another user: connect to every unix socket in /proc/net/unix that has a path or an abstract name
+# under /tmp/park-* (where park's hand-over would be), and count the connections that were accepted.
+import os, socket, sys, time
+out = sys.argv[1]
+tried = got = 0
+seen = set()
+def save():
+    with open(out + ".tmp", "w") as f:
+        f.write("%d %d" % (tried, got))
+    os.replace(out + ".tmp", out)
+save()
+while True:
+    names = set()
+    try:
+        for line in open("/proc/net/unix").read().splitlines()[1:]:
+            f = line.split()
+            if len(f) >= 8 and ("park" in f[7]):
+                names.add(f[7])
+    except OSError:
+        pass
+    for root in ("/tmp",):
+        try:
+            for d in os.listdir(root):
+                if d.startswith("park-"):
+                    names.add(os.path.join(root, d, "s"))
+        except OSError:
+            pass
+    for name in names - seen:
+        tried += 1
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(0.2)
+        try:
+            s.connect("\0" + name[1:] if name.startswith("@") else name)
+            got += 1
+        except OSError:
+            pass
+        finally:
+            s.close()
+    seen |= names
+    save()
+    time.sleep(0.0005)
+"""
+
+
 class SwapTest(LiveTestCase):
     """park swap PORT1 PORT2."""
 
