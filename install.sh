@@ -11,9 +11,9 @@ set -u
 BASE_URL="https://raw.githubusercontent.com/park-sh/park/main"
 
 # sha256 of each file at this release (test_park.py fails, printing these lines, when one differs).
-SHA256_park_py="9e43f71295c2f3f1269de875bcfbf34f29d789014a2486208880d0a580f188b8"
+SHA256_park_py="61276176d0843aea48619129d137ff2fc3a1b78f52ebbbd86c4d6ce2419deb96"
 SHA256_park_darwin_arm64_py="35e04a52d80d7f0bec27951dd9d39527268a8dfc71ddaf28203861b6a83c51bd"
-SHA256_park_linux_x86_64_py="6eece2cab033c4eac1d18603d81843060132d5e6604694586f422d8f32f50ad3"
+SHA256_park_linux_x86_64_py="8e165afecdd3bdcd824495deabbbbbcf787158d830367dca2f767dc7b2a6fabe"
 
 say() { printf 'park-install: %s\n' "$*"; }
 err() { printf 'park-install: error: %s\n' "$*" >&2; }

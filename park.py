@@ -37,7 +37,7 @@ BACKENDS = {("linux", "x86_64"): "park_linux_x86_64", ("darwin", "arm64"): "park
 BASE_URL = "https://raw.githubusercontent.com/park-sh/park/main"
 PINS = {
     "park_darwin_arm64": "35e04a52d80d7f0bec27951dd9d39527268a8dfc71ddaf28203861b6a83c51bd",
-    "park_linux_x86_64": "6eece2cab033c4eac1d18603d81843060132d5e6604694586f422d8f32f50ad3",
+    "park_linux_x86_64": "8e165afecdd3bdcd824495deabbbbbcf787158d830367dca2f767dc7b2a6fabe",
 }
 SCHEMA = 1
 KIND = "park.parked"
@@ -747,6 +747,8 @@ def _prepare(backend, port, force):
             info = backend.process(pid)
             if info is None:
                 raise ParkError("pid %d exited while park looked at it" % pid, fix="park %d" % port)
+            if info["tracer"]:
+                _refuse_if_parked(backend, info, port)
             why = refusal(info, port, me, force) or _not_owners(info, port)
             if why:
                 raise ParkError(why[0], fix=why[1])
@@ -764,6 +766,16 @@ def _prepare(backend, port, force):
         "seccomp": any(i["seccomp"] == 2 for i in infos.values()) and me == 0,
     }
     return record, plan, record["seccomp"]
+
+
+def _refuse_if_parked(backend, info, port):
+    """A process that is traced because it is parked already, on another of its ports, is named as such."""
+    for r in all_states():
+        keeper = None if r.get("ended") else keeper_alive(backend, r)
+        if keeper == info["tracer"] and any(h["pid"] == info["pid"] for h in r["holders"]):
+            raise ParkError("pid %d (%s) is already parked on :%d (held by keeper pid %d); park holds a process "
+                            "for one of its ports at a time" % (info["pid"], info["name"], r["port"], keeper),
+                            fix="park resume %d, then park %d" % (r["port"], port))
 
 
 def _not_owners(info, port):
@@ -932,6 +944,9 @@ class _Keeper:
         self.pending = None  # why a timed resume waits
         self.retry_at = 0.0
         self.give_up = None
+        self.baseline = {}  # pid: signals already pending when the park began
+        self.resend = []  # (pid, signal) taken off a queue while parked, to be sent again when it ends
+        self.dead = {}  # pid: how it died while parked
 
     def log(self, text):
         import time
@@ -1014,6 +1029,8 @@ def _keeper(backend, record, plan, seccomp, drain, hold, report):
                        "fix": "run again with PARK_DEBUG=1 and report it"})
         return EXIT_FAIL
     k.tracer = result.get("tracer")
+    if k.tracer is not None:  # before the CLI returns: a signal sent after that is news
+        k.baseline = {pid: set(backend.signals(pid)["pending"]) for pid in k.tracer.pids()}
     k.log("parked pid %s" % _pids(record))
     hold_error = None
     if hold:
@@ -1040,12 +1057,16 @@ def _keeper_loop(k):
         wait = KEEPER_TICK
         if timer and timer.get("gave_up"):
             timer = None
-        if timer and not k.pending:
-            wait = max(0.0, min(wait, timer["until"] - time.time()))
+        if timer:
+            wait = max(0.0, min(wait, max(timer["until"], k.retry_at) - time.time()))
         try:
             ready, _, _ = select.select([k.ctl], [], [], wait)
         except OSError:
             ready = []
+        if DEFERRED:  # a SIGTERM that came while a resume was under way (inside Critical)
+            import signal
+            k.terminate = k.terminate or signal.SIGTERM in DEFERRED
+            del DEFERRED[:]
         if k.terminate:
             _keeper_end(k, "the keeper got SIGTERM")
             return EXIT_OK
@@ -1068,7 +1089,6 @@ def _keeper_watch(k):
                 how = ("killed by %s" % signal.Signals(os.WTERMSIG(status)).name if os.WIFSIGNALED(status)
                        else "exited with status %d" % os.WEXITSTATUS(status))
                 k.log("pid %d %s while parked" % (pid, how))
-                k.dead = getattr(k, "dead", {})
                 k.dead[pid] = how
             elif event[0] == "continued":
                 k.log("pid %d was continued by job control (fg/bg); it stays parked" % pid)
@@ -1077,8 +1097,7 @@ def _keeper_watch(k):
         alive = {h["pid"] for h in k.record["holders"]
                  if holder_status(backend, h, os.getpid()) != "gone"}
     if not alive:
-        dead = getattr(k, "dead", {})
-        reason = "; ".join("pid %d %s" % kv for kv in sorted(dead.items())) or "its processes are gone"
+        reason = "; ".join("pid %d %s" % kv for kv in sorted(k.dead.items())) or "its processes are gone"
         k.record["ended"] = {"reason": reason, "listener": False}
         k.save()
         k.close()
@@ -1089,7 +1108,10 @@ def _keeper_watch(k):
         if pid in _listening(k.tracer):
             continue  # stopped by job control: like any stopped process, it acts on its signals after SIGCONT
         sigs = backend.signals(pid)
-        live = sigs["pending"] - sigs["ignored"]
+        # What was already queued when the park began (a signal the server blocks, say) is not news.
+        old = k.baseline.setdefault(pid, set())
+        old &= sigs["pending"]
+        live = sigs["pending"] - sigs["ignored"] - old
         ending = sorted(n for n in live if _ends_park(n, sigs["caught"]))
         if ending:
             name = _signame(ending[0])
@@ -1097,9 +1119,20 @@ def _keeper_watch(k):
             return True
         stops = sorted(n for n in live if _signame(n) in JOB_STOPS)
         if stops:
-            taken = k.tracer.job_stop(pid, stops[0])
-            k.resend = getattr(k, "resend", []) + [(pid, n) for n in taken]
-            k.log("pid %d got %s: stopped by job control, still parked" % (pid, _signame(stops[0])))
+            old.add(stops[0])  # acted on once; SIGCONT takes it off the queue (kernel/signal.c prepare_signal)
+            if not backend.stoppable(pid, stops[0]):
+                k.log("pid %d got %s, which does not stop it (blocked, or an orphaned process group)"
+                      % (pid, _signame(stops[0])))
+                continue
+            try:
+                stopped, taken = k.tracer.job_stop(pid)
+            except (OSError, backend.Error) as e:
+                k.log("pid %d got %s, but park could not let it stop: %s" % (pid, _signame(stops[0]), e))
+                k.tracer.hold_all()
+                continue
+            k.resend += [(pid, n) for n in taken]
+            k.log("pid %d got %s: %s" % (pid, _signame(stops[0]), "stopped by job control, still parked"
+                                         if stopped else "continued at once, still parked"))
     return False
 
 
@@ -1144,7 +1177,7 @@ def _keeper_end(k, reason):
             k.log("could not put the listener back (%s); the process runs without it" % e)
             if k.tracer is not None:
                 k.tracer.release()
-        for pid, n in getattr(k, "resend", []):
+        for pid, n in k.resend:
             _kill(pid, n)
         k.log("%s: the park ended%s" % (reason, ", listener restored" if restored else ""))
         k.record["ended"] = {"reason": reason, "listener": restored, "at": time.time()}
@@ -1156,10 +1189,19 @@ def _keeper_end(k, reason):
         while time.monotonic() < deadline and record_status(k.backend, k.record)[0] != "gone":
             time.sleep(0.05)
         if restored and record_status(k.backend, k.record)[0] != "gone":
-            remove_state(k.record)
+            _remove_if_ours(k)
     finally:
         if lock is not None:
             lock.__exit__()
+
+
+def _remove_if_ours(k):
+    """Remove the state of this keeper's park, and not one a new `park PORT` wrote meanwhile."""
+    try:
+        if state_exists(k.port) and read_state(k.port).get("parked_at") == k.record["parked_at"]:
+            remove_state(k.record)
+    except ParkError:
+        pass
 
 
 def _kill(pid, signo):
@@ -1183,7 +1225,7 @@ def _keeper_resume(k, force):
                        % (k.port, _holders_text(backend, k.port), _pids(k.record)),
                        "stop that process, or: park resume %d --wait" % k.port, _holders_text(backend, k.port))
     result = _resume_once(backend, k.record, plan, force, given, k.tracer)
-    for pid, n in getattr(k, "resend", []):
+    for pid, n in k.resend:
         _kill(pid, n)
     k.resend = []
     k.record.pop("_path", None)
@@ -1234,7 +1276,7 @@ def _keeper_request(k):
                     _kill(h["pid"], signo)  # queued while still held: handled first thing once they run
             if k.tracer is not None:
                 k.tracer.release()
-            for pid, n in getattr(k, "resend", []):
+            for pid, n in k.resend:
                 _kill(pid, n)
             k.log("released pid %s" % _pids(k.record))
             reply["pids"] = [h["pid"] for h in k.record["holders"]]
@@ -1420,6 +1462,8 @@ def cmd_resume(args):
         with PortLock(port):
             reply = _ask_keeper(port, {"op": "resume", "force": args.force})
         if reply is None and not keeper_alive(backend, record):
+            if not state_exists(port):  # it ended the park meanwhile (a signal, its timer)
+                raise ParkError(":%d was resumed or ended meanwhile, by its keeper" % port, fix="park list")
             break  # it died just now: resume without it
         if reply is None or not reply.get("busy") or time.monotonic() >= deadline:
             return _print_resumed(record, port, reply)
@@ -1613,6 +1657,7 @@ def list_rows(backend, prune=False):
             "pending": (timer or {}).get("pending") if keeper else None,
             "waiting": hold_waiting(backend, hold) if keeper else None,
             "ended": ended["reason"] if ended else None if keeper or status == "gone" else _why_running(r),
+            "restored": bool(ended and ended.get("listener")),
         })
     return rows
 
@@ -1641,8 +1686,10 @@ def cmd_list(args):
         if row and row["waiting"] is not None:
             out("    hold: %d client(s) waiting" % row["waiting"])
         if row and row["ended"]:
-            out("    %s: %s" % ("ended" if row["status"] == "gone" else "runs without its listener", row["ended"])
-                + ("" if row["status"] == "gone" else "; park resume %d brings it back" % row["port"]))
+            if row["status"] == "gone" or row["restored"]:
+                out("    ended: %s%s" % (row["ended"], ", and its listener is back" if row["restored"] else ""))
+            else:
+                out("    runs without its listener: %s; park resume %d brings it back" % (row["ended"], row["port"]))
     return EXIT_OK
 
 

@@ -53,6 +53,7 @@ NR_pidfd_getfd = 438
 NR_connect = 42
 NR_recvmsg = 47
 NR_pause = 34
+NR_tgkill = 234
 _NAMES = {NR_close: "close", NR_dup3: "dup3", NR_socket: "socket", NR_bind: "bind", NR_listen: "listen",
           NR_setsockopt: "setsockopt", NR_fcntl: "fcntl", NR_epoll_ctl: "epoll_ctl", NR_connect: "connect",
           NR_recvmsg: "recvmsg"}
@@ -1030,38 +1031,61 @@ class Tracer:
                 del self.procs[p.pid]
         return events
 
-    def job_stop(self, pid, signo):
+    def job_stop(self, pid):
         """Let job control stop pid, as a pending SIGTSTP/SIGTTIN/SIGTTOU would have (the shell that waits for
-        it sees it stopped and takes its terminal back), while park keeps its threads. The signal is taken by a
-        thread that does not block it and turned into SIGSTOP, so no handler runs; signals taken before it are
-        returned, to be sent again later. Each thread then joins the group stop inside the kernel, and waits
-        in PTRACE_LISTEN, which reports the SIGCONT that ends it."""
+        it sees it stopped and takes its terminal back), while park keeps its threads. Returns (stopped, taken):
+        whether the group stop happened (a SIGCONT may cancel it), and the signals taken off the queue on the
+        way, to be sent again later. No thread ever returns to user mode here: each one that is continued has
+        either a signal of park's own to take (SIGSTOP, which cannot be blocked and is taken before the
+        process-wide queue, kernel/signal.c dequeue_signal) or a pending PTRACE_INTERRUPT to trap on."""
         p = self.procs[pid]
-        tid = next((t for t in p.tids if not _blocked(pid, t) & (1 << (signo - 1))), None)
-        if tid is None:
-            return []
+        tid = p.pid if p.pid in p.tids else p.tids[0]
+        _check(_libc.syscall(NR_tgkill, pid, tid, signal.SIGSTOP), "tgkill")
         taken = []
         _ptrace(PTRACE_CONT, tid, 0, 0)
         for _ in range(64):
             got = self._wait_signal(tid)
             if got is None:
-                return taken
-            if got == signo or got == signal.SIGSTOP:
+                return False, taken
+            if got == signal.SIGSTOP:
                 break
-            taken.append(got)  # a lower-numbered signal came first: suppressed now, sent again later
+            taken.append(got)  # a signal of that thread's own came first: sent again later
             _ptrace(PTRACE_CONT, tid, 0, 0)
         else:
             raise Error("pid %d did not take its stop signal" % pid)
+        _ptrace(PTRACE_INTERRUPT, tid)  # if a SIGCONT cancels the stop, it traps here instead of running
         _ptrace(PTRACE_CONT, tid, 0, signal.SIGSTOP)
-        self._wait_stopped(tid)
+        stops = [self._wait_event(tid)]
         for t in p.tids:
             if t != tid:
-                _ptrace(PTRACE_CONT, t, 0, 0)  # JOBCTL_STOP_PENDING is set: it traps again, in the group stop
-                self._wait_stopped(t)
+                _ptrace(PTRACE_INTERRUPT, t)
+                _ptrace(PTRACE_CONT, t, 0, 0)  # JOBCTL_STOP_PENDING: it joins the group stop inside the kernel
+                stops.append(self._wait_event(t))
+        if any(sig != signal.SIGSTOP for sig in stops):
+            return False, taken  # a SIGCONT came first: every thread is in a plain ptrace stop again
         for t in p.tids:
             _ptrace(PTRACE_LISTEN, t)
         p.listening = list(p.tids)
-        return taken
+        return True, taken
+
+    def _wait_event(self, tid, timeout=3.0):
+        """The stop signal of tid's next event stop: SIGSTOP for a group stop, SIGTRAP for a plain one."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                got, status = os.waitpid(tid, WALL | os.WNOHANG)
+            except ChildProcessError:
+                return None
+            if got == 0:
+                if time.monotonic() > deadline:
+                    raise Error("thread %d does not stop" % tid)
+                time.sleep(0.0002)
+                continue
+            if not os.WIFSTOPPED(status):
+                return None
+            if status >> 16 == PTRACE_EVENT_STOP:
+                return os.WSTOPSIG(status)
+            _ptrace(PTRACE_CONT, tid, 0, 0)  # a signal-delivery-stop on the way: that signal stays suppressed
 
     def _wait_signal(self, tid, timeout=3.0):
         """The signal of tid's next signal-delivery-stop (None if it exited); event stops are waited through."""
@@ -1092,8 +1116,41 @@ def _status_fields(pid, tid=None):
     return dict(l.split(":\t", 1) for l in text.splitlines() if ":\t" in l)
 
 
-def _blocked(pid, tid):
-    return int(_status_fields(pid, tid).get("SigBlk", "0"), 16)
+def stoppable(pid, signo):
+    """Whether a pending SIGTSTP/SIGTTIN/SIGTTOU would stop pid: not when every thread blocks it, nor when its
+    process group is orphaned (the kernel then discards it: kernel/signal.c get_signal)."""
+    try:
+        tids = [int(t) for t in os.listdir("/proc/%d/task" % pid)]
+    except OSError:
+        return False
+    if all(int(_status_fields(pid, t).get("SigBlk", "0"), 16) >> (signo - 1) & 1 for t in tids):
+        return False
+    return not _orphaned(pid)
+
+
+def _stat_ids(pid):
+    """(ppid, pgrp, session) of pid, from /proc/PID/stat."""
+    f = _read("/proc/%d/stat" % pid).rsplit(")", 1)[1].split()
+    return int(f[1]), int(f[2]), int(f[3])
+
+
+def _orphaned(pid):
+    """POSIX: a process group is orphaned when no member has a parent in another group of the same session."""
+    try:
+        _, pgrp, session = _stat_ids(pid)
+    except (OSError, ValueError, IndexError):
+        return False
+    for q in pids():
+        try:
+            ppid, qgrp, qsess = _stat_ids(q)
+            if qgrp != pgrp:
+                continue
+            _, pgrp_p, sess_p = _stat_ids(ppid)
+        except (OSError, ValueError, IndexError):
+            continue
+        if pgrp_p != pgrp and sess_p == session:
+            return False
+    return True
 
 
 def signals(pid):

@@ -2768,6 +2768,21 @@ class ForegroundTest(LiveTestCase):
         self.assertEqual(sorted(parse_counter(b)[1] for _, b in results), list(range(n + 1, n + 5)))
 
 
+TWO_PORTS = r"""
+import socket, sys
+socks = []
+for port in sys.argv[1:]:
+    s = socket.socket()
+    s.bind(("127.0.0.1", int(port)))
+    s.listen(8)
+    socks.append(s)
+print("READY", flush=True)
+import time
+while True:
+    time.sleep(3600)
+"""
+
+
 class KeeperTest(LiveTestCase):
     """The keeper that holds a park."""
 
@@ -2836,6 +2851,78 @@ class KeeperTest(LiveTestCase):
         self.wait_for(lambda: proc_state(keeper) in (None, "Z"), "the keeper to exit")
         self.assertEqual(self.get_count("127.0.0.1", self.port), (pid, n + 1))
         self.assertEqual(self.park_list(), [])
+
+    def test_a_signal_queued_before_the_park_does_not_end_it(self):
+        """A server that blocks SIGUSR1 and has one queued (say, for a signalfd it reads later) stays parked."""
+        src = PY_ASYNCIO.replace("asyncio.run(", "import signal; signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1}); "
+                                 "os.kill(os.getpid(), signal.SIGUSR1)\nasyncio.run(", 1)
+        self.assertNotEqual(src, PY_ASYNCIO)
+        proc, _ = self.start_python(src, self.port)
+        pid, n = self.get_count("127.0.0.1", self.port)
+        self.wait_quiet(self.port)
+        self.park(self.port, expect=0)
+        time.sleep(1.0)
+        self.assert_parked(proc.pid)
+        self.park("resume", self.port, expect=0)
+        self.assertEqual(self.get_count("127.0.0.1", self.port), (pid, n + 1))
+
+    def test_stop_signals_that_would_not_stop_it_are_left_alone(self):
+        """SIGTSTP to a parked server in an orphaned process group (the kernel discards it there), or one that
+        blocks SIGTSTP: the server stays parked, is not stopped by it after resume, and the log says so once."""
+        blocked = PY_ASYNCIO.replace("asyncio.run(", "import signal; signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTSTP})"
+                                     "\nasyncio.run(", 1)
+        for name, source, session in (("orphaned", PY_ASYNCIO, True), ("blocked", blocked, False)):
+            with self.subTest(case=name):
+                port = free_port()
+                path = self.write("fixture-%s.py" % name, source)
+                proc = subprocess.Popen([sys.executable, "-u", path, str(port)], stdin=subprocess.DEVNULL,
+                                        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                        start_new_session=session)
+                self.addCleanup(self._stop_proc, proc)
+                self.read_ready(proc)
+                pid, n = self.get_count("127.0.0.1", port)
+                self.wait_quiet(port)
+                self.park(port, expect=0)
+                os.kill(proc.pid, signal.SIGTSTP)
+                time.sleep(1.0)
+                self.assert_parked(proc.pid)
+                self.park("resume", port, expect=0)
+                time.sleep(0.3)
+                self.assert_running(proc.pid)
+                self.assertEqual(self.get_count("127.0.0.1", port), (pid, n + 1))
+                with open(os.path.join(self.home, "keepers", "%d.log" % port)) as f:
+                    self.assertEqual(f.read().count("does not stop it"), 1)
+
+    def test_stop_and_continue_in_a_rush_keep_it_parked(self):
+        """SIGTSTP and SIGCONT sent back to back, 30 times (a SIGCONT can land while the keeper lets the stop
+        happen): the keeper lives on, the server stays parked, and SIGTERM still ends the park."""
+        proc, _ = self.start_python(PY_ACCEPT_TERM, self.port)
+        self.get_count("127.0.0.1", self.port)
+        self.wait_quiet(self.port)
+        self.park(self.port, expect=0)
+        keeper = self.keeper_of(proc.pid)
+        for i in range(30):
+            os.kill(proc.pid, signal.SIGTSTP)
+            time.sleep(random.uniform(0, 0.3))
+            os.kill(proc.pid, signal.SIGCONT)
+        time.sleep(0.6)
+        self.assertNotIn(proc_state(keeper), (None, "Z"), "the keeper died")
+        self.assert_parked(proc.pid)
+        os.kill(proc.pid, signal.SIGTERM)
+        self.assertEqual(proc.wait(timeout=10), 42)
+
+    def test_a_process_parked_on_one_port_is_named_on_another(self):
+        other = free_port()
+        path = self.write("two.py", TWO_PORTS)
+        proc = self.spawn([sys.executable, "-u", path, str(self.port), str(other)])
+        self.read_ready(proc)
+        self.park(self.port, expect=0)
+        keeper = self.keeper_of(proc.pid)
+        r = self.park(other, expect=1)
+        self.assertIn("pid %d (python3) is already parked on :%d (held by keeper pid %d)" % (proc.pid, self.port,
+                                                                                             keeper), r.stderr)
+        self.assertIn("park resume %d, then park %d" % (self.port, other), r.stderr)
+        self.park("resume", self.port, expect=0)
 
     def test_list_names_the_keeper(self):
         proc = self.start_asyncio(self.port)
