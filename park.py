@@ -37,7 +37,7 @@ BACKENDS = {("linux", "x86_64"): "park_linux_x86_64", ("darwin", "arm64"): "park
 BASE_URL = "https://raw.githubusercontent.com/park-sh/park/main"
 PINS = {
     "park_darwin_arm64": "35e04a52d80d7f0bec27951dd9d39527268a8dfc71ddaf28203861b6a83c51bd",
-    "park_linux_x86_64": "8e165afecdd3bdcd824495deabbbbbcf787158d830367dca2f767dc7b2a6fabe",
+    "park_linux_x86_64": "5fd155189625e72f6889f2d12ef241567c7a1c9fab57aecd0b60a76906d4de70",
 }
 SCHEMA = 1
 KIND = "park.parked"
@@ -542,12 +542,19 @@ def state_exists(port):
     return parked_dir().exists("%d.json" % port)
 
 
-def all_states():
+def all_states(errors=None):
+    """Every state record, by port. A damaged file raises its ParkError, or with `errors` (a list) is put
+    there and skipped, so one bad file does not hide the other ports."""
     out = []
     for name in parked_dir().names():
         stem = name[:-5]
         if name.endswith(".json") and stem.isdigit() and len(stem) <= 5:
-            out.append(read_state(int(stem)))
+            try:
+                out.append(read_state(int(stem)))
+            except ParkError as e:
+                if errors is None:
+                    raise
+                errors.append(e)
     return sorted(out, key=lambda r: r["port"])
 
 
@@ -674,7 +681,7 @@ def _lookup(kind, n):
     if n <= 65535 and state_exists(n):
         return read_state(n)
     if kind == "any":
-        for r in all_states():
+        for r in all_states(errors=[]):
             if any(h["pid"] == n for h in r["holders"]):
                 return r
     return None
@@ -770,7 +777,7 @@ def _prepare(backend, port, force):
 
 def _refuse_if_parked(backend, info, port):
     """A process that is traced because it is parked already, on another of its ports, is named as such."""
-    for r in all_states():
+    for r in all_states(errors=[]):
         keeper = None if r.get("ended") else keeper_alive(backend, r)
         if keeper == info["tracer"] and any(h["pid"] == info["pid"] for h in r["holders"]):
             raise ParkError("pid %d (%s) is already parked on :%d (held by keeper pid %d); park holds a process "
@@ -1631,12 +1638,12 @@ def cmd_release(args):
     return EXIT_OK
 
 
-def list_rows(backend, prune=False):
+def list_rows(backend, prune=False, errors=None):
     """One dict per parked port, as `list --json` prints it (and `park ui` shows it)."""
     import time
     rows = []
     now = time.time()
-    for r in all_states():
+    for r in all_states(errors):
         status, states = record_status(backend, r)
         if prune and status == "gone":
             remove_state(r)
@@ -1664,14 +1671,21 @@ def list_rows(backend, prune=False):
 
 def cmd_list(args):
     backend = load_backend()
-    rows = list_rows(backend, args.prune)
+    errors = []
+    rows = list_rows(backend, args.prune, errors)
     if args.json:
         import json
         out(json.dumps(rows, indent=1))
-        return EXIT_OK
-    if not rows:
+    elif not rows and not errors:
         out("nothing is parked")
-        return EXIT_OK
+    elif rows:
+        _print_table(rows)
+    if errors:  # the other ports were listed; the damaged file is the one error
+        raise errors[0]
+    return EXIT_OK
+
+
+def _print_table(rows):
     table = [("PORT", "PID", "ADDRESS", "FOR", "STATUS", "KEEPER", "COMMAND")]
     for row in rows:
         table.append((":%d" % row["port"], ",".join(map(str, row["pids"])), ",".join(row["addresses"]),
@@ -1690,7 +1704,6 @@ def cmd_list(args):
                 out("    ended: %s%s" % (row["ended"], ", and its listener is back" if row["restored"] else ""))
             else:
                 out("    runs without its listener: %s; park resume %d brings it back" % (row["ended"], row["port"]))
-    return EXIT_OK
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -1881,19 +1894,22 @@ def _ui_refresh(st):
     st["loaded"] = time.monotonic()
     backend = st["backend"]
     try:
-        states = all_states()
-        rows = list_rows(backend)
+        errors = []
+        states = all_states(errors)
+        rows = list_rows(backend, errors=[])
         commands = {r["port"]: _ui_command(r["holders"][0]) for r in states}
         for row in rows:
             row["ui_command"] = commands.get(row["port"], row["command"])
         listening = _ui_listening(backend, rows, states)
-    except Exception as e:  # e.g. a damaged state file: shown until a refresh succeeds again
+    except Exception as e:  # shown until a refresh succeeds again
         st["status"] = st["stale"] = "park: %s" % (e if isinstance(e, ParkError) else "cannot read the state: "
                                                   "%s: %s" % (type(e).__name__, e))
         return
     if st["status"] == st["stale"]:
         st["status"] = ""
     st["stale"] = None
+    if errors:  # a damaged state file: the other ports are shown, the file is named on the status line
+        st["status"] = st["stale"] = "park: %s" % errors[0]
     items = [("parked", r) for r in rows] + [("listening", l) for l in listening]
     keys = [_ui_key_of(i) for i in items]
     for want in st["want"]:

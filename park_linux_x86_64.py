@@ -1460,11 +1460,18 @@ def _give_fd(tracer, pid, local_fd):
     directory (chowned to pid's user when that is another one) that nobody else can reach; returns its fd
     number there (FD_CLOEXEC set). The directory is made in pid's own /tmp (through /proc/PID/root, so a
     private /tmp or another mount namespace works too). A peer other than pid is dropped."""
+    import stat
     import tempfile
     base = "/proc/%d/root/tmp" % pid
     uid = (process(pid) or {}).get("uid", os.geteuid())
     try:
-        d = tempfile.mkdtemp(prefix="park-", dir=base if os.access(base, os.W_OK) else "/tmp")
+        st = os.lstat(base)  # the target's own /tmp: a real, sticky directory, or park uses its own /tmp
+        if not stat.S_ISDIR(st.st_mode) or not st.st_mode & stat.S_ISVTX or st.st_uid != 0:
+            base = "/tmp"
+    except OSError:
+        base = "/tmp"
+    try:
+        d = tempfile.mkdtemp(prefix="park-", dir=base)
     except OSError as e:
         raise Error("cannot make a directory to pass the listener to pid %d: %s" % (pid, e.strerror))
     mine = os.path.join(d, "s")

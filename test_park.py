@@ -3086,9 +3086,10 @@ class SecurityTest(LiveTestCase):
                 if pid == 1:
                     data = data.replace(b'"pid": 2,', b'"pid": 1,')
                 self.write_as(self.a, os.path.join(self.home_a, "parked", "%d.json" % port), data)
-                for args in (["resume", port], ["release", port, "--kill", "--force"], ["release", port]):
+                for args in (["resume", port], ["release", port, "--kill", "--force"], ["release", port],
+                             ["swap", port, own_port if port != own_port else self.port]):
                     r = self.run_park(*args, home=self.home_a)
-                    if args[0] == "resume" or "--kill" in args:
+                    if args[0] != "release" or "--kill" in args:
                         self.assertEqual(r.returncode, 1, r)
                 time.sleep(0.3)
                 self.assert_running(victim.pid)
@@ -3283,6 +3284,17 @@ class SecurityTest(LiveTestCase):
                     r = self.park(*args, expect=1)
                     self.assertIn("3000.json", r.stderr)
                     self.assertNotIn("unexpected error", r.stderr)
+
+    def test_one_damaged_state_file_does_not_hide_the_others(self):
+        proc = self.start_asyncio(self.port)
+        self.wait_quiet(self.port)
+        self.park(self.port, expect=0)
+        with open(os.path.join(self.home, "parked", "3000.json"), "wb") as f:
+            f.write(b"{not json")
+        r = self.park("list", expect=1)
+        self.assertIn(":%d" % self.port, r.stdout)
+        self.assertIn("3000.json", r.stderr)
+        self.park("resume", self.port, expect=0)
 
     def test_environment_problems_are_one_line(self):
         unreadable = self.user_dir(self.a, "unreadable", 0o000)
