@@ -403,7 +403,18 @@ def state():
         _STATE.pop().close()
     if not _STATE:
         _STATE.append(StateDir.open(home()))
+        if _STATE[0].owner != os.geteuid():
+            note("using %s, which belongs to uid %d: park acts only on uid %d's processes with it"
+                 % (_STATE[0].path, _STATE[0].owner, _STATE[0].owner))
     return _STATE[0]
+
+
+NOTES = []  # said once, on stderr, after a command that succeeded (a failure is its one line and fix)
+
+
+def note(text):
+    if text not in NOTES:
+        NOTES.append(text)
 
 
 def parked_dir():
@@ -665,8 +676,8 @@ def find_record(text, backend=None, verb="resume"):
             os.environ["PARK_HOME"] = caller  # this command (and a keeper it forks) now uses that state
             found = _lookup(kind, n)
             if found is not None:
-                sys.stderr.write("park: note: using %s, the state of uid %d, who ran sudo\n" % (caller,
-                                                                                           state().owner))
+                del NOTES[:]
+                note("using %s, the state of uid %d, who ran sudo" % (caller, state().owner))
     if found is not None:
         return found
     fix = "park list  (shows what is parked)"
@@ -2150,6 +2161,7 @@ def main(argv=None):
         import time
         debug("main started at %.6f" % time.time())  # the benchmark measures from here, past interpreter start
     argv = list(sys.argv[1:] if argv is None else argv)
+    del NOTES[:]
     if argv and argv[0] not in COMMANDS and argv[0] not in ("-h", "--help", "--version", "park"):
         argv.insert(0, "park")
     parser = build_parser()
@@ -2167,6 +2179,9 @@ def main(argv=None):
            "swap": cmd_swap, "ui": cmd_ui}[args.command]
     try:
         code = run(args)
+        for text in NOTES if code == EXIT_OK else []:
+            sys.stderr.write("park: note: %s\n" % text)
+        del NOTES[:]
         if DEFERRED:
             sys.stderr.write("park: interrupted; what park was doing to the processes was finished first\n")
             return EXIT_INTERRUPTED

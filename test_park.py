@@ -3117,7 +3117,8 @@ class SecurityTest(LiveTestCase):
         self.assert_running(mine.pid)
         port = free_port()
         theirs = self.server_as(self.a, port)
-        self.run_park(port, home=self.home_a, expect=0)
+        r = self.run_park(port, home=self.home_a, expect=0)
+        self.assertIn("park: note: using %s, which belongs to uid %d" % (self.home_a, self.a.pw_uid), r.stderr)
         self.assert_parked(theirs.pid, self.keeper_of_in(self.home_a, theirs.pid))
         for root, dirs, files in os.walk(self.home_a):
             for n in dirs + files:
