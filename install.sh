@@ -11,9 +11,9 @@ set -u
 BASE_URL="https://raw.githubusercontent.com/park-sh/park/main"
 
 # sha256 of each file at this release (test_park.py fails, printing these lines, when one differs).
-SHA256_park_py="7f6714c444fb0da6257b1c84571a757dacf746bdc1d9d9dc1310e392ac6ebd4a"
+SHA256_park_py="0919c00f7d599bb417e18cee2326a39558fdd2cf5de3f5ce1081971ef2da7891"
 SHA256_park_darwin_arm64_py="35e04a52d80d7f0bec27951dd9d39527268a8dfc71ddaf28203861b6a83c51bd"
-SHA256_park_linux_x86_64_py="5fd155189625e72f6889f2d12ef241567c7a1c9fab57aecd0b60a76906d4de70"
+SHA256_park_linux_x86_64_py="ec7bbca7069040907a404197b387041b7fb657cd4ec4476a00c1790cc40048d7"
 
 say() { printf 'park-install: %s\n' "$*"; }
 err() { printf 'park-install: error: %s\n' "$*" >&2; }

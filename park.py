@@ -37,7 +37,7 @@ BACKENDS = {("linux", "x86_64"): "park_linux_x86_64", ("darwin", "arm64"): "park
 BASE_URL = "https://raw.githubusercontent.com/park-sh/park/main"
 PINS = {
     "park_darwin_arm64": "35e04a52d80d7f0bec27951dd9d39527268a8dfc71ddaf28203861b6a83c51bd",
-    "park_linux_x86_64": "5fd155189625e72f6889f2d12ef241567c7a1c9fab57aecd0b60a76906d4de70",
+    "park_linux_x86_64": "ec7bbca7069040907a404197b387041b7fb657cd4ec4476a00c1790cc40048d7",
 }
 SCHEMA = 1
 KIND = "park.parked"
@@ -1098,13 +1098,12 @@ def _keeper_loop(k):
 
 def _keeper_watch(k):
     """Holders that died, and signals queued for the held ones; True when the park has ended."""
-    import signal
     backend = k.backend
     if k.tracer is not None:
         for pid, event in k.tracer.reap():
             if event[0] == "exit":
                 status = event[1]
-                how = ("killed by %s" % signal.Signals(os.WTERMSIG(status)).name if os.WIFSIGNALED(status)
+                how = ("killed by %s" % _signame(os.WTERMSIG(status)) if os.WIFSIGNALED(status)
                        else "exited with status %d" % os.WEXITSTATUS(status))
                 k.log("pid %d %s while parked" % (pid, how))
                 k.dead[pid] = how
@@ -1123,7 +1122,7 @@ def _keeper_watch(k):
     if k.tracer is None:
         return False
     for pid in sorted(alive):
-        if pid in _listening(k.tracer):
+        if k.tracer.job_stopped(pid):
             continue  # stopped by job control: like any stopped process, it acts on its signals after SIGCONT
         sigs = backend.signals(pid)
         # What was already queued when the park began (a signal the server blocks, say) is not news.
@@ -1152,10 +1151,6 @@ def _keeper_watch(k):
             k.log("pid %d got %s: %s" % (pid, _signame(stops[0]), "stopped by job control, still parked"
                                          if stopped else "continued at once, still parked"))
     return False
-
-
-def _listening(tracer):
-    return {pid for pid, p in tracer.procs.items() if p.listening}
 
 
 def _signame(n):

@@ -979,6 +979,10 @@ class Tracer:
     def pids(self):
         return sorted(self.procs)
 
+    def job_stopped(self, pid):
+        """True while job control has pid stopped (its threads wait in PTRACE_LISTEN)."""
+        return bool(self.procs[pid].listening)
+
     def hold_all(self):
         """Bring every thread that job control stopped (PTRACE_LISTEN) back into a ptrace stop, so that system
         calls can be injected again."""
