@@ -11,9 +11,9 @@ set -u
 BASE_URL="https://raw.githubusercontent.com/park-sh/park/main"
 
 # sha256 of each file at this release (test_park.py fails, printing these lines, when one differs).
-SHA256_park_py="0919c00f7d599bb417e18cee2326a39558fdd2cf5de3f5ce1081971ef2da7891"
+SHA256_park_py="c5f48664b65291fe00468f9af41d02c4ccd10f73586bf2ad85037ec6baf5125d"
 SHA256_park_darwin_arm64_py="35e04a52d80d7f0bec27951dd9d39527268a8dfc71ddaf28203861b6a83c51bd"
-SHA256_park_linux_x86_64_py="ec7bbca7069040907a404197b387041b7fb657cd4ec4476a00c1790cc40048d7"
+SHA256_park_linux_x86_64_py="52f76ff6e2110c3f5b58abe0ad0f5e085e9ea23f90b0384607393b948d60324f"
 
 say() { printf 'park-install: %s\n' "$*"; }
 err() { printf 'park-install: error: %s\n' "$*" >&2; }

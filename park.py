@@ -37,7 +37,7 @@ BACKENDS = {("linux", "x86_64"): "park_linux_x86_64", ("darwin", "arm64"): "park
 BASE_URL = "https://raw.githubusercontent.com/park-sh/park/main"
 PINS = {
     "park_darwin_arm64": "35e04a52d80d7f0bec27951dd9d39527268a8dfc71ddaf28203861b6a83c51bd",
-    "park_linux_x86_64": "ec7bbca7069040907a404197b387041b7fb657cd4ec4476a00c1790cc40048d7",
+    "park_linux_x86_64": "52f76ff6e2110c3f5b58abe0ad0f5e085e9ea23f90b0384607393b948d60324f",
 }
 SCHEMA = 1
 KIND = "park.parked"

@@ -1072,8 +1072,17 @@ class Tracer:
         p.listening = list(p.tids)
         return True, taken
 
-    def _wait_event(self, tid, timeout=3.0):
+    def _wait_event(self, tid):
         """The stop signal of tid's next event stop: SIGSTOP for a group stop, SIGTRAP for a plain one."""
+        return self._wait_kind(tid, event=True)
+
+    def _wait_signal(self, tid):
+        """The signal of tid's next signal-delivery-stop (None if it exited)."""
+        return self._wait_kind(tid, event=False)
+
+    def _wait_kind(self, tid, event, timeout=3.0):
+        """WSTOPSIG of tid's next event stop (event=True) or signal-delivery-stop; a stop of the other kind on
+        the way is continued past with no signal (so a signal seen there stays suppressed). None if it exited."""
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -1087,26 +1096,7 @@ class Tracer:
                 continue
             if not os.WIFSTOPPED(status):
                 return None
-            if status >> 16 == PTRACE_EVENT_STOP:
-                return os.WSTOPSIG(status)
-            _ptrace(PTRACE_CONT, tid, 0, 0)  # a signal-delivery-stop on the way: that signal stays suppressed
-
-    def _wait_signal(self, tid, timeout=3.0):
-        """The signal of tid's next signal-delivery-stop (None if it exited); event stops are waited through."""
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                got, status = os.waitpid(tid, WALL | os.WNOHANG)
-            except ChildProcessError:
-                return None
-            if got == 0:
-                if time.monotonic() > deadline:
-                    raise Error("thread %d does not stop" % tid)
-                time.sleep(0.0005)
-                continue
-            if not os.WIFSTOPPED(status):
-                return None
-            if status >> 16 == 0:
+            if (status >> 16 == PTRACE_EVENT_STOP) == event:
                 return os.WSTOPSIG(status)
             _ptrace(PTRACE_CONT, tid, 0, 0)
 

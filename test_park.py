@@ -2294,11 +2294,7 @@ class TimerTest(LiveTestCase):
     """park PORT --for DURATION."""
 
     def wait_until(self, what, predicate, timeout=15):
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            if time.monotonic() > deadline:
-                self.fail("timed out waiting for " + what)
-            time.sleep(0.1)
+        self.wait_for(predicate, what, timeout)
 
     def test_for_resumes_by_itself_after_the_shell_exits(self):
         proc = self.start_asyncio(self.port)
