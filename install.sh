@@ -11,9 +11,9 @@ set -u
 BASE_URL="https://raw.githubusercontent.com/park-sh/park/main"
 
 # sha256 of each file at this release (test_park.py fails, printing these lines, when one differs).
-SHA256_park_py="c5f48664b65291fe00468f9af41d02c4ccd10f73586bf2ad85037ec6baf5125d"
+SHA256_park_py="b9f7562f42c65004425e464fe795a577a0311cef648677ccc6020ad140961ea1"
 SHA256_park_darwin_arm64_py="35e04a52d80d7f0bec27951dd9d39527268a8dfc71ddaf28203861b6a83c51bd"
-SHA256_park_linux_x86_64_py="52f76ff6e2110c3f5b58abe0ad0f5e085e9ea23f90b0384607393b948d60324f"
+SHA256_park_linux_x86_64_py="744d56c246012ad3160abf5ddb06c6cbd3a93c01e4f50b7d40cea0989f9eba21"
 
 say() { printf 'park-install: %s\n' "$*"; }
 err() { printf 'park-install: error: %s\n' "$*" >&2; }

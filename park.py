@@ -37,7 +37,7 @@ BACKENDS = {("linux", "x86_64"): "park_linux_x86_64", ("darwin", "arm64"): "park
 BASE_URL = "https://raw.githubusercontent.com/park-sh/park/main"
 PINS = {
     "park_darwin_arm64": "35e04a52d80d7f0bec27951dd9d39527268a8dfc71ddaf28203861b6a83c51bd",
-    "park_linux_x86_64": "52f76ff6e2110c3f5b58abe0ad0f5e085e9ea23f90b0384607393b948d60324f",
+    "park_linux_x86_64": "744d56c246012ad3160abf5ddb06c6cbd3a93c01e4f50b7d40cea0989f9eba21",
 }
 SCHEMA = 1
 KIND = "park.parked"
@@ -251,66 +251,89 @@ class StateDir:
     def open(cls, path, owner=None, create=True):
         """Open and check path: a real directory (not a symlink), owned by `owner` (default: the directory
         may belong to the effective user, or to anyone when that is root), and writable by its owner only."""
+        me = os.geteuid()
+        parent, name = os.path.split(os.path.abspath(path))
+        try:
+            pfd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as e:
+            raise ParkError("cannot open %s, where the state directory %s is: %s" % (parent, path, e.strerror),
+                            fix="set PARK_HOME to a directory of yours")
+        try:
+            if owner is None and me == 0:
+                # Root in someone else's HOME (sudo that keeps HOME, as on macOS): the state made there is that
+                # user's, and then steers only that user's processes (see _not_owners).
+                up = os.fstat(pfd).st_uid
+                made_for = up if up != 0 else None
+            else:
+                made_for = owner
+            return cls._open_at(pfd, name, path, owner, create, made_for)
+        finally:
+            os.close(pfd)
+
+    @classmethod
+    def _open_at(cls, pfd, name, path, owner, create, made_for, chown_to=None):
+        """The directory name in the directory pfd, checked; if missing and create, made and then given to
+        uid made_for (None: left as made). Everything goes through pfd and the new fd: no path is walked
+        twice, no symlink is followed."""
         import stat
         me = os.geteuid()
         try:
-            st = os.lstat(path)
+            fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
         except FileNotFoundError:
             if not create:
                 raise
-            if owner is None and me == 0:
-                # Root in someone else's HOME (sudo that keeps HOME, as on macOS): the state is that user's,
-                # and then steers only that user's processes (see _not_owners).
-                try:
-                    parent = os.stat(os.path.dirname(os.path.abspath(path))).st_uid
-                except OSError:
-                    parent = 0
-                owner = parent if parent != 0 else None
             try:
-                os.mkdir(path, 0o700)
+                os.mkdir(name, 0o700, dir_fd=pfd)
             except FileExistsError:
                 pass
             except OSError as e:
                 raise ParkError("cannot create the state directory %s: %s" % (path, e.strerror),
                                 fix="mkdir -m 700 %s, or set PARK_HOME to a directory of yours" % path)
-            if owner is not None and owner != me:
-                os.chown(path, owner, -1, follow_symlinks=False)
-            st = os.lstat(path)
+            return cls._open_at(pfd, name, path, owner, False, None, chown_to=made_for)
         except OSError as e:
-            raise ParkError("cannot read the state directory %s: %s" % (path, e.strerror),
-                            fix="set PARK_HOME to a directory of yours")
-        if stat.S_ISLNK(st.st_mode):
-            raise ParkError("the state directory %s is a symlink; park does not follow it" % path,
-                            fix="rm %s  (park then makes a real directory there), or point PARK_HOME at the "
-                                "real directory" % path)
-        if not stat.S_ISDIR(st.st_mode):
-            raise ParkError("the state directory %s is not a directory" % path,
-                            fix="rm %s, or set PARK_HOME to a directory" % path)
-        if owner is None and st.st_uid != me and me != 0:
-            raise ParkError("the state directory %s belongs to uid %d, not to you (uid %d)" % (path, st.st_uid, me),
-                            fix="set PARK_HOME to a directory of your own (e.g. PARK_HOME=~/.park)")
-        if owner is not None and st.st_uid != owner:
-            raise ParkError("%s belongs to uid %d, not to uid %d like the rest of the state" % (path, st.st_uid,
-                                                                                          owner),
-                            fix="rm -r %s" % path)
-        if st.st_mode & 0o022:
-            raise ParkError("the state directory %s is writable by %s" % (
-                path, "others" if st.st_mode & 0o002 else "its group"), fix="chmod go-w %s" % path)
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except OSError as e:
+            st = None
+            try:
+                st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
+            except OSError:
+                pass
+            if st is not None and stat.S_ISLNK(st.st_mode):
+                raise ParkError("the state directory %s is a symlink; park does not follow it" % path,
+                                fix="rm %s  (park then makes a real directory there), or point PARK_HOME at "
+                                    "the real directory" % path)
+            if st is not None and not stat.S_ISDIR(st.st_mode):
+                raise ParkError("the state directory %s is not a directory" % path,
+                                fix="rm %s, or set PARK_HOME to a directory" % path)
+            if st is not None and st.st_uid != me and me != 0:
+                raise ParkError("the state directory %s belongs to uid %d, not to you (uid %d)"
+                                % (path, st.st_uid, me),
+                                fix="set PARK_HOME to a directory of your own (e.g. PARK_HOME=~/.park)")
             raise ParkError("cannot open the state directory %s: %s" % (path, e.strerror),
                             fix="set PARK_HOME to a directory of yours")
-        if (os.fstat(fd).st_ino, os.fstat(fd).st_dev) != (st.st_ino, st.st_dev):
+        try:
+            if chown_to is not None and chown_to != me and os.fstat(fd).st_uid == me:
+                os.fchown(fd, chown_to, -1)  # just made by root for that user: theirs, through the fd
+            st = os.fstat(fd)
+            if owner is None and st.st_uid != me and me != 0:
+                raise ParkError("the state directory %s belongs to uid %d, not to you (uid %d)"
+                                % (path, st.st_uid, me),
+                                fix="set PARK_HOME to a directory of your own (e.g. PARK_HOME=~/.park)")
+            if owner is not None and st.st_uid != owner:
+                raise ParkError("%s belongs to uid %d, not to uid %d like the rest of the state"
+                                % (path, st.st_uid, owner), fix="rm -r %s" % path)
+            if st.st_mode & 0o022:
+                raise ParkError("the state directory %s is writable by %s" % (
+                    path, "others" if st.st_mode & 0o002 else "its group"), fix="chmod go-w %s" % path)
+        except BaseException:
             os.close(fd)
-            raise ParkError("the state directory %s changed while park opened it" % path, fix="run park again")
+            raise
         return cls(path, fd, st.st_uid)
 
     def sub(self, name):
-        """A subdirectory (made 0700, and owned like this one, if missing), checked the same way."""
+        """A subdirectory (made 0700, and owned like this one, if missing), checked the same way, opened
+        relative to this directory's fd."""
         cache = self.__dict__.setdefault("subs", {})
         if name not in cache:
-            cache[name] = StateDir.open(os.path.join(self.path, name), owner=self.owner)
+            cache[name] = StateDir._open_at(self.fd, name, self.where(name), self.owner, True, self.owner)
         return cache[name]
 
     def where(self, name):
@@ -331,7 +354,9 @@ class StateDir:
     def open_file(self, name, flags, mode=0o600):
         """os.open of name in this directory: never through a symlink, and a file park creates is its owner's."""
         try:
-            fd = os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=self.fd)
+            # O_NONBLOCK: a FIFO planted under a state file's name must not hang park (regular files ignore it)
+            fd = os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY, mode,
+                         dir_fd=self.fd)
         except OSError as e:
             if e.errno == 40:  # ELOOP: name is a symlink
                 raise ParkError("%s is a symlink; park does not follow it" % self.where(name),
@@ -673,11 +698,12 @@ def find_record(text, backend=None, verb="resume"):
     if found is None:
         caller = _sudo_caller_state()
         if caller is not None:
-            os.environ["PARK_HOME"] = caller  # this command (and a keeper it forks) now uses that state
+            os.environ["PARK_HOME"] = caller[0]  # this command (and a keeper it forks) now uses that state
+            _STATE[:] = [StateDir.open(caller[0], owner=caller[1], create=False)]
             found = _lookup(kind, n)
             if found is not None:
                 del NOTES[:]
-                note("using %s, the state of uid %d, who ran sudo" % (caller, state().owner))
+                note("using %s, the state of uid %d, who ran sudo" % caller)
     if found is not None:
         return found
     fix = "park list  (shows what is parked)"
@@ -699,7 +725,8 @@ def _lookup(kind, n):
 
 
 def _sudo_caller_state():
-    """The ~/.park of the user who ran sudo, when park runs as root with no PARK_HOME, and it exists."""
+    """(path, uid): the ~/.park of the user who ran sudo, when park runs as root with no PARK_HOME, and it
+    exists."""
     import pwd
     import stat
     uid = os.environ.get("SUDO_UID", "")
@@ -710,7 +737,7 @@ def _sudo_caller_state():
         st = os.lstat(path)
     except (KeyError, OSError):
         return None
-    return path if stat.S_ISDIR(st.st_mode) and st.st_uid == int(uid) else None
+    return (path, int(uid)) if stat.S_ISDIR(st.st_mode) and st.st_uid == int(uid) else None
 
 
 def _held_by_root(backend):
@@ -736,7 +763,8 @@ def debug(text):
 
 
 def out(text=""):
-    sys.stdout.write(text + "\n")
+    """One or more lines on stdout, each with its control characters escaped (see safe)."""
+    sys.stdout.write("\n".join(safe(line) for line in str(text).split("\n")) + "\n")
     sys.stdout.flush()
 
 
@@ -903,6 +931,7 @@ def parse_duration(text):
 # `park release` ask of it over a unix socket in the state directory. If the keeper dies, the process runs on
 # without its listener, and `park resume` recreates it.
 
+KEEPER_REPORT_SECONDS = 60  # the CLI waits this long for the keeper to say it parked (a drain takes 2 s)
 KEEPER_TICK = 0.25  # seconds between looks at the held processes' signals (see _keeper_signals)
 RETRY_SECONDS = 600  # how long a timed resume keeps trying while the port is taken
 ENDING = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT")  # they end a park: the process then gets them at once
@@ -933,10 +962,22 @@ def _spawn_keeper(backend, record, plan, seccomp, drain, hold):
             code = _keeper(backend, record, plan, seccomp, drain, hold, w)
         finally:
             os._exit(code)
+    import select
+    import time
     os.close(w)
     os.waitpid(pid, 0)
-    with os.fdopen(r, "rb") as f:
-        data = f.read()  # until the keeper closes its end: after parking, or when it dies
+    data, deadline = b"", time.monotonic() + KEEPER_REPORT_SECONDS
+    with os.fdopen(r, "rb", buffering=0) as f:
+        while time.monotonic() < deadline:  # until the keeper closes its end: after parking, or when it dies
+            if select.select([f], [], [], max(0.0, deadline - time.monotonic()))[0]:
+                chunk = f.read(65536)
+                if not chunk:
+                    break
+                data += chunk
+        else:
+            return {"ok": False, "error": "park's keeper did not report within %d s whether it parked :%d"
+                                          % (KEEPER_REPORT_SECONDS, record["port"]),
+                    "fix": "park list  (shows whether :%d is parked)" % record["port"]}
     try:
         return json.loads(data.decode())
     except ValueError:
@@ -1003,9 +1044,15 @@ def _keeper(backend, record, plan, seccomp, drain, hold, report):
     fd = os.open(os.devnull, os.O_RDWR)
     for n in (0, 1, 2):
         os.dup2(fd, n)  # nothing of the terminal, nor of a pipe the CLI writes to, is kept open
-    os.closerange(3, report)
-    os.closerange(report + 1, 1 << 16)  # the CLI's port lock among them, and its state directory fds
-    _STATE.clear()
+    # Close every fd the CLI had (its port lock among them) but the report pipe and the checked state
+    # directory fds, which the keeper goes on using: it never opens the state by its path again.
+    state().sub("parked"), state().sub("keepers"), state().sub("locks")
+    keep = sorted({report, _STATE[0].fd} | {d.fd for d in _STATE[0].__dict__.get("subs", {}).values()})
+    low = 3
+    for fd in keep:
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, 1 << 16)
     for name in ("SIGINT", "SIGHUP", "SIGQUIT", "SIGTSTP", "SIGTTIN", "SIGTTOU", "SIGPIPE"):
         signal.signal(getattr(signal, name), signal.SIG_IGN)
     k = _Keeper(backend, record, plan, report)
@@ -1339,16 +1386,34 @@ def _keeper_timer(k):
     return False
 
 
-def _ask_keeper(port, request, timeout=60):
-    """Send one request to the keeper of port; its reply (a dict), or None when no keeper answers."""
+def held_by_keeper(backend, record):
+    """The keeper's pid when a live keeper holds every live holder of this record (on Linux: traces it), so
+    that what it says can be believed; None otherwise (no keeper, or a record that only claims one)."""
+    keeper = None if record.get("ended") else keeper_alive(backend, record)
+    if keeper is None:
+        return None
+    infos = [backend.process(h["pid"]) for h in record["holders"]]
+    live = [i for i, h in zip(infos, record["holders"]) if i is not None and i["start"] == h["starttime"]]
+    if not live or not all(backend.held(i, keeper) and _not_owners(i, record["port"]) is None for i in live):
+        return None
+    return keeper
+
+
+def _ask_keeper(port, request, keeper, timeout=20):
+    """Send one request to the keeper of port (pid `keeper`, checked with SO_PEERCRED); its reply (a dict),
+    or None when no keeper answers, or another process does."""
     import json
     import socket
+    import struct
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         s.settimeout(timeout)
         try:
             s.connect(keepers_dir().fd_path("%d.sock" % port))
         except OSError:
+            return None
+        peer, uid = struct.unpack("=iII", s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[:2]
+        if peer != keeper or uid not in (0, os.geteuid(), state().owner):
             return None
         s.sendall(json.dumps(request).encode() + b"\n")
         data = s.makefile("rb").readline()
@@ -1398,7 +1463,8 @@ def _hold_view(backend, port, seconds):
         sys.stderr.write("\n")
     with Critical():
         with PortLock(port):
-            reply = _ask_keeper(port, {"op": "resume"})
+            keeper = held_by_keeper(backend, rec)
+            reply = _ask_keeper(port, {"op": "resume"}, keeper) if keeper else None
     return _print_resumed(rec, port, reply)
 
 
@@ -1406,9 +1472,9 @@ def _print_resumed(record, port, reply):
     if reply is None:
         raise ParkError("the keeper of :%d did not answer" % port, fix="park list; park resume %d" % port)
     if not reply.get("ok"):
-        raise ParkError(reply["error"], fix=reply.get("fix"))
+        raise ParkError(str(reply.get("error")), fix=reply.get("fix") and str(reply["fix"]))
     for n in reply.get("notes", []):
-        out(n)
+        out(str(n))
     names = {h["pid"]: h for h in (record or {}).get("holders", [])}
     for pid in sorted(set(reply["pids"])):
         out("resumed :%d  pid %d  %s" % (port, pid, command_of(names.get(pid, {"name": "?"}))))
@@ -1471,13 +1537,18 @@ def cmd_resume(args):
     record = find_record(args.target, backend)
     port = record["port"]
     deadline = time.monotonic() + (args.wait or 0)
-    while not record.get("ended") and keeper_alive(backend, record):
+    while True:
+        keeper = held_by_keeper(backend, record)
+        if keeper is None:
+            break
         with PortLock(port):
-            reply = _ask_keeper(port, {"op": "resume", "force": args.force})
+            reply = _ask_keeper(port, {"op": "resume", "force": args.force}, keeper)
         if reply is None and not keeper_alive(backend, record):
             if not state_exists(port):  # it ended the park meanwhile (a signal, its timer)
                 raise ParkError(":%d was resumed or ended meanwhile, by its keeper" % port, fix="park list")
             break  # it died just now: resume without it
+        if reply is not None and reply.get("ok"):
+            reply["pids"] = [p for p in reply.get("pids", []) if any(h["pid"] == p for h in record["holders"])]
         if reply is None or not reply.get("busy") or time.monotonic() >= deadline:
             return _print_resumed(record, port, reply)
         time.sleep(0.1)
@@ -1603,10 +1674,10 @@ def cmd_release(args):
     port = record["port"]
     sig = signal.SIGKILL if args.force else signal.SIGTERM if args.kill else None
     with PortLock(port):
-        live = [h for h in record["holders"] if holder_status(backend, h) != "gone"]
-        by_keeper = not record.get("ended") and keeper_alive(backend, record)
+        by_keeper = held_by_keeper(backend, record)
+        live = [h for h in record["holders"] if holder_status(backend, h, by_keeper) != "gone"]
         if by_keeper:
-            reply = _ask_keeper(port, {"op": "release", "signal": sig})
+            reply = _ask_keeper(port, {"op": "release", "signal": sig}, by_keeper)
             if reply is None or not reply.get("ok"):
                 raise ParkError("the keeper of :%d did not let go of it" % port,
                                 fix="park list; then kill %d" % record["keeper"]["pid"])
@@ -2182,9 +2253,9 @@ def main(argv=None):
             return EXIT_INTERRUPTED
         return code
     except ParkError as e:
-        sys.stderr.write("park: %s\n" % e)
+        sys.stderr.write("park: %s\n" % safe(str(e)))
         if e.fix:
-            sys.stderr.write("  fix: %s\n" % e.fix)
+            sys.stderr.write("  fix: %s\n" % safe(str(e.fix)))
         return e.code
     except BrokenPipeError:  # `park ... | head -1`: the work is done (a timer or hold is the keeper's); stop quietly
         try:

@@ -1455,27 +1455,35 @@ def _give_fd(tracer, pid, local_fd):
     number there (FD_CLOEXEC set). The directory is made in pid's own /tmp (through /proc/PID/root, so a
     private /tmp or another mount namespace works too). A peer other than pid is dropped."""
     import stat
-    import tempfile
-    base = "/proc/%d/root/tmp" % pid
     uid = (process(pid) or {}).get("uid", os.geteuid())
+    # Everything below goes through directory fds: the target's user owns its /tmp view and, after the
+    # chown, the new directory, and could swap either for a symlink between two calls that take a path.
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    base, where = None, "/tmp"
     try:
-        st = os.lstat(base)  # the target's own /tmp: a real, sticky directory, or park uses its own /tmp
-        if not stat.S_ISDIR(st.st_mode) or not st.st_mode & stat.S_ISVTX or st.st_uid != 0:
-            base = "/tmp"
+        base = os.open("/proc/%d/root/tmp" % pid, flags)  # the target's own /tmp (its mount namespace)
+        st = os.fstat(base)
+        if not st.st_mode & stat.S_ISVTX or st.st_uid != 0:
+            raise OSError(errno.EPERM, "not a sticky root-owned /tmp")
     except OSError:
-        base = "/tmp"
+        if base is not None:
+            os.close(base)
+        base = os.open("/tmp", flags)
+    name = "park-" + os.urandom(8).hex()
     try:
-        d = tempfile.mkdtemp(prefix="park-", dir=base)
+        os.mkdir(name, 0o700, dir_fd=base)
+        d = os.open(name, flags, dir_fd=base)
     except OSError as e:
+        os.close(base)
         raise Error("cannot make a directory to pass the listener to pid %d: %s" % (pid, e.strerror))
-    mine = os.path.join(d, "s")
-    theirs = ("/tmp" + d[len(base):] if d.startswith(base + "/") else d) + "/s"
+    mine = "/proc/self/fd/%d/s" % d
+    theirs = "%s/%s/s" % (where, name)
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as lsock:
             lsock.bind(mine)
             if uid != os.geteuid():
-                os.chown(mine, uid, -1)
-                os.chown(d, uid, -1)
+                os.chown("s", uid, -1, dir_fd=d, follow_symlinks=False)
+                os.fchown(d, uid, -1)
             lsock.listen(4)
             try:
                 u = tracer.syscall(pid, NR_socket, AF_UNIX, SOCK_STREAM | O_CLOEXEC, 0)
@@ -1500,11 +1508,13 @@ def _give_fd(tracer, pid, local_fd):
             finally:
                 tracer.syscall(pid, NR_close, u)
     finally:
-        for path, rm in ((mine, os.unlink), (d, os.rmdir)):
+        for rm, what, at in ((os.unlink, "s", d), (os.rmdir, name, base)):
             try:
-                rm(path)
+                rm(what, dir_fd=at)  # unlinkat/rmdir at: a symlink put there is removed, never followed
             except OSError:
                 pass
+        os.close(d)
+        os.close(base)
 
 
 def _send_to(lsock, pid, local_fd):

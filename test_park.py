@@ -3128,6 +3128,48 @@ class SecurityTest(LiveTestCase):
                 os.path.join(home, "parked")) if n.endswith(".json")][0])) as f:
             return json.load(f)["keeper"]["pid"]
 
+    def test_a_fake_keeper_cannot_steer_root(self):
+        """A writes a state file naming a stopped root process as the holder and its own process as the keeper,
+        which answers on the keeper's socket: root's release --kill and resume touch nothing."""
+        victim = subprocess.Popen(["sleep", "60"])
+        self.addCleanup(self._stop_proc, victim)
+        os.kill(victim.pid, signal.SIGSTOP)
+        self.wait_for(lambda: proc_state(victim.pid) == "T", "the victim to stop")
+        port = free_port()
+        for sub in ("parked", "keepers"):
+            os.mkdir(os.path.join(self.home_a, sub), 0o700)
+            os.chown(os.path.join(self.home_a, sub), self.a.pw_uid, self.a.pw_gid)
+        fake = os.path.join(self.pub, "fake_keeper.py")
+        with open(fake, "w") as f:
+            f.write(FAKE_KEEPER)
+        os.chmod(fake, 0o644)
+        keeper = subprocess.Popen([self.python, fake, os.path.join(self.home_a, "keepers", "%d.sock" % port),
+                                   str(victim.pid)], preexec_fn=self.as_user(self.a), stdout=subprocess.PIPE)
+        self.addCleanup(self._stop_proc, keeper)
+        self.assertEqual(keeper.stdout.readline().strip(), b"READY")
+        data = self.hostile(port, victim.pid, self.start_of(victim.pid),
+                            keeper={"pid": keeper.pid, "starttime": self.start_of(keeper.pid)})
+        self.write_as(self.a, os.path.join(self.home_a, "parked", "%d.json" % port), data)
+        for args in (["release", port, "--kill"], ["resume", port]):
+            r = self.run_park(*args, home=self.home_a, expect=1)
+            self.assertNotIn("sent SIGTERM", r.stdout)
+            self.assertNotIn("resumed", r.stdout)
+        self.assertEqual(proc_state(victim.pid), "T", "root's stopped process was signalled")
+
+    def test_a_planted_fifo_does_not_hang_root(self):
+        port = free_port()
+        for sub in ("parked", "keepers"):
+            os.mkdir(os.path.join(self.home_a, sub), 0o700)
+            os.chown(os.path.join(self.home_a, sub), self.a.pw_uid, self.a.pw_gid)
+        for rel in ("parked/%d.json" % port, "keepers/%d.log" % port):
+            subprocess.run(["mkfifo", os.path.join(self.home_a, rel)], check=True, preexec_fn=self.as_user(self.a))
+        theirs = self.server_as(self.a, port)
+        for args in (["list"], ["resume", port], [port]):
+            r = self.run_park(*args, home=self.home_a)  # a hang would time out (CHILD_TIMEOUT)
+            self.assertEqual(r.returncode, 1, r)
+            self.assertIn("not a plain file", r.stderr)
+        self.assert_running(theirs.pid)
+
     def test_state_directory_is_checked_like_ssh(self):
         """A symlinked, foreign-owned, group- or world-writable PARK_HOME is refused in one line naming it."""
         loose = self.user_dir(self.a, "loose", 0o770)
@@ -3302,6 +3344,22 @@ class SecurityTest(LiveTestCase):
                 self.assertIn(says, r.stderr)
         r = self.park("9" * 100000, expect=2)
         self.assertIn("not a port", r.stderr)
+
+
+FAKE_KEEPER = r"""
+# Runs as the attacker: answers every request on the keeper socket path of a hostile state file.
+import json, os, socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.bind(sys.argv[1])
+s.listen(8)
+print("READY", flush=True)
+while True:
+    c, _ = s.accept()
+    c.makefile("rb").readline()
+    c.sendall(json.dumps({"ok": True, "pids": [int(sys.argv[2])], "held": 0.0, "notes": [],
+                          "addresses": ["127.0.0.1:1"]}).encode() + b"\n")
+    c.close()
+"""
 
 
 HAND_OVER_THIEF = r"""
