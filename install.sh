@@ -11,9 +11,9 @@ set -u
 BASE_URL="https://raw.githubusercontent.com/park-sh/park/main"
 
 # sha256 of each file at this release (test_park.py fails, printing these lines, when one differs).
-SHA256_park_py="b9f7562f42c65004425e464fe795a577a0311cef648677ccc6020ad140961ea1"
+SHA256_park_py="d1a830257fb2b2a25248c45a511b26d0c59672fe70dcefb6d239b2b1351db370"
 SHA256_park_darwin_arm64_py="35e04a52d80d7f0bec27951dd9d39527268a8dfc71ddaf28203861b6a83c51bd"
-SHA256_park_linux_x86_64_py="744d56c246012ad3160abf5ddb06c6cbd3a93c01e4f50b7d40cea0989f9eba21"
+SHA256_park_linux_x86_64_py="aef546ec64119de169c5ad0cdbe0c59fb8622440324e8d907a377d8e4cea4350"
 
 say() { printf 'park-install: %s\n' "$*"; }
 err() { printf 'park-install: error: %s\n' "$*" >&2; }

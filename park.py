@@ -37,7 +37,7 @@ BACKENDS = {("linux", "x86_64"): "park_linux_x86_64", ("darwin", "arm64"): "park
 BASE_URL = "https://raw.githubusercontent.com/park-sh/park/main"
 PINS = {
     "park_darwin_arm64": "35e04a52d80d7f0bec27951dd9d39527268a8dfc71ddaf28203861b6a83c51bd",
-    "park_linux_x86_64": "744d56c246012ad3160abf5ddb06c6cbd3a93c01e4f50b7d40cea0989f9eba21",
+    "park_linux_x86_64": "aef546ec64119de169c5ad0cdbe0c59fb8622440324e8d907a377d8e4cea4350",
 }
 SCHEMA = 1
 KIND = "park.parked"

@@ -1136,7 +1136,7 @@ def _orphaned(pid):
         return False
     for q in pids():
         try:
-            ppid, qgrp, qsess = _stat_ids(q)
+            ppid, qgrp, _ = _stat_ids(q)
             if qgrp != pgrp:
                 continue
             _, pgrp_p, sess_p = _stat_ids(ppid)
