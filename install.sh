@@ -11,7 +11,7 @@ set -u
 BASE_URL="https://raw.githubusercontent.com/park-sh/park/main"
 
 # sha256 of each file at this release (test_park.py fails, printing these lines, when one differs).
-SHA256_park_py="d1a830257fb2b2a25248c45a511b26d0c59672fe70dcefb6d239b2b1351db370"
+SHA256_park_py="cf97e9d692f0fbccaffe61ddd1f8ab58b59afb3fae179b7a4387b15723316eaf"
 SHA256_park_darwin_arm64_py="35e04a52d80d7f0bec27951dd9d39527268a8dfc71ddaf28203861b6a83c51bd"
 SHA256_park_linux_x86_64_py="aef546ec64119de169c5ad0cdbe0c59fb8622440324e8d907a377d8e4cea4350"
 

@@ -254,7 +254,8 @@ class StateDir:
         me = os.geteuid()
         parent, name = os.path.split(os.path.abspath(path))
         try:
-            pfd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            # O_PATH where there is one: only search permission on the parent is needed, as for a path
+            pfd = os.open(parent, getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as e:
             raise ParkError("cannot open %s, where the state directory %s is: %s" % (parent, path, e.strerror),
                             fix="set PARK_HOME to a directory of yours")
@@ -348,8 +349,11 @@ class StateDir:
             pass
 
     def fd_path(self, name):
-        """A path to name that goes through this directory's fd (for bind and connect, which take a path)."""
-        return "/proc/self/fd/%d/%s" % (self.fd, name)
+        """A path to name that goes through this directory's fd (for bind and connect, which take a path);
+        where there is no /proc (macOS), the checked path itself."""
+        if os.path.isdir("/proc/self/fd"):
+            return "/proc/self/fd/%d/%s" % (self.fd, name)
+        return self.where(name)
 
     def open_file(self, name, flags, mode=0o600):
         """os.open of name in this directory: never through a symlink, and a file park creates is its owner's."""
@@ -420,7 +424,7 @@ class StateDir:
         return sorted(os.listdir(self.fd))
 
 
-_STATE = []  # the StateDir of this process, opened once (the keeper opens its own after closing every fd)
+_STATE = []  # the StateDir of this process, opened once (a keeper keeps the CLI's fds of it open)
 
 
 def state():
@@ -699,7 +703,9 @@ def find_record(text, backend=None, verb="resume"):
         caller = _sudo_caller_state()
         if caller is not None:
             os.environ["PARK_HOME"] = caller[0]  # this command (and a keeper it forks) now uses that state
-            _STATE[:] = [StateDir.open(caller[0], owner=caller[1], create=False)]
+            if _STATE:
+                _STATE.pop().close()
+            _STATE.append(StateDir.open(caller[0], owner=caller[1], create=False))
             found = _lookup(kind, n)
             if found is not None:
                 del NOTES[:]
@@ -847,6 +853,10 @@ def recheck(backend, record):
         info = backend.process(h["pid"])
         if info is None or info["start"] != h["starttime"]:
             continue  # gone, or another process now: _live_plan leaves it alone
+        keeper = keeper_alive(backend, record)
+        if keeper is not None and info["tracer"] == keeper:
+            raise ParkError("pid %d is still held by the keeper of :%d (pid %d), which does not hold all of its "
+                            "processes" % (h["pid"], port, keeper), fix="kill %d; park resume %d" % (keeper, port))
         why = refusal(info, port, me, True) or _not_owners(info, port)
         if why:
             raise ParkError(why[0], fix=why[1])
@@ -1296,8 +1306,6 @@ def _keeper_resume(k, force):
 def _keeper_request(k):
     """Serve one request from the CLI; True when the park has ended."""
     import json
-    import socket
-    import struct
     try:
         conn, _ = k.ctl.accept()
     except OSError:
@@ -1305,7 +1313,7 @@ def _keeper_request(k):
     with conn:
         conn.settimeout(5)
         try:
-            uid = struct.unpack("=iII", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[1]
+            uid = peer_of(conn)[1]
             if uid not in (0, os.geteuid()):
                 return False
             req = json.loads(conn.makefile("rb").readline().decode())
@@ -1399,12 +1407,23 @@ def held_by_keeper(backend, record):
     return keeper
 
 
+def peer_of(sock):
+    """(pid, uid) of the process at the other end of a connected unix socket: SO_PEERCRED on Linux,
+    LOCAL_PEERPID and LOCAL_PEERCRED (struct xucred, sys/ucred.h) on macOS."""
+    import socket
+    import struct
+    if hasattr(socket, "SO_PEERCRED"):
+        return struct.unpack("=iII", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[:2]
+    pid = struct.unpack("=i", sock.getsockopt(0, 0x002, 4))[0]  # SOL_LOCAL, LOCAL_PEERPID (sys/un.h)
+    uid = struct.unpack("=IIh", sock.getsockopt(0, 0x001, 76)[:10])[1]  # LOCAL_PEERCRED: cr_version, cr_uid
+    return pid, uid
+
+
 def _ask_keeper(port, request, keeper, timeout=20):
     """Send one request to the keeper of port (pid `keeper`, checked with SO_PEERCRED); its reply (a dict),
     or None when no keeper answers, or another process does."""
     import json
     import socket
-    import struct
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         s.settimeout(timeout)
@@ -1412,7 +1431,7 @@ def _ask_keeper(port, request, keeper, timeout=20):
             s.connect(keepers_dir().fd_path("%d.sock" % port))
         except OSError:
             return None
-        peer, uid = struct.unpack("=iII", s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[:2]
+        peer, uid = peer_of(s)
         if peer != keeper or uid not in (0, os.geteuid(), state().owner):
             return None
         s.sendall(json.dumps(request).encode() + b"\n")
@@ -1463,7 +1482,7 @@ def _hold_view(backend, port, seconds):
         sys.stderr.write("\n")
     with Critical():
         with PortLock(port):
-            keeper = held_by_keeper(backend, rec)
+            keeper = held_by_keeper(backend, rec) if rec else None
             reply = _ask_keeper(port, {"op": "resume"}, keeper) if keeper else None
     return _print_resumed(rec, port, reply)
 
@@ -2216,6 +2235,22 @@ def build_parser():
     return p
 
 
+def _open_std_fds():
+    """Started with stdin, stdout or stderr closed (some daemons and CI runners do that): /dev/null there, so
+    that no state directory or lock gets fd 0-2 (which the keeper points at /dev/null) and output has a home."""
+    for n in (0, 1, 2):
+        try:
+            os.fstat(n)
+        except OSError:
+            fd = os.open(os.devnull, os.O_RDWR)
+            if fd != n:
+                os.dup2(fd, n)
+                os.close(fd)
+    for name, mode in (("stdin", "r"), ("stdout", "w"), ("stderr", "w")):
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(os.devnull, mode))
+
+
 def main(argv=None):
     if sys.version_info < (3, 9):
         sys.stderr.write("park: needs Python 3.9 or newer; this is %d.%d\n  fix: run it with a newer python3 "
@@ -2228,6 +2263,7 @@ def main(argv=None):
         debug("main started at %.6f" % time.time())  # the benchmark measures from here, past interpreter start
     argv = list(sys.argv[1:] if argv is None else argv)
     del NOTES[:]
+    _open_std_fds()
     if argv and argv[0] not in COMMANDS and argv[0] not in ("-h", "--help", "--version", "park"):
         argv.insert(0, "park")
     parser = build_parser()

@@ -1738,6 +1738,18 @@ class BehaviourTest(LiveTestCase):
         self.park("list", "--prune", expect=0)
         self.assertIsNone(self.entry(self.port), "prune kept a gone entry")
 
+    def test_park_started_with_stdin_and_stdout_closed(self):
+        """Some daemons and CI runners start commands with fds 0-2 closed: park still parks and resumes."""
+        proc = self.start_asyncio(self.port)
+        pid, n = self.get_count("127.0.0.1", self.port)
+        self.wait_quiet(self.port)
+        r = subprocess.run(["sh", "-c", 'exec "$@" 0<&- 1>&-', "sh", sys.executable, PARK, str(self.port)],
+                           stderr=subprocess.PIPE, universal_newlines=True, env=self.env, timeout=CHILD_TIMEOUT)
+        self.assertEqual((r.returncode, r.stderr), (0, ""))
+        self.assert_parked(proc.pid)
+        self.park("resume", self.port, expect=0)
+        self.assertEqual(self.get_count("127.0.0.1", self.port), (pid, n + 1))
+
     def test_pid_reuse_is_refused(self):
         """With its keeper gone, resume goes by the state file alone: a pid whose start time differs from the
         recorded one is another process, and is left alone."""
@@ -3323,6 +3335,16 @@ class SecurityTest(LiveTestCase):
                     r = self.park(*args, expect=1)
                     self.assertIn("3000.json", r.stderr)
                     self.assertNotIn("unexpected error", r.stderr)
+
+    def test_a_state_directory_under_a_search_only_parent(self):
+        """PARK_HOME inside a directory A may search but not read (0711): park needs no more than a path does."""
+        parent = os.path.join(self.tmp, "search-only")
+        os.mkdir(parent, 0o711)
+        home = os.path.join(parent, "park")
+        os.mkdir(home, 0o700)
+        os.chown(home, self.a.pw_uid, self.a.pw_gid)
+        r = self.run_park("list", user=self.a, home=home, expect=0)
+        self.assertIn("nothing is parked", r.stdout)
 
     def test_one_damaged_state_file_does_not_hide_the_others(self):
         proc = self.start_asyncio(self.port)
