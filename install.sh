@@ -11,9 +11,9 @@ set -u
 BASE_URL="https://raw.githubusercontent.com/park-sh/park/main"
 
 # sha256 of each file at this release (test_park.py fails, printing these lines, when one differs).
-SHA256_park_py="cf97e9d692f0fbccaffe61ddd1f8ab58b59afb3fae179b7a4387b15723316eaf"
+SHA256_park_py="fd76e1fb1cd087f3f8d4dd680fcefb61e8054f94268c4224433e33bf6bccdef7"
 SHA256_park_darwin_arm64_py="35e04a52d80d7f0bec27951dd9d39527268a8dfc71ddaf28203861b6a83c51bd"
-SHA256_park_linux_x86_64_py="aef546ec64119de169c5ad0cdbe0c59fb8622440324e8d907a377d8e4cea4350"
+SHA256_park_linux_x86_64_py="7472c86f604542868c10f2f6689ac5ec0c8253dacb49231400cf707e40c7a477"
 
 say() { printf 'park-install: %s\n' "$*"; }
 err() { printf 'park-install: error: %s\n' "$*" >&2; }

@@ -37,7 +37,7 @@ BACKENDS = {("linux", "x86_64"): "park_linux_x86_64", ("darwin", "arm64"): "park
 BASE_URL = "https://raw.githubusercontent.com/park-sh/park/main"
 PINS = {
     "park_darwin_arm64": "35e04a52d80d7f0bec27951dd9d39527268a8dfc71ddaf28203861b6a83c51bd",
-    "park_linux_x86_64": "aef546ec64119de169c5ad0cdbe0c59fb8622440324e8d907a377d8e4cea4350",
+    "park_linux_x86_64": "7472c86f604542868c10f2f6689ac5ec0c8253dacb49231400cf707e40c7a477",
 }
 SCHEMA = 1
 KIND = "park.parked"
@@ -167,7 +167,8 @@ def parse_port(text):
     """'3000' or ':3000' to 3000; a usage error otherwise."""
     t = text[1:] if text.startswith(":") else text
     if not (t.isascii() and t.isdigit()) or len(t) > 5 or not 1 <= int(t) <= 65535:
-        raise ParkError("not a port: %r (expected 1-65535, e.g. 3000 or :3000)" % text, code=EXIT_USAGE)
+        raise ParkError("not a port: %r (expected 1-65535, e.g. 3000 or :3000)" % text[:20],
+                        fix="park 3000  (park help for the commands)", code=EXIT_USAGE)
     return int(t)
 
 
@@ -176,7 +177,8 @@ def parse_target(text):
     if text.startswith(":"):
         return "port", parse_port(text)
     if not (text.isascii() and text.isdigit()) or len(text) > 10 or int(text) < 1:
-        raise ParkError("not a port or pid: %r" % text, code=EXIT_USAGE)
+        raise ParkError("not a port or pid: %r" % text[:20], fix="park resume 3000  (a port, or a pid park list shows)",
+                        code=EXIT_USAGE)
     return "any", int(text)
 
 
@@ -926,11 +928,13 @@ def parse_duration(text):
     import re
     m = re.match(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+(?:\.\d+)?)s?)?$", text.strip())
     if not text.strip() or not m:
-        raise ParkError("not a duration: %r (e.g. 30s, 5m, 1h30m, or seconds)" % text, code=EXIT_USAGE)
+        raise ParkError("not a duration: %r (e.g. 30s, 5m, 1h30m, or seconds)" % text[:20],
+                        fix="park PORT --for 30s", code=EXIT_USAGE)
     h, mi, sec = m.groups()
     seconds = int(h or 0) * 3600 + int(mi or 0) * 60 + float(sec or 0)
     if seconds <= 0:
-        raise ParkError("the duration must be more than 0: %r" % text, code=EXIT_USAGE)
+        raise ParkError("the duration must be more than 0: %r" % text[:20], fix="park PORT --for 30s",
+                        code=EXIT_USAGE)
     return seconds
 
 
@@ -1657,7 +1661,7 @@ def cmd_swap(args):
     backend = load_backend()
     p1, p2 = parse_port(args.port1), parse_port(args.port2)
     if p1 == p2:
-        raise ParkError("swap needs two different ports", code=EXIT_USAGE)
+        raise ParkError("swap needs two different ports", fix="park swap 3000 3001", code=EXIT_USAGE)
     with PortLock(min(p1, p2)), PortLock(max(p1, p2)):
         records = [_prepare(backend, p, args.force) for p in (p1, p2)]
         for record, _, _ in records:  # as for park: a record on disk while the processes are changed
@@ -2182,7 +2186,7 @@ def _ui_fit_size(curses, scr):
 # ---------------------------------------------------------------------------------------------------------
 # Command line
 
-COMMANDS = ("resume", "list", "release", "swap", "ui")
+COMMANDS = ("resume", "list", "release", "swap", "ui", "help")
 
 USAGE = """park PORT [--for DURATION] [--hold] [--force]
                                          pause the server(s) on PORT and free the port
@@ -2199,40 +2203,84 @@ state: $PARK_HOME or ~/.park"""
 
 def build_parser():
     import argparse
-    p = argparse.ArgumentParser(prog="park", usage=USAGE, epilog=EPILOG,
+
+    class Parser(argparse.ArgumentParser):
+        """Usage errors as park's one line and fix (exit 2), never argparse's usage dump."""
+
+        def error(self, message):
+            command = self.prog.split()[1] if len(self.prog.split()) > 1 else None
+            usage = (self.usage or "").split("\n")[0].strip()
+            raise ParkError(message, fix="%s  (park help%s)" % (usage, " " + command if command else ""),
+                            code=EXIT_USAGE)
+
+    p = Parser(prog="park", usage=USAGE, epilog=EPILOG,
                                 description="Ctrl+Z for servers: pause a server and free its port; resume it "
                                             "later as the same process.",
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version="park " + __version__)
-    sub = p.add_subparsers(dest="command", metavar="{resume,list,release,swap,ui}")
-    pk = sub.add_parser("park", usage="park PORT [--for DURATION] [--hold] [--force]")
+    sub = p.add_subparsers(dest="command", metavar="{resume,list,release,swap,ui,help}")
+    pk = sub.add_parser("park", prog="park", usage="park PORT [--for DURATION] [--hold] [--force]",
+                        description="Pause every process holding a TCP listener on PORT and free the port. The "
+                                    "processes are held by park's keeper (never stopped by a signal) until "
+                                    "park resume.")
     pk.add_argument("port", help="PORT or :PORT")
     pk.add_argument("--force", action="store_true",
-                    help="park even when an option cannot be restored or a seccomp filter is present")
+                    help="park even when a socket option cannot be restored (it is skipped at resume), a "
+                         "seccomp filter is present, or the process uses io_uring")
     pk.add_argument("--for", dest="for_", metavar="DURATION",
-                    help="resume by itself after DURATION (30s, 5m, 1h30m, or seconds)")
+                    help="resume by itself after DURATION (30s, 5m, 1h30m, or seconds), retrying while the "
+                         "port is taken")
     pk.add_argument("--hold", action="store_true",
-                    help="keep the port open in the foreground so clients wait; Ctrl+C hands them over")
+                    help="keep the port open meanwhile, so clients wait instead of being refused; this stays "
+                         "in the foreground, and Ctrl+C (or park resume) hands the waiting clients over")
     pk.add_argument("--drain", type=float, default=2.0, metavar="S", help=argparse.SUPPRESS)
-    r = sub.add_parser("resume", help="bring parked processes back", usage="park resume PORT|PID [--wait [S]]")
+    r = sub.add_parser("resume", prog="park resume", help="bring parked processes back",
+                       usage="park resume PORT|PID [--wait [SECONDS]] [--force]")
     r.add_argument("target", metavar="PORT|PID")
     r.add_argument("--wait", nargs="?", type=float, const=60.0, default=0.0, metavar="SECONDS",
                    help="wait while the port is in use by someone else (default 60 s)")
     r.add_argument("--force", action="store_true", help="skip socket options that cannot be restored")
-    ls = sub.add_parser("list", help="show what is parked", usage="park list [--json] [--prune]")
-    ls.add_argument("--json", action="store_true")
+    ls = sub.add_parser("list", prog="park list", help="show what is parked",
+                        usage="park list [--json] [--prune]")
+    ls.add_argument("--json", action="store_true", help="a JSON list of objects, for scripts")
     ls.add_argument("--prune", action="store_true", help="forget entries whose processes are gone")
-    sw = sub.add_parser("swap", help="swap the servers on two ports", usage="park swap PORT1 PORT2 [--force]")
+    sw = sub.add_parser("swap", prog="park swap", help="swap the servers on two ports",
+                        usage="park swap PORT1 PORT2 [--force]")
     sw.add_argument("port1", metavar="PORT1")
     sw.add_argument("port2", metavar="PORT2")
     sw.add_argument("--force", action="store_true", help="as for park")
-    rl = sub.add_parser("release", help="continue without the listener, or end the process",
+    rl = sub.add_parser("release", prog="park release",
+                        help="continue without the listener, or end the process",
                         usage="park release PORT|PID [--kill [--force]]")
     rl.add_argument("target", metavar="PORT|PID")
     rl.add_argument("--kill", action="store_true", help="send SIGTERM (delivered although it was stopped)")
     rl.add_argument("--force", action="store_true", help="with --kill: SIGKILL")
-    sub.add_parser("ui", help="live dashboard of parked and listening servers", usage="park ui")
+    sub.add_parser("ui", prog="park ui", help="live dashboard of parked and listening servers", usage="park ui")
+    hp = sub.add_parser("help", prog="park help", help="this help, or a command's", usage="park help [COMMAND]")
+    hp.add_argument("topic", nargs="?", metavar="COMMAND")
     return p
+
+
+def _subparser(parser, name):
+    """The parser of one command (or, with None, all of them by name)."""
+    import argparse
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)][0].choices
+    return subs if name is None else subs[name]
+
+
+def _help(parser, topic):
+    """park help [COMMAND]: the main help, or one command's."""
+    if topic is None:
+        parser.print_help()
+        return EXIT_OK
+    name = "park" if topic in ("park", "PORT") else topic
+    subs = _subparser(parser, None)
+    if name not in subs:
+        sys.stderr.write("park: no command %r\n  fix: park help  (the commands: %s)\n"
+                         % (topic, ", ".join(c for c in subs if c != "help")))
+        return EXIT_USAGE
+    subs[name].print_help()
+    return EXIT_OK
 
 
 def _open_std_fds():
@@ -2267,15 +2315,26 @@ def main(argv=None):
     if argv and argv[0] not in COMMANDS and argv[0] not in ("-h", "--help", "--version", "park"):
         argv.insert(0, "park")
     parser = build_parser()
+    for i, a in enumerate(argv[:-1]):
+        if a == "--for" and argv[i + 1].startswith("-"):
+            argv[i:i + 2] = ["--for=" + argv[i + 1]]  # so that `--for -5s` is judged as a duration
+            break
     try:
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        if extra:
+            _subparser(parser, args.command or "park").error("unrecognized arguments: %s" % " ".join(extra))
     except SystemExit as e:
         return EXIT_USAGE if e.code else EXIT_OK
-    if args.command is None:
-        parser.print_usage(sys.stderr)
+    except ParkError as e:
+        sys.stderr.write("park: %s\n  fix: %s\n" % (e, e.fix))
         return EXIT_USAGE
+    if args.command is None:
+        sys.stderr.write("park: which port? (e.g. park 3000)\n  fix: park PORT  (park help for the commands)\n")
+        return EXIT_USAGE
+    if args.command == "help":
+        return _help(parser, args.topic)
     if args.command == "release" and args.force and not args.kill:
-        sys.stderr.write("park: --force goes with --kill (park release PORT --kill --force)\n")
+        sys.stderr.write("park: --force goes with --kill\n  fix: park release PORT --kill --force\n")
         return EXIT_USAGE
     run = {"park": cmd_park, "resume": cmd_resume, "list": cmd_list, "release": cmd_release,
            "swap": cmd_swap, "ui": cmd_ui}[args.command]

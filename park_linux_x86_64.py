@@ -1020,7 +1020,8 @@ class Tracer:
                         break
                     # After SIGCONT a listening thread reports an event stop with SIGTRAP (do_jobctl_trap: the
                     # group stop is over); a stop signal instead means it is still stopped by job control.
-                    if tid in p.listening and status >> 16 == PTRACE_EVENT_STOP and os.WSTOPSIG(status) == signal.SIGTRAP:
+                    if tid in p.listening and status >> 16 == PTRACE_EVENT_STOP and \
+                            os.WSTOPSIG(status) == signal.SIGTRAP:
                         p.listening.remove(tid)  # it is in a plain ptrace stop again
                         if not p.listening:
                             events.append((p.pid, ("continued",)))

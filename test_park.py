@@ -740,9 +740,11 @@ class ParkTestCase(unittest.TestCase):
             self.assertLessEqual(len(lines), 2, "%s: more than two stderr lines" % what)
             if len(lines) == 2:
                 self.assertTrue(lines[1].startswith("  fix: "), "%s: second line is not '  fix: ...'" % what)
-        elif r.returncode == 2:
-            self.assertTrue(any(l.startswith("park: ") for l in r.stderr.splitlines()),
-                            "%s: usage error without a 'park: ' line" % what)
+        elif r.returncode == 2:  # a usage error: the same one line and fix, never argparse's usage dump
+            lines = r.stderr.rstrip("\n").split("\n")
+            self.assertTrue(lines[0].startswith("park: "), "%s: usage error without a 'park: ' line" % what)
+            self.assertEqual(len(lines), 2, "%s: a usage error is one line and its fix" % what)
+            self.assertTrue(lines[1].startswith("  fix: "), "%s: no '  fix: ...' line" % what)
 
     def is_resumed(self, pid):
         """Resumed for good: running, and no longer in any state file (resume removes it after SIGCONT). The
@@ -1249,10 +1251,33 @@ class CliTest(ParkTestCase):
         self.assertRegex(r.stdout, r"^park \d+\.\d+\.\d+\n?$")
 
     def test_bad_input_is_a_usage_error(self):
-        for args in (["0"], ["70000"], ["abc"], [":0"], ["-5"]):
+        """Every usage error, of every command: `park: ...` and `  fix: ...` naming that command's usage, exit 2."""
+        cases = {("0",): "park 3000", ("70000",): "park 3000", ("abc",): "park 3000", (":0",): "park 3000",
+                 ("-5",): "park 3000", ("resume",): "park resume PORT|PID", ("release",): "park release PORT|PID",
+                 ("swap", "3000"): "park swap PORT1 PORT2", ("swap", "3000", "3000"): "park swap",
+                 ("resume", "3000", "--wait", "abc"): "park resume", ("3000", "--for", "-5s"): "--for 30s",
+                 ("3000", "--for", "x"): "--for 30s", ("list", "--bogus"): "park list [--json]",
+                 ("ui", "--bogus"): "park ui", ("release", "3000", "--force"): "--kill --force",
+                 ("resume", "9" * 30): "park resume 3000", ("help", "nope"): "park help", (): "park PORT",
+                 ("3000", "--bogus"): "park PORT"}
+        for args, fix in cases.items():
             with self.subTest(args=args):
                 r = self.park(*args, expect=2)
                 self.assertEqual(r.stdout, "")
+                self.assertIn(fix, r.stderr.split("\n")[1])
+                self.assertNotIn("usage:", r.stderr)
+
+    def test_help(self):
+        r = self.park("help", expect=0)
+        self.assertIn("park resume", r.stdout)
+        for command in ("park", "resume", "list", "release", "swap", "ui"):
+            with self.subTest(command=command):
+                r = self.park("help", command, expect=0)
+                self.assertIn("usage: park", r.stdout)
+        self.assertIn("--json", self.park("help", "list", expect=0).stdout)
+        self.assertIn("--force", self.park("help", "resume", expect=0).stdout)
+        for flag in ("--for", "--hold", "--force"):
+            self.assertIn(flag, self.park("--help", expect=0).stdout + self.park("help", "park", expect=0).stdout)
 
     def test_unknown_target_fails(self):
         port = free_port()
