@@ -790,7 +790,7 @@ def _prepare(backend, port, force):
         remove_state(old)  # its processes are gone, or serve again
     found = backend.listeners(port)
     if not found:
-        raise ParkError("nothing is listening on :%d" % port, fix="park list  (shows what is parked)")
+        raise ParkError("nothing is listening on :%d" % port, fix=_listening_hint(backend, port))
     me = os.geteuid()
     infos = {}
     for l in found:
@@ -879,6 +879,15 @@ def recheck(backend, record):
                         raise ParkError("pid %d has no epoll instance at fd %d, as its state says" % (h["pid"],
                                                                                                      r["epfd"]),
                                         fix="park release %d  (forget it; the process is left as it is)" % port)
+
+
+def _listening_hint(backend, port):
+    """A fix for a port where nothing listens: the ports that are listening (closest to the typo first)."""
+    ports = sorted(backend.ports_listening(), key=lambda p: (abs(p - port), p))
+    if not ports:
+        return "park list  (shows what is parked; no TCP port park can see is listening)"
+    shown = ", ".join(":%d" % p for p in ports[:8]) + (", ..." if len(ports) > 8 else "")
+    return "park %d  (listening now: %s)" % (ports[0], shown)
 
 
 def _why_running(record):

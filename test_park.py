@@ -1775,6 +1775,12 @@ class BehaviourTest(LiveTestCase):
         self.park("resume", self.port, expect=0)
         self.assertEqual(self.get_count("127.0.0.1", self.port), (pid, n + 1))
 
+    def test_a_free_port_names_the_ports_that_listen(self):
+        proc = self.start_asyncio(self.port)
+        r = self.park(self.port + 1, expect=1)
+        self.assertIn("nothing is listening on :%d" % (self.port + 1), r.stderr)
+        self.assertIn("fix: park %d  (listening now: :%d" % (self.port, self.port), r.stderr)
+
     def test_pid_reuse_is_refused(self):
         """With its keeper gone, resume goes by the state file alone: a pid whose start time differs from the
         recorded one is another process, and is left alone."""
