@@ -1741,7 +1741,8 @@ def cmd_release(args):
     for h in done:
         out("%s pid %d  %s" % (verb, h["pid"], command_of(h)))
     if sig is None and done:
-        out("  its listener on :%d is not recreated; restart the server to serve again" % port)
+        out("  its listener on :%d is not recreated; it runs on without it (end it with: kill %s), or restart the "
+            "server to serve again" % (port, " ".join(str(h["pid"]) for h in done)))
     if not done:
         out("forgot :%d (its processes were already gone)" % port)
     return EXIT_OK
