@@ -928,8 +928,51 @@ def cmd_park(args):
             "%H:%M:%S", time.localtime(record["timer"]["until"])), keeper_log(port)))
     if args.hold:
         return _hold_view(backend, port, seconds)
+    if args.run:
+        return _run_then_resume(backend, record, args.run)
     out("  resume%s: park resume %d" % (" sooner" if seconds is not None else "", port))
     return EXIT_OK
+
+
+def _run_then_resume(backend, record, command):
+    """park PORT -- COMMAND: run COMMAND in the foreground (it has the terminal: stdin, Ctrl+C) while the port
+    is free, then resume the server, however COMMAND ended. Returns COMMAND's exit status (128+N for a
+    signal, as a shell says it), or 1 when the server could not be resumed (it then stays parked)."""
+    import signal
+    import subprocess
+    port = record["port"]
+    out("  running: %s" % " ".join(command))
+    old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGQUIT)}  # as system(3) does
+    try:
+        try:
+            proc = subprocess.Popen(command, preexec_fn=lambda: [signal.signal(s, signal.SIG_DFL) for s in old])
+        except OSError as e:
+            status = 127
+            sys.stderr.write("park: cannot run %s: %s\n" % (safe(command[0]), e.strerror))
+        else:
+            status = proc.wait()
+            status = 128 - status if status < 0 else status
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+    try:
+        record = read_state(port)  # with the keeper it names (this process's copy predates the keeper)
+    except ParkError as e:
+        sys.stderr.write("park: %s\n  fix: park list\n" % safe(str(e)))
+        return EXIT_FAIL
+    keeper = held_by_keeper(backend, record)
+    reply = None
+    with Critical():
+        with PortLock(port):
+            reply = _ask_keeper(port, {"op": "resume"}, keeper) if keeper else None
+    if reply is None or not reply.get("ok"):
+        why = (reply or {}).get("error") or "its keeper did not answer"
+        sys.stderr.write("park: %s exited with status %d, but :%d cannot be resumed: %s\n  fix: %s\n"
+                         % (safe(command[0]), status, port, safe(str(why)),
+                            safe(str((reply or {}).get("fix") or "park resume %d" % port))))
+        return EXIT_FAIL
+    _print_resumed(record, port, reply)
+    return status
 
 
 def parse_duration(text):
@@ -2200,6 +2243,7 @@ COMMANDS = ("resume", "list", "release", "swap", "ui", "help")
 
 USAGE = """park PORT [--for DURATION] [--hold] [--force]
                                          pause the server(s) on PORT and free the port
+       park PORT -- COMMAND [ARGS...]     free PORT while COMMAND runs, then resume
        park resume PORT|PID [--wait [S]]  bring them back, listening on PORT again
        park list [--json] [--prune]       what is parked
        park swap PORT1 PORT2              swap which server listens on which port
@@ -2229,10 +2273,12 @@ def build_parser():
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version="park " + __version__)
     sub = p.add_subparsers(dest="command", metavar="{resume,list,release,swap,ui,help}")
-    pk = sub.add_parser("park", prog="park", usage="park PORT [--for DURATION] [--hold] [--force]",
+    pk = sub.add_parser("park", prog="park",
+                        usage="park PORT [--for DURATION] [--hold] [--force] [-- COMMAND [ARGS...]]",
                         description="Pause every process holding a TCP listener on PORT and free the port. The "
                                     "processes are held by park's keeper (never stopped by a signal) until "
-                                    "park resume.")
+                                    "park resume. With -- COMMAND, park runs COMMAND in the foreground while the "
+                                    "port is free and resumes the server when it ends, however it ends.")
     pk.add_argument("port", help="PORT or :PORT")
     pk.add_argument("--force", action="store_true",
                     help="park even when a socket option cannot be restored (it is skipped at resume), a "
@@ -2324,6 +2370,13 @@ def main(argv=None):
     _open_std_fds()
     if argv and argv[0] not in COMMANDS and argv[0] not in ("-h", "--help", "--version", "park"):
         argv.insert(0, "park")
+    run_argv = None
+    if argv and argv[0] == "park" and "--" in argv:  # park PORT [options] -- COMMAND [ARGS...]
+        at = argv.index("--")
+        argv, run_argv = argv[:at], argv[at + 1:]
+        if not run_argv:
+            sys.stderr.write("park: nothing to run after --\n  fix: park PORT -- COMMAND [ARGS...]\n")
+            return EXIT_USAGE
     parser = build_parser()
     for i, a in enumerate(argv[:-1]):
         if a == "--for" and argv[i + 1].startswith("-"):
@@ -2343,6 +2396,12 @@ def main(argv=None):
         return EXIT_USAGE
     if args.command == "help":
         return _help(parser, args.topic)
+    if args.command == "park":
+        args.run = run_argv
+        if run_argv and (args.hold or args.for_ is not None):
+            sys.stderr.write("park: -- COMMAND goes without --for and --hold (the server resumes when COMMAND "
+                             "ends)\n  fix: park PORT -- COMMAND [ARGS...]\n")
+            return EXIT_USAGE
     if args.command == "release" and args.force and not args.kill:
         sys.stderr.write("park: --force goes with --kill\n  fix: park release PORT --kill --force\n")
         return EXIT_USAGE

@@ -2823,6 +2823,74 @@ while True:
 """
 
 
+class RunTest(LiveTestCase):
+    """park PORT -- COMMAND: the port is free while COMMAND runs, the server comes back when it ends."""
+
+    def test_command_exit_status_and_the_server_comes_back(self):
+        proc = self.start_asyncio(self.port)
+        pid, n = self.get_count("127.0.0.1", self.port)
+        self.wait_quiet(self.port)
+        before = snapshot(self.port)
+        serve_one = ("import socket, sys\ns = socket.socket()\ns.bind(('127.0.0.1', %d))\ns.listen(1)\n"
+                     "c, _ = s.accept()\nc.recv(4096)\nc.sendall(b'HTTP/1.0 200 OK\\r\\n\\r\\ninterim')\n"
+                     "c.close()\nsys.exit(3)\n" % self.port)
+        park = subprocess.Popen([sys.executable, PARK, str(self.port), "--", sys.executable, "-c", serve_one],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.env,
+                                universal_newlines=True)
+        self.addCleanup(self._stop_proc, park)
+        lines = []
+        while not any("running:" in l for l in lines):
+            lines.append(park.stdout.readline())
+            if not lines[-1]:
+                self.fail("park exited early: %s" % (park.communicate(timeout=10),))
+        self.assertEqual(self.wait_serving("127.0.0.1", self.port), "interim")
+        rest, err = park.communicate(timeout=CHILD_TIMEOUT)
+        self.assertEqual(park.returncode, 3, err)
+        self.assertIn("resumed :%d  pid %d" % (self.port, pid), rest)
+        self.assertEqual(snapshot(self.port), before)
+        self.assertEqual(self.get_count("127.0.0.1", self.port), (pid, n + 1))
+        self.assertEqual(self.park_list(), [])
+
+    def test_ctrl_c_ends_the_command_and_the_server_comes_back(self):
+        proc = self.start_asyncio(self.port)
+        pid, n = self.get_count("127.0.0.1", self.port)
+        self.wait_quiet(self.port)
+        term = Terminal(self, "bash", env=self.env)
+        term.type("%s %s %d -- %s -c 'import time; time.sleep(60)'\n" % (sys.executable, PARK, self.port,
+                                                                          sys.executable))
+        term.expect(b"running: ")
+        time.sleep(0.5)
+        self.assert_parked(proc.pid)
+        mark = term.mark()
+        term.type("\x03")
+        term.expect(b"resumed :%d" % self.port, since=mark)
+        term.expect(Terminal.PROMPT, since=mark)
+        mark = term.mark()
+        term.type("echo status=$?\n")
+        term.expect(b"status=130", since=mark)
+        self.assertEqual(self.get_count("127.0.0.1", self.port), (pid, n + 1))
+
+    def test_a_command_that_leaves_the_port_taken(self):
+        """COMMAND leaves a server of its own on the port: park says so, exits 1, the server stays parked."""
+        proc = self.start_asyncio(self.port)
+        pid, n = self.get_count("127.0.0.1", self.port)
+        self.wait_quiet(self.port)
+        leave = ("import os, socket, time\ns = socket.socket()\ns.bind(('127.0.0.1', %d))\ns.listen(1)\n"
+                 "if os.fork():\n    os._exit(0)\nos.setsid()\nprint(os.getpid(), flush=True)\n"
+                 "n = os.open(os.devnull, os.O_RDWR)\nos.dup2(n, 1)\nos.dup2(n, 2)\ntime.sleep(60)\n"
+                 % self.port)
+        r = self.park(self.port, "--", sys.executable, "-c", leave, expect=1)
+        left = int(r.stdout.strip().split("\n")[-1])
+        self.addCleanup(self.kill_pid, left)
+        self.assertIn("cannot be resumed", r.stderr)
+        self.assertIn("in use by pid %d" % left, r.stderr)
+        self.assert_parked(proc.pid)
+        self.kill_pid(left)
+        self.wait_for(lambda: not listen_inodes(self.port), "the leftover to go")
+        self.park("resume", self.port, expect=0)
+        self.assertEqual(self.get_count("127.0.0.1", self.port), (pid, n + 1))
+
+
 class KeeperTest(LiveTestCase):
     """The keeper that holds a park."""
 
