@@ -897,11 +897,35 @@ def _why_running(record):
     return "its keeper, pid %s, is gone" % (record.get("keeper") or {}).get("pid", "?")
 
 
+def each(items, one):
+    """Several ports in one command (park 3000 5173): each on its own, an error for one said and the others
+    still done; EXIT_OK only when all succeeded."""
+    if len(items) == 1:
+        return one(items[0])
+    code = EXIT_OK
+    for item in items:
+        try:
+            if one(item) != EXIT_OK:
+                code = EXIT_FAIL
+        except ParkError as e:
+            if e.code == EXIT_USAGE:
+                raise
+            sys.stderr.write("park: %s\n" % safe(str(e)) + ("  fix: %s\n" % safe(str(e.fix)) if e.fix else ""))
+            code = EXIT_FAIL
+    return code
+
+
 def cmd_park(args):
-    import time
     seconds = parse_duration(args.for_) if args.for_ is not None else None
+    ports = [parse_port(p) for p in args.port]
+    if len(ports) > 1 and (args.hold or args.run):
+        raise ParkError("--hold and -- COMMAND take one port", fix="park %d --hold" % ports[0], code=EXIT_USAGE)
     backend = load_backend()
-    port = parse_port(args.port)
+    return each(ports, lambda port: _park_port(backend, port, args, seconds))
+
+
+def _park_port(backend, port, args, seconds):
+    import time
     with PortLock(port):
         record, plan, seccomp = _prepare(backend, port, args.force)
         if seconds is not None:
@@ -1607,9 +1631,13 @@ class PortBusy(ParkError):
 
 
 def cmd_resume(args):
-    import time
     backend = load_backend()
-    record = find_record(args.target, backend)
+    return each(args.target, lambda target: _resume_target(backend, target, args))
+
+
+def _resume_target(backend, target, args):
+    import time
+    record = find_record(target, backend)
     port = record["port"]
     deadline = time.monotonic() + (args.wait or 0)
     while True:
@@ -2274,12 +2302,12 @@ def build_parser():
     p.add_argument("--version", action="version", version="park " + __version__)
     sub = p.add_subparsers(dest="command", metavar="{resume,list,release,swap,ui,help}")
     pk = sub.add_parser("park", prog="park",
-                        usage="park PORT [--for DURATION] [--hold] [--force] [-- COMMAND [ARGS...]]",
+                        usage="park PORT [PORT...] [--for DURATION] [--hold] [--force] [-- COMMAND [ARGS...]]",
                         description="Pause every process holding a TCP listener on PORT and free the port. The "
                                     "processes are held by park's keeper (never stopped by a signal) until "
                                     "park resume. With -- COMMAND, park runs COMMAND in the foreground while the "
                                     "port is free and resumes the server when it ends, however it ends.")
-    pk.add_argument("port", help="PORT or :PORT")
+    pk.add_argument("port", nargs="+", help="PORT or :PORT (several: each is parked on its own)")
     pk.add_argument("--force", action="store_true",
                     help="park even when a socket option cannot be restored (it is skipped at resume), a "
                          "seccomp filter is present, or the process uses io_uring")
@@ -2291,8 +2319,8 @@ def build_parser():
                          "in the foreground, and Ctrl+C (or park resume) hands the waiting clients over")
     pk.add_argument("--drain", type=float, default=2.0, metavar="S", help=argparse.SUPPRESS)
     r = sub.add_parser("resume", prog="park resume", help="bring parked processes back",
-                       usage="park resume PORT|PID [--wait [SECONDS]] [--force]")
-    r.add_argument("target", metavar="PORT|PID")
+                       usage="park resume PORT|PID [PORT|PID...] [--wait [SECONDS]] [--force]")
+    r.add_argument("target", metavar="PORT|PID", nargs="+")
     r.add_argument("--wait", nargs="?", type=float, const=60.0, default=0.0, metavar="SECONDS",
                    help="wait while the port is in use by someone else (default 60 s)")
     r.add_argument("--force", action="store_true", help="skip socket options that cannot be restored")

@@ -2891,6 +2891,32 @@ class RunTest(LiveTestCase):
         self.assertEqual(self.get_count("127.0.0.1", self.port), (pid, n + 1))
 
 
+class SeveralPortsTest(LiveTestCase):
+    def test_two_ports_in_one_call(self):
+        """park 3000 5173 parks each on its own; resume both at once; a port that fails is said and the exit
+        code says not all succeeded, while the other is still done."""
+        other = free_port()
+        a, b = self.start_asyncio(self.port), self.start_asyncio(other)
+        ca, cb = self.get_count("127.0.0.1", self.port), self.get_count("127.0.0.1", other)
+        self.wait_quiet(self.port)
+        self.wait_quiet(other)
+        r = self.park(self.port, other, expect=0)
+        self.assertIn("parked :%d" % self.port, r.stdout)
+        self.assertIn("parked :%d" % other, r.stdout)
+        self.assert_parked(a.pid)
+        self.assert_parked(b.pid)
+        r = self.park("resume", self.port, other, expect=0)
+        self.assertEqual(self.get_count("127.0.0.1", self.port), (a.pid, ca[1] + 1))
+        self.assertEqual(self.get_count("127.0.0.1", other), (b.pid, cb[1] + 1))
+        free = free_port()
+        r = subprocess.run([sys.executable, PARK, str(free), str(self.port)], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, universal_newlines=True, env=self.env, timeout=CHILD_TIMEOUT)
+        self.assertEqual(r.returncode, 1, r)
+        self.assertIn("nothing is listening on :%d" % free, r.stderr)
+        self.assertIn("parked :%d" % self.port, r.stdout)
+        self.park("resume", self.port, expect=0)
+
+
 class KeeperTest(LiveTestCase):
     """The keeper that holds a park."""
 
