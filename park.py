@@ -1637,7 +1637,13 @@ def cmd_resume(args):
 
 def _resume_target(backend, target, args):
     import time
-    record = find_record(target, backend)
+    try:
+        record = find_record(target, backend)
+    except ParkError:
+        kind, n = parse_target(target)
+        if n > 65535 or not backend.listeners(n):
+            raise
+        return _already_listening(backend, n)
     port = record["port"]
     deadline = time.monotonic() + (args.wait or 0)
     while True:
@@ -1665,6 +1671,25 @@ def _resume_target(backend, target, args):
     return _print_resumed(record, port, {"ok": True, "notes": notes, "held": result["held"],
                                          "pids": [h["pid"] for l in plan for h in l["holders"]],
                                          "addresses": [where(l["address"]) for l in plan]})
+
+
+def _already_listening(backend, port):
+    """`park resume PORT` of a port that is listening and not parked: fine (exit 0) when it is the process
+    park last resumed there (its keeper's log says which), a one-line error otherwise."""
+    pids = sorted({p for l in backend.listeners(port) for p in l["holders"]})
+    last = []
+    try:
+        for line in keepers_dir().read("%d.log" % port).decode("utf-8", "replace").splitlines():
+            if " resumed pid " in line:
+                last = [int(p) for p in line.split(" resumed pid ", 1)[1].split(",") if p.strip().isdigit()]
+    except (OSError, ParkError):
+        pass
+    what = _holders_text(backend, port)
+    if last and set(last) <= set(pids):
+        out(":%d is already listening: %s (park resumed it)" % (port, what))
+        return EXIT_OK
+    raise ParkError(":%d is already listening, by %s, which park did not park" % (port, what),
+                    fix="park list  (shows what is parked); park %d parks it" % port)
 
 
 def _resume_once(backend, record, plan, force, given=None, tracer=None):

@@ -1776,6 +1776,17 @@ class BehaviourTest(LiveTestCase):
         self.park("resume", self.port, expect=0)
         self.assertEqual(self.get_count("127.0.0.1", self.port), (pid, n + 1))
 
+    def test_resume_of_a_listening_server(self):
+        """Resume again after a resume: already listening, exit 0. A server park never parked: exit 1."""
+        proc = self.start_asyncio(self.port)
+        self.wait_quiet(self.port)
+        r = self.park("resume", self.port, expect=1)
+        self.assertIn("already listening, by pid %d" % proc.pid, r.stderr)
+        self.park(self.port, expect=0)
+        self.park("resume", self.port, expect=0)
+        r = self.park("resume", self.port, expect=0)
+        self.assertIn(":%d is already listening: pid %d" % (self.port, proc.pid), r.stdout)
+
     def test_a_free_port_names_the_ports_that_listen(self):
         proc = self.start_asyncio(self.port)
         r = self.park(self.port + 1, expect=1)
