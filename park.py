@@ -1641,8 +1641,8 @@ def _resume_target(backend, target, args):
         record = find_record(target, backend)
     except ParkError:
         kind, n = parse_target(target)
-        if n > 65535 or not backend.listeners(n):
-            raise
+        if n > 65535 or state_exists(n) or not backend.listeners(n):
+            raise  # a damaged state file, or truly nothing there: that error stands
         return _already_listening(backend, n)
     port = record["port"]
     deadline = time.monotonic() + (args.wait or 0)
