@@ -11,7 +11,7 @@ set -u
 BASE_URL="https://raw.githubusercontent.com/park-sh/park/main"
 
 # sha256 of each file at this release (test_park.py fails, printing these lines, when one differs).
-SHA256_park_py="5d3fe186b8a9aa49b085b2eea7286afb11f91d4ec98cfea481c85edf7d80f6d6"
+SHA256_park_py="cba46b0c69fabf1ce2e3c6ca49ad32c38400f0255da4a62cfba476ea74108b9b"
 SHA256_park_darwin_arm64_py="35e04a52d80d7f0bec27951dd9d39527268a8dfc71ddaf28203861b6a83c51bd"
 SHA256_park_linux_x86_64_py="7472c86f604542868c10f2f6689ac5ec0c8253dacb49231400cf707e40c7a477"
 

@@ -1875,6 +1875,30 @@ def list_rows(backend, prune=False, errors=None):
     return rows
 
 
+def cmd_overview(args):
+    """`park` with no arguments: one table of what is parked and of what is listening that park could park."""
+    backend = load_backend()
+    errors = []
+    states = all_states(errors)
+    rows = list_rows(backend, errors=[])
+    listening = listening_rows(backend, rows, states)
+    if not rows and not listening:
+        out("nothing is parked, and no server of yours that park could park is listening")
+    else:
+        table = [("PORT", "PID", "STATUS", "KEEPER", "COMMAND")]
+        table += [(":%d" % r["port"], ",".join(map(str, r["pids"])), r["status"], str(r["keeper"] or "-"),
+                   r["command"]) for r in rows]
+        table += [(":%d" % l["port"], ",".join(map(str, l["pids"])), "listening", "-", command_of(
+            {"argv": l["command"].split(" ")})) for l in listening]
+        widths = [max(len(r[i]) for r in table) for i in range(4)]
+        for r in table:
+            out("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[4])
+        out("park PORT parks one; park resume PORT brings one back; park help for more")
+    if errors:
+        raise errors[0]
+    return EXIT_OK
+
+
 def cmd_list(args):
     backend = load_backend()
     errors = []
@@ -2106,7 +2130,7 @@ def _ui_refresh(st):
         commands = {r["port"]: _ui_command(r["holders"][0]) for r in states}
         for row in rows:
             row["ui_command"] = commands.get(row["port"], row["command"])
-        listening = _ui_listening(backend, rows, states)
+        listening = listening_rows(backend, rows, states)
     except Exception as e:  # shown until a refresh succeeds again
         st["status"] = st["stale"] = "park: %s" % (e if isinstance(e, ParkError) else "cannot read the state: "
                                                   "%s: %s" % (type(e).__name__, e))
@@ -2128,8 +2152,9 @@ def _ui_refresh(st):
     st["items"], st["parked"], st["listening"] = items, len(rows), len(listening)
 
 
-def _ui_listening(backend, rows, states):
-    """The user's listening TCP servers that park could park: [{port, pids, command}], by port."""
+def listening_rows(backend, rows, states):
+    """The user's listening TCP servers that park could park: [{port, pids, command}], by port (for `park`
+    with no arguments and for park ui)."""
     me = os.geteuid()
     skip = {p for r in rows for p in r["pids"]}
     for r in states:
@@ -2445,8 +2470,7 @@ def main(argv=None):
         sys.stderr.write("park: %s\n  fix: %s\n" % (e, e.fix))
         return EXIT_USAGE
     if args.command is None:
-        sys.stderr.write("park: which port? (e.g. park 3000)\n  fix: park PORT  (park help for the commands)\n")
-        return EXIT_USAGE
+        args.command = "overview"
     if args.command == "help":
         return _help(parser, args.topic)
     if args.command == "park":
@@ -2458,7 +2482,7 @@ def main(argv=None):
     if args.command == "release" and args.force and not args.kill:
         sys.stderr.write("park: --force goes with --kill\n  fix: park release PORT --kill --force\n")
         return EXIT_USAGE
-    run = {"park": cmd_park, "resume": cmd_resume, "list": cmd_list, "release": cmd_release,
+    run = {"overview": cmd_overview, "park": cmd_park, "resume": cmd_resume, "list": cmd_list, "release": cmd_release,
            "swap": cmd_swap, "ui": cmd_ui}[args.command]
     try:
         code = run(args)

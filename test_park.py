@@ -1258,7 +1258,7 @@ class CliTest(ParkTestCase):
                  ("resume", "3000", "--wait", "abc"): "park resume", ("3000", "--for", "-5s"): "--for 30s",
                  ("3000", "--for", "x"): "--for 30s", ("list", "--bogus"): "park list [--json]",
                  ("ui", "--bogus"): "park ui", ("release", "3000", "--force"): "--kill --force",
-                 ("resume", "9" * 30): "park resume 3000", ("help", "nope"): "park help", (): "park PORT",
+                 ("resume", "9" * 30): "park resume 3000", ("help", "nope"): "park help",
                  ("3000", "--bogus"): "park PORT"}
         for args, fix in cases.items():
             with self.subTest(args=args):
@@ -1775,6 +1775,17 @@ class BehaviourTest(LiveTestCase):
         self.assert_parked(proc.pid)
         self.park("resume", self.port, expect=0)
         self.assertEqual(self.get_count("127.0.0.1", self.port), (pid, n + 1))
+
+    def test_park_alone_shows_parked_and_listening(self):
+        other = free_port()
+        a, b = self.start_asyncio(self.port), self.start_asyncio(other)
+        self.wait_quiet(self.port)
+        self.park(self.port, expect=0)
+        r = self.park(expect=0)
+        rows = {l.split()[0]: l.split() for l in r.stdout.splitlines() if l.startswith(":")}
+        self.assertEqual(rows[":%d" % self.port][1:4], [str(a.pid), "parked", str(self.keeper_of(a.pid))])
+        self.assertEqual(rows[":%d" % other][1:4], [str(b.pid), "listening", "-"])
+        self.park("resume", self.port, expect=0)
 
     def test_resume_of_a_listening_server(self):
         """Resume again after a resume: already listening, exit 0. A server park never parked: exit 1."""
@@ -2837,12 +2848,18 @@ while True:
 class RunTest(LiveTestCase):
     """park PORT -- COMMAND: the port is free while COMMAND runs, the server comes back when it ends."""
 
+    def setUp(self):
+        super().setUp()
+        # COMMAND is park's child, not the test's: whatever still holds the port at the end is stopped by pid.
+        self.addCleanup(lambda: [self.kill_pid(p) for p in holders_of(listen_inodes(self.port))])
+
     def test_command_exit_status_and_the_server_comes_back(self):
         proc = self.start_asyncio(self.port)
         pid, n = self.get_count("127.0.0.1", self.port)
         self.wait_quiet(self.port)
         before = snapshot(self.port)
         serve_one = ("import socket, sys\ns = socket.socket()\ns.bind(('127.0.0.1', %d))\ns.listen(1)\n"
+                     "s.settimeout(30)\n"
                      "c, _ = s.accept()\nc.recv(4096)\nc.sendall(b'HTTP/1.0 200 OK\\r\\n\\r\\ninterim')\n"
                      "c.close()\nsys.exit(3)\n" % self.port)
         park = subprocess.Popen([sys.executable, PARK, str(self.port), "--", sys.executable, "-c", serve_one],
