@@ -11,9 +11,9 @@ set -u
 BASE_URL="https://raw.githubusercontent.com/park-sh/park/main"
 
 # sha256 of each file at this release (test_park.py fails, printing these lines, when one differs).
-SHA256_park_py="cba46b0c69fabf1ce2e3c6ca49ad32c38400f0255da4a62cfba476ea74108b9b"
+SHA256_park_py="6ecc13e4e4412dfc70c2c6300d3876e2b85b5996306cca647f9ed4e6bfa79235"
 SHA256_park_darwin_arm64_py="35e04a52d80d7f0bec27951dd9d39527268a8dfc71ddaf28203861b6a83c51bd"
-SHA256_park_linux_x86_64_py="7472c86f604542868c10f2f6689ac5ec0c8253dacb49231400cf707e40c7a477"
+SHA256_park_linux_x86_64_py="49d173c8e830b44fdf1ac8f6cadb29876478a99dc9c550cb8659caee6547dfc5"
 
 say() { printf 'park-install: %s\n' "$*"; }
 err() { printf 'park-install: error: %s\n' "$*" >&2; }

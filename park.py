@@ -37,7 +37,7 @@ BACKENDS = {("linux", "x86_64"): "park_linux_x86_64", ("darwin", "arm64"): "park
 BASE_URL = "https://raw.githubusercontent.com/park-sh/park/main"
 PINS = {
     "park_darwin_arm64": "35e04a52d80d7f0bec27951dd9d39527268a8dfc71ddaf28203861b6a83c51bd",
-    "park_linux_x86_64": "7472c86f604542868c10f2f6689ac5ec0c8253dacb49231400cf707e40c7a477",
+    "park_linux_x86_64": "49d173c8e830b44fdf1ac8f6cadb29876478a99dc9c550cb8659caee6547dfc5",
 }
 SCHEMA = 1
 KIND = "park.parked"
@@ -1410,8 +1410,7 @@ def _keeper_request(k):
                 reply.update(held=result["held"], notes=notes, handed=waiting,
                              pids=[h["pid"] for l in plan for h in l["holders"]],
                              addresses=[where(l["address"]) for l in plan])
-                k.close()
-                remove_state(k.record)
+                k.close()  # _keeper_resume removed the state
                 done = True
             except PortBusy as e:
                 reply = {"ok": False, "busy": True, "error": str(e), "fix": e.fix, "holders": e.holders}
@@ -1450,7 +1449,6 @@ def _keeper_timer(k):
         with lock:
             _keeper_resume(k, force=False)
             k.close()
-            remove_state(k.record)
         return True
     except PortBusy as e:
         why = "resume pending: :%d is in use by %s" % (k.port, e.holders)
@@ -1890,9 +1888,8 @@ def cmd_overview(args):
                    r["command"]) for r in rows]
         table += [(":%d" % l["port"], ",".join(map(str, l["pids"])), "listening", "-", command_of(
             {"argv": l["command"].split(" ")})) for l in listening]
-        widths = [max(len(r[i]) for r in table) for i in range(4)]
-        for r in table:
-            out("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[4])
+        for line in _columns(table):
+            out(line)
         out("park PORT parks one; park resume PORT brings one back; park help for more")
     if errors:
         raise errors[0]
@@ -1915,14 +1912,20 @@ def cmd_list(args):
     return EXIT_OK
 
 
+def _columns(table):
+    """Rows of a table as lines, every column but the last (the command, left unpadded) as wide as its
+    widest cell."""
+    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]) - 1)]
+    return ["  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1] for r in table]
+
+
 def _print_table(rows):
     table = [("PORT", "PID", "ADDRESS", "FOR", "STATUS", "KEEPER", "COMMAND")]
     for row in rows:
         table.append((":%d" % row["port"], ",".join(map(str, row["pids"])), ",".join(row["addresses"]),
                       format_duration(row["parked_for"]), row["status"], str(row["keeper"] or "-"), row["command"]))
-    widths = [max(len(r[i]) for r in table) for i in range(6)]
-    for r, row in zip(table, [None] + rows):
-        out("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[6])
+    for line, row in zip(_columns(table), [None] + rows):
+        out(line)
         if row and row["pending"]:
             out("    timer: %s" % row["pending"])
         elif row and row["timer_left"] is not None:

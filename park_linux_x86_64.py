@@ -623,6 +623,29 @@ def _signed(v):
     return v - (1 << 64) if v >= 1 << 63 else v
 
 
+def _next_status(tid, timeout, late):
+    """tid's next wait status (0 once it is gone), polled without blocking so that a thread that never
+    stops cannot hang park: a stop takes microseconds, so the first polls only yield the CPU, later ones
+    back off to 5 ms. Past `timeout` seconds, late() is called, and raises."""
+    deadline = time.monotonic() + timeout
+    polls, pause = 0, 0.00005
+    while True:
+        try:
+            got, status = os.waitpid(tid, WALL | os.WNOHANG)
+        except ChildProcessError:
+            return 0
+        if got:
+            return status
+        if time.monotonic() > deadline:
+            late()
+        polls += 1
+        if polls < 200:
+            os.sched_yield()
+        else:
+            time.sleep(pause)
+            pause = min(pause * 2, 0.005)
+
+
 _VDSO = []
 
 
@@ -724,20 +747,12 @@ class Tracer:
     def _wait_stopped(self, tid, timeout=3.0):
         """Wait until tid is in a ptrace stop; False if it exited. Signals that arrive first are delivered.
         A thread that never stops (uninterruptible sleep: NFS, FUSE, vfork) is an Error after timeout."""
-        deadline = time.monotonic() + timeout
-        pause = 0.00005
+        def late():
+            raise Error("thread %d does not stop (it may be in an uninterruptible wait); nothing was changed"
+                        % tid, fix="try again in a moment")
+        end = time.monotonic() + timeout  # one deadline, also across signal-delivery-stops on the way
         while True:
-            try:
-                got, status = os.waitpid(tid, WALL | os.WNOHANG)
-            except ChildProcessError:
-                return False
-            if got == 0:
-                if time.monotonic() > deadline:
-                    raise Error("thread %d does not stop (it may be in an uninterruptible wait); nothing was "
-                                "changed" % tid, fix="try again in a moment")
-                time.sleep(pause)
-                pause = min(pause * 2, 0.005)
-                continue
+            status = _next_status(tid, end - time.monotonic(), late)
             if not os.WIFSTOPPED(status):
                 return False
             sig, event = os.WSTOPSIG(status), status >> 16
@@ -844,29 +859,16 @@ class Tracer:
     def _wait_step(self, p, name):
         """The wait status after a single step; past the deadline the call is interrupted (a blocking call
         returns at once, -EINTR or a restart code, and the thread stops) and that is an Error."""
-        deadline = time.monotonic() + SYSCALL_DEADLINE
-        spins = 0
-        while True:
+        def late():
             try:
-                got, status = os.waitpid(p.tid, WALL | os.WNOHANG)
-            except ChildProcessError:
-                return 0
-            if got:
-                return status
-            if time.monotonic() > deadline:
-                try:
-                    _ptrace(PTRACE_INTERRUPT, p.tid)
-                    self._wait_stopped(p.tid)
-                except (OSError, Error):
-                    pass
-                raise Error("the injected %s() in pid %d did not return within %g s; park interrupted it"
-                            % (name, p.pid, SYSCALL_DEADLINE), fix="look at what pid %d is doing "
-                            "(cat /proc/%d/task/%d/stack), then try again" % (p.pid, p.pid, p.tid))
-            spins += 1
-            if spins < 2000:
-                os.sched_yield()  # a step takes microseconds: stay close to it
-            else:
-                time.sleep(0.001)
+                _ptrace(PTRACE_INTERRUPT, p.tid)
+                self._wait_stopped(p.tid)
+            except (OSError, Error):
+                pass
+            raise Error("the injected %s() in pid %d did not return within %g s; park interrupted it"
+                        % (name, p.pid, SYSCALL_DEADLINE), fix="look at what pid %d is doing "
+                        "(cat /proc/%d/task/%d/stack), then try again" % (p.pid, p.pid, p.tid))
+        return _next_status(p.tid, SYSCALL_DEADLINE, late)
 
     def scratch(self, pid, data, reset=False):
         """Copy data into the target's scratch area and return its address there (valid until release).
@@ -1084,17 +1086,11 @@ class Tracer:
     def _wait_kind(self, tid, event, timeout=3.0):
         """WSTOPSIG of tid's next event stop (event=True) or signal-delivery-stop; a stop of the other kind on
         the way is continued past with no signal (so a signal seen there stays suppressed). None if it exited."""
-        deadline = time.monotonic() + timeout
+        def late():
+            raise Error("thread %d does not stop" % tid)
+        end = time.monotonic() + timeout
         while True:
-            try:
-                got, status = os.waitpid(tid, WALL | os.WNOHANG)
-            except ChildProcessError:
-                return None
-            if got == 0:
-                if time.monotonic() > deadline:
-                    raise Error("thread %d does not stop" % tid)
-                time.sleep(0.0002)
-                continue
+            status = _next_status(tid, end - time.monotonic(), late)
             if not os.WIFSTOPPED(status):
                 return None
             if (status >> 16 == PTRACE_EVENT_STOP) == event:

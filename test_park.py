@@ -2653,6 +2653,12 @@ class ForegroundTest(LiveTestCase):
         self.addCleanup(self.kill_pid, pid)
         return pid
 
+    def asyncio_in(self, term, background=False):
+        """The asyncio fixture typed at term (with `&` in the background); returns its pid."""
+        path = self.write("fixture.py", PY_ASYNCIO)
+        return self.start_in(term, "%s %s %d%s" % (sys.executable, path, self.port, " &" if background else ""),
+                             self.port)
+
     def node_in_the_foreground(self, shell):
         if not shutil.which("node"):
             self.live_skip("node is not installed")
@@ -2689,8 +2695,7 @@ class ForegroundTest(LiveTestCase):
         """Job control works as always on a parked server: Ctrl+Z gives the shell its prompt back, `bg` and
         `fg` continue the job, and through all of it the server stays parked until park resume."""
         term = Terminal(self, "bash")
-        path = self.write("fixture.py", PY_ASYNCIO)
-        pid = self.start_in(term, "%s %s %d" % (sys.executable, path, self.port), self.port)
+        pid = self.asyncio_in(term)
         _, n = self.get_count("127.0.0.1", self.port)
         self.wait_quiet(self.port)
         self.park(self.port, expect=0)
@@ -2767,8 +2772,7 @@ class ForegroundTest(LiveTestCase):
 
     def test_background_server_survives_its_shell_exiting_while_parked(self):
         term = Terminal(self, "bash")
-        path = self.write("fixture.py", PY_ASYNCIO)
-        pid = self.start_in(term, "%s %s %d &" % (sys.executable, path, self.port), self.port)
+        pid = self.asyncio_in(term, background=True)
         _, n = self.get_count("127.0.0.1", self.port)
         self.wait_quiet(self.port)
         self.park(self.port, expect=0)
@@ -2782,8 +2786,7 @@ class ForegroundTest(LiveTestCase):
 
     def test_ctrl_c_at_a_parked_server_ends_it(self):
         term = Terminal(self, "bash")
-        path = self.write("fixture.py", PY_ASYNCIO)
-        pid = self.start_in(term, "%s %s %d" % (sys.executable, path, self.port), self.port)
+        pid = self.asyncio_in(term)
         self.wait_quiet(self.port)
         self.park(self.port, "--for", "5m", expect=0)
         keeper = self.keeper_of(pid)
