@@ -37,7 +37,7 @@ BACKENDS = {("linux", "x86_64"): "park_linux_x86_64", ("darwin", "arm64"): "park
 BASE_URL = "https://raw.githubusercontent.com/park-sh/park/main"
 PINS = {
     "park_darwin_arm64": "35e04a52d80d7f0bec27951dd9d39527268a8dfc71ddaf28203861b6a83c51bd",
-    "park_linux_x86_64": "49d173c8e830b44fdf1ac8f6cadb29876478a99dc9c550cb8659caee6547dfc5",
+    "park_linux_x86_64": "7cfa51acbc141ab9c73f57b0adcf8b5b9c7fe49b50b26bfaabc73d9b49a2c535",
 }
 SCHEMA = 1
 KIND = "park.parked"

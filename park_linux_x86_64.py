@@ -536,9 +536,11 @@ def inspect(listener, force=False):
 def _holder_view(pid, fds_, inode, port, force):
     """One holder's fds of the socket (with their flags) and its epoll registrations of it."""
     links = _proc_fds(pid)
-    if "anon_inode:[io_uring]" in links.values() and not force:
-        raise Error("pid %d uses io_uring, where a pending accept can hold the listener out of park's sight" % pid,
-                    fix="park %d --force" % port)
+    busy = None if force else ring_pending(pid, links, inode)
+    if busy:
+        raise Error("pid %d has %s, which can hold the listener open out of park's sight; nothing was changed"
+                    % (pid, busy), fix="park %d --force  (only if you know the ring does not use the listener)"
+                    % port)
     fds = []
     for fd in fds_:
         try:
@@ -565,6 +567,64 @@ def _holder_view(pid, fds_, inode, port, force):
                 continue  # --force: left out, as the fix says
             regs.append({"epfd": epfd, "tfd": tfd, "events": events, "data": data})
     return {"pid": pid, "fds": fds, "epoll": regs}
+
+
+def parse_fdinfo_ring(text):
+    """What an io_uring's fdinfo (io_uring/fdinfo.c) says is under way: (unsubmitted SQEs, [ops in its poll
+    list], [names of its registered files])."""
+    fields, polls, files, section = {}, [], [], None
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key in ("PollList", "CqOverflowList", "UserFiles", "UserBufs"):
+            section = key
+        if not line.startswith((" ", "\t")):
+            fields[key] = value.strip()
+        if section == "PollList" and line.startswith(" ") and "op=" in line:
+            polls.append(int(line.split("op=")[1].split(",")[0]))
+        elif section == "UserFiles" and line.startswith(" "):
+            files.append(line.split(":", 1)[1].strip())
+    try:
+        unsubmitted = (int(fields.get("SqTail", "0")) - int(fields.get("SqHead", "0"))) & 0xFFFFFFFF
+    except ValueError:
+        unsubmitted = 0
+    return unsubmitted, polls, files
+
+
+_URING_OPS = {13: "accept", 6: "poll"}  # IORING_OP_*, include/uapi/linux/io_uring.h
+
+
+def ring_pending(pid, links, inode):
+    """Why an io_uring of pid could hold the listener (a request in flight keeps its own reference to the
+    file, so closing the fd leaves the port listening), or None. libuv (uvloop) keeps a ring only to batch
+    epoll_ctl, with nothing in flight: that is parked. Busy io-wq workers (iou-wrk threads not idle in
+    io_wq_worker) count as in flight too."""
+    for fd, link in sorted(links.items()):
+        if link != "anon_inode:[io_uring]":
+            continue
+        try:
+            unsubmitted, polls, files = parse_fdinfo_ring(_read("/proc/%d/fdinfo/%d" % (pid, fd)))
+        except OSError:
+            continue
+        if "socket:[%d]" % inode in files:
+            return "the listener registered as a fixed file in its io_uring (fd %d)" % fd
+        if polls:
+            ops = sorted({_URING_OPS.get(op, "op %d" % op) for op in polls})
+            return "an io_uring request in flight (fd %d: %s)" % (fd, ", ".join(ops))
+        if unsubmitted:
+            return "%d io_uring request%s not yet submitted (fd %d)" % (unsubmitted, "s" * (unsubmitted > 1), fd)
+    try:
+        tids = os.listdir("/proc/%d/task" % pid)
+    except OSError:
+        return None
+    for tid in tids:
+        try:
+            comm = _read("/proc/%d/task/%s/comm" % (pid, tid)).strip()
+            wchan = _read("/proc/%d/task/%s/wchan" % (pid, tid)).strip()
+        except OSError:
+            continue
+        if comm.startswith("iou-wrk") and wchan not in ("io_wq_worker", "0", ""):
+            return "an io_uring worker busy in %s (thread %s)" % (wchan, tid)
+    return None
 
 
 def _verify(plan, pids):
@@ -1232,9 +1292,11 @@ def _close_listeners(tracer, plan, pids, closed):
                 tracer.syscall(h["pid"], NR_close, f["fd"])
                 closed.append((h["pid"], f["fd"]))
     if still_listening(plan):
-        # Something park cannot see (an fd in flight, another pid namespace) still holds the socket.
-        raise Error("the listener stayed open after park closed it in every holder it found (an fd in flight, "
-                    "or a holder park cannot see)", errno=errno.EBUSY)
+        # Something park cannot see (an io_uring request, an fd in flight, another pid namespace) holds it.
+        rings = [pid for pid in pids if "anon_inode:[io_uring]" in _proc_fds(pid).values()]
+        raise Error("the listener stayed open after park closed it in every holder it found (%s)"
+                    % ("pid %d's io_uring holds it" % rings[0] if rings else
+                       "an fd in flight, or a holder park cannot see"), errno=errno.EBUSY)
 
 
 def park(plan, drain=2.0, suspend_seccomp=False):

@@ -425,6 +425,57 @@ while True:
     serve_in_thread(conn)
 '''
 
+PY_URING = PY_COMMON + r'''
+# The only accept is an io_uring IORING_OP_ACCEPT (include/uapi/linux/io_uring.h), pending while idle: the
+# ring holds its own reference to the listener, so closing the fd would leave the port listening.
+import ctypes, mmap
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", PORT))
+s.listen(16)
+params = ctypes.create_string_buffer(120)  # struct io_uring_params
+ring = libc.syscall(425, ctypes.c_uint(8), params)  # io_uring_setup
+if ring < 0:
+    sys.exit("io_uring_setup: %s" % os.strerror(ctypes.get_errno()))
+sq_entries, cq_entries = struct.unpack_from("II", params, 0)
+sq_off = struct.unpack_from("7I", params, 40)  # head tail ring_mask ring_entries flags dropped array
+cq_off = struct.unpack_from("6I", params, 80)  # head tail ring_mask ring_entries overflow cqes
+sq = mmap.mmap(ring, sq_off[6] + sq_entries * 4, offset=0)
+cq = mmap.mmap(ring, cq_off[5] + cq_entries * 16, offset=0x8000000)
+sqes = mmap.mmap(ring, sq_entries * 64, offset=0x10000000)
+ready()
+while True:
+    tail = struct.unpack_from("I", sq, sq_off[1])[0]
+    idx = tail & struct.unpack_from("I", sq, sq_off[2])[0]
+    sqes[idx * 64:idx * 64 + 64] = struct.pack("BBHi", 13, 0, 0, s.fileno()).ljust(64, b"\0")  # ACCEPT
+    struct.pack_into("I", sq, sq_off[6] + idx * 4, idx)
+    struct.pack_into("I", sq, sq_off[1], tail + 1)
+    if libc.syscall(426, ring, 1, 1, 1, None, 0) < 0:  # io_uring_enter(submit 1, wait 1, GETEVENTS)
+        continue
+    head = struct.unpack_from("I", cq, cq_off[0])[0]
+    _, res, _ = struct.unpack_from("QiI", cq, cq_off[5] + (head & struct.unpack_from("I", cq, cq_off[2])[0]) * 16)
+    struct.pack_into("I", cq, cq_off[0], head + 1)
+    if res >= 0:
+        serve_in_thread(socket.socket(fileno=res))
+'''
+
+ASGI_COUNTER = r'''
+import os
+count = 0
+
+
+async def app(scope, receive, send):
+    global count
+    if scope["type"] != "http":
+        return
+    count += 1
+    body = ("pid=%d count=%d\n" % (os.getpid(), count)).encode()
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+    await send({"type": "http.response.body", "body": body})
+'''
+
 PY_PID1 = r'''
 import json, os, socket, subprocess, sys
 port, park = int(sys.argv[1]), sys.argv[2]
@@ -2057,6 +2108,48 @@ class SafetyTest(LiveTestCase):
                 self.assert_running(proc.pid)
                 self.assertEqual(self.get_count("127.0.0.1", self.port), (pid, n + 1))
 
+
+
+class FidelityTest(LiveTestCase):
+    """What real servers meet outside the basic cycle: io_uring, supervisors, load, dead holders."""
+
+    def io_uring_fds(self, pid):
+        return [fd for fd, link in _fd_links(pid).items() if link == "anon_inode:[io_uring]"]
+
+    def test_uvloop_server_parks_without_force(self):
+        """uvicorn on uvloop (libuv keeps an io_uring with nothing in flight) parks and resumes as it is."""
+        try:
+            import uvicorn, uvloop  # noqa: F401  (installed by .ci/run: uvicorn[standard])
+        except ImportError:
+            self.live_skip("uvicorn[standard] (uvloop) is not installed")
+        self.write("asgi_counter.py", ASGI_COUNTER)
+        proc = self.spawn([sys.executable, "-m", "uvicorn", "asgi_counter:app", "--loop", "uvloop", "--host",
+                           "127.0.0.1", "--port", str(self.port), "--log-level", "warning"])
+        self.wait_serving("127.0.0.1", self.port)
+        pid, n = self.get_count("127.0.0.1", self.port)
+        self.assertEqual(pid, proc.pid)
+        self.assertTrue(self.io_uring_fds(pid), "uvloop should hold an io_uring fd")
+        self.wait_quiet(self.port)
+        before = snapshot(self.port)
+        self.park_ok(self.port, [pid], "127.0.0.1")
+        self.assert_port_free(self.port, [(socket.AF_INET, "127.0.0.1")])
+        self.park("resume", self.port, expect=0)
+        self.assertEqual(snapshot(self.port), before)
+        self.assertEqual(self.get_count("127.0.0.1", self.port), (pid, n + 1))
+
+    def test_pending_io_uring_accept_is_refused_before_anything_changes(self):
+        proc, _ = self.start_python(PY_URING, self.port)
+        pid, n = self.get_count("127.0.0.1", self.port)
+        self.assertTrue(self.io_uring_fds(pid))
+        self.wait_quiet(self.port)
+        before = snapshot(self.port)
+        r = self.park(self.port, expect=1)
+        self.assertIn("io_uring request in flight", r.stderr)
+        self.assertIn("accept", r.stderr)
+        self.assertIn("--force", r.stderr)
+        self.assert_running(pid)
+        self.assertEqual(snapshot(self.port), before, "a refused park changed the listener")
+        self.assertEqual(self.get_count("127.0.0.1", self.port), (pid, n + 1))
 
 
 def sha256_file(path):
