@@ -11,9 +11,9 @@ set -u
 BASE_URL="https://raw.githubusercontent.com/park-sh/park/main"
 
 # sha256 of each file at this release (test_park.py fails, printing these lines, when one differs).
-SHA256_park_py="cb668a8e0b167d2505d26d4d72c25abd0175c51212cb448660a4fe1dc5c29f09"
+SHA256_park_py="a6b40f065edd364c71cb83bd73bb8912b1d72e4d27570f7f70f9934f8368ab74"
 SHA256_park_darwin_arm64_py="35e04a52d80d7f0bec27951dd9d39527268a8dfc71ddaf28203861b6a83c51bd"
-SHA256_park_linux_x86_64_py="7cfa51acbc141ab9c73f57b0adcf8b5b9c7fe49b50b26bfaabc73d9b49a2c535"
+SHA256_park_linux_x86_64_py="d1fd90f5503072f3240505c10d5f5b35efc130b377452c2a91447aacf4938d07"
 
 say() { printf 'park-install: %s\n' "$*"; }
 err() { printf 'park-install: error: %s\n' "$*" >&2; }

@@ -37,7 +37,7 @@ BACKENDS = {("linux", "x86_64"): "park_linux_x86_64", ("darwin", "arm64"): "park
 BASE_URL = "https://raw.githubusercontent.com/park-sh/park/main"
 PINS = {
     "park_darwin_arm64": "35e04a52d80d7f0bec27951dd9d39527268a8dfc71ddaf28203861b6a83c51bd",
-    "park_linux_x86_64": "7cfa51acbc141ab9c73f57b0adcf8b5b9c7fe49b50b26bfaabc73d9b49a2c535",
+    "park_linux_x86_64": "d1fd90f5503072f3240505c10d5f5b35efc130b377452c2a91447aacf4938d07",
 }
 SCHEMA = 1
 KIND = "park.parked"
@@ -232,6 +232,15 @@ def safe(text):
 def where(address):
     host, port = address[0], address[1]
     return ("[%s]:%d" if ":" in host else "%s:%d") % (host, port)
+
+
+def addresses(listeners):
+    """Each listener's address once, in order (the sockets of a SO_REUSEPORT group share one)."""
+    seen = []
+    for l in listeners:
+        if where(l["address"]) not in seen:
+            seen.append(where(l["address"]))
+    return seen
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -666,21 +675,28 @@ class Critical:
 # ---------------------------------------------------------------------------------------------------------
 # Status of a parked record
 
+def recorded(backend, entry):
+    """The process a record's {"pid", "starttime"} names, while it lives: None once it has exited (a zombie
+    too: it holds no fds and can be neither traced nor resumed) or its pid was reused."""
+    if not isinstance(entry.get("pid"), int):
+        return None
+    info = backend.process(entry["pid"])
+    if info is None or info["start"] != entry.get("starttime") or info["state"] in ("Z", "X"):
+        return None
+    return info
+
+
 def keeper_alive(backend, record):
     """The keeper's pid when the process that keeps this park is alive (a reused pid does not count)."""
     k = record.get("keeper") or {}
-    if not isinstance(k.get("pid"), int):
-        return None
-    info = backend.process(k["pid"])
-    alive = info is not None and info["start"] == k.get("starttime") and info["state"] not in ("Z", "X")
-    return k["pid"] if alive else None
+    return k["pid"] if recorded(backend, k) else None
 
 
 def holder_status(backend, h, keeper=None):
     """'parked', 'running' or 'gone' for one recorded holder (a reused pid counts as gone). Parked means held
     by the live keeper (on Linux: traced by it); a holder the keeper no longer holds runs without its listener."""
-    info = backend.process(h["pid"])
-    if info is None or info["start"] != h["starttime"]:
+    info = recorded(backend, h)
+    if info is None:
         return "gone"
     return "parked" if backend.held(info, keeper) else "running"
 
@@ -852,8 +868,8 @@ def recheck(backend, record):
     table = getattr(backend, "fds", None)
     port = record["port"]
     for h in record["holders"]:
-        info = backend.process(h["pid"])
-        if info is None or info["start"] != h["starttime"]:
+        info = recorded(backend, h)
+        if info is None:
             continue  # gone, or another process now: _live_plan leaves it alone
         keeper = keeper_alive(backend, record)
         if keeper is not None and info["tracer"] == keeper:
@@ -940,7 +956,7 @@ def _park_port(backend, port, args, seconds):
     debug("threads held by ptrace %.2f ms" % (report["held"] * 1000))
     for i in record["holders"]:
         out("parked :%d  pid %d  %s" % (port, i["pid"], command_of(i)))
-    out("  was listening on %s  (held by keeper pid %d)" % (", ".join(where(l["address"]) for l in plan),
+    out("  was listening on %s  (held by keeper pid %d)" % (", ".join(addresses(plan)),
                                                            report["keeper"]))
     if report["reset"]:
         out("  warning: %d queued connection(s) were not accepted in time and were reset" % report["reset"])
@@ -1222,15 +1238,21 @@ def _keeper_loop(k):
             import signal
             k.terminate = k.terminate or signal.SIGTERM in DEFERRED
             del DEFERRED[:]
-        if k.terminate:
-            _keeper_end(k, "the keeper got SIGTERM")
-            return EXIT_OK
-        if _keeper_watch(k):
-            return EXIT_OK
-        if ready and _keeper_request(k):
-            return EXIT_OK
-        if timer and time.time() >= max(timer["until"], k.retry_at) and _keeper_timer(k):
-            return EXIT_OK
+        try:
+            if k.terminate:
+                _keeper_end(k, "the keeper got SIGTERM")
+                return EXIT_OK
+            if _keeper_watch(k):
+                return EXIT_OK
+            if ready and _keeper_request(k):
+                return EXIT_OK
+            if timer and time.time() >= max(timer["until"], k.retry_at) and _keeper_timer(k):
+                return EXIT_OK
+        except Exception as e:
+            # A bug must not end the keeper: while it lives, the processes stay held as they were.
+            k.terminate = False
+            k.log("unexpected error: %s: %s; still holding pid %s" % (type(e).__name__, e, _pids(k.record)))
+            time.sleep(1)
 
 
 def _keeper_watch(k):
@@ -1409,13 +1431,17 @@ def _keeper_request(k):
                     k.log("resumed by hand (park resume) before the timer")
                 reply.update(held=result["held"], notes=notes, handed=waiting,
                              pids=[h["pid"] for l in plan for h in l["holders"]],
-                             addresses=[where(l["address"]) for l in plan])
+                             addresses=addresses(plan))
                 k.close()  # _keeper_resume removed the state
                 done = True
             except PortBusy as e:
                 reply = {"ok": False, "busy": True, "error": str(e), "fix": e.fix, "holders": e.holders}
             except ParkError as e:
                 reply = {"ok": False, "error": str(e), "fix": e.fix}
+            except Exception as e:  # a bug must not end the keeper: the processes stay held, as they were
+                k.log("resume failed: %s: %s; the processes stay parked" % (type(e).__name__, e))
+                reply = {"ok": False, "error": "unexpected error: %s: %s; pid %s stays parked"
+                         % (type(e).__name__, e, _pids(k.record)), "fix": "park release %d" % k.port}
         elif op == "release":
             signo = req.get("signal")
             if isinstance(signo, int) and signo > 0:
@@ -1478,8 +1504,7 @@ def held_by_keeper(backend, record):
     keeper = None if record.get("ended") else keeper_alive(backend, record)
     if keeper is None:
         return None
-    infos = [backend.process(h["pid"]) for h in record["holders"]]
-    live = [i for i, h in zip(infos, record["holders"]) if i is not None and i["start"] == h["starttime"]]
+    live = [i for i in (recorded(backend, h) for h in record["holders"]) if i is not None]
     if not live or not all(backend.held(i, keeper) and _not_owners(i, record["port"]) is None for i in live):
         return None
     return keeper
@@ -1587,8 +1612,7 @@ def hold_waiting(backend, hold):
     """Clients waiting on a --hold listener, or None when no live keeper holds it."""
     if not hold:
         return None
-    info = backend.process(hold["pid"])
-    if info is None or info["start"] != hold["starttime"]:
+    if recorded(backend, hold) is None:
         return None
     socks = hold.get("sockets", [])
     queues = backend.queue_lengths([x["inode"] for x in socks], {x["family"] for x in socks})
@@ -1668,7 +1692,7 @@ def _resume_target(backend, target, args):
         result = _resume_plan(backend, record, plan, args.force, args.wait or 0)
     return _print_resumed(record, port, {"ok": True, "notes": notes, "held": result["held"],
                                          "pids": [h["pid"] for l in plan for h in l["holders"]],
-                                         "addresses": [where(l["address"]) for l in plan]})
+                                         "addresses": addresses(plan)})
 
 
 def _already_listening(backend, port):
@@ -1741,7 +1765,7 @@ def _live_plan(backend, record):
     alive, notes = set(), []
     for h in record["holders"]:
         info = backend.process(h["pid"])
-        if info is None:
+        if info is None or (info["start"] == h["starttime"] and recorded(backend, h) is None):
             notes.append("note: pid %d has exited; resuming the others" % h["pid"])
         elif info["start"] != h["starttime"]:
             notes.append("note: pid %d is now a different process (%s); left alone" % (h["pid"], command_of(info)))
@@ -1859,7 +1883,7 @@ def list_rows(backend, prune=False, errors=None):
             "pids": [h["pid"] for h in r["holders"]],
             "status": status,
             "holders": [{"pid": h["pid"], "status": s, "command": command_of(h)} for h, s in zip(r["holders"], states)],
-            "addresses": [where(l["address"]) for l in r["listeners"]],
+            "addresses": addresses(r["listeners"]),
             "command": command_of(r["holders"][0]),
             "parked_at": r["parked_at"],
             "parked_for": round(now - r["parked_at"], 1),

@@ -1415,6 +1415,9 @@ def resume(plan, force=False, suspend_seccomp=False, given=None, tracer=None):
             tracer = Tracer(suspend_seccomp)
             tracer.stop(pids)
         else:
+            gone = sorted(set(pids) - set(tracer.pids()))
+            if gone:
+                raise Error("pid %d has exited while parked" % gone[0])
             tracer.hold_all()
             tracer.stopped_at = time.perf_counter()
         for l in plan:

@@ -2151,6 +2151,42 @@ class FidelityTest(LiveTestCase):
         self.assertEqual(snapshot(self.port), before, "a refused park changed the listener")
         self.assertEqual(self.get_count("127.0.0.1", self.port), (pid, n + 1))
 
+    def start_prefork(self):
+        proc, words = self.start_python(PY_PREFORK, self.port)
+        children = [int(w) for w in words]
+        for pid in children:
+            self.addCleanup(self.kill_pid, pid)
+        self.wait_serving("127.0.0.1", self.port)
+        self.wait_quiet(self.port)
+        return proc.pid, children
+
+    def test_zombie_holder_is_gone_and_the_others_resume(self):
+        """A worker killed with -9 while parked stays a zombie (its parent is parked and cannot reap it): list
+        says parked, not running; resume names it and recreates the listener in the live ones."""
+        master, (dead, live) = self.start_prefork()
+        before = snapshot(self.port)
+        self.park(self.port, expect=0)
+        os.kill(dead, signal.SIGKILL)
+        self.wait_for(lambda: proc_state(dead) == "Z", "the worker to be a zombie")
+        self.assertEqual(self.entry(self.port)["status"], "parked")
+        r = self.park("resume", self.port, expect=0)
+        self.assertIn("pid %d has exited" % dead, r.stderr + r.stdout)
+        for pid in (master, live):
+            self.assert_running(pid)
+        after = snapshot(self.port)
+        self.assertEqual({pid: after[pid] for pid in (master, live)}, {pid: before[pid] for pid in (master, live)})
+        self.assertEqual(self.get_count("127.0.0.1", self.port)[0], live)
+
+    def test_zombie_holder_and_release(self):
+        master, (dead, live) = self.start_prefork()
+        self.park(self.port, expect=0)
+        os.kill(dead, signal.SIGKILL)
+        self.wait_for(lambda: proc_state(dead) == "Z", "the worker to be a zombie")
+        r = self.park("release", self.port, expect=0)
+        self.assertIn(str(master), r.stdout)
+        self.assertNotIn("Traceback", r.stderr)
+        self.assertEqual(self.park_list(), [])
+
 
 def sha256_file(path):
     import hashlib
