@@ -11,9 +11,9 @@ set -u
 BASE_URL="https://raw.githubusercontent.com/park-sh/park/main"
 
 # sha256 of each file at this release (test_park.py fails, printing these lines, when one differs).
-SHA256_park_py="a6b40f065edd364c71cb83bd73bb8912b1d72e4d27570f7f70f9934f8368ab74"
+SHA256_park_py="190ca2ec54fc3dfdacdc67afb3a3bfe06c05e6cc21514e962d83f59912c23617"
 SHA256_park_darwin_arm64_py="35e04a52d80d7f0bec27951dd9d39527268a8dfc71ddaf28203861b6a83c51bd"
-SHA256_park_linux_x86_64_py="d1fd90f5503072f3240505c10d5f5b35efc130b377452c2a91447aacf4938d07"
+SHA256_park_linux_x86_64_py="27ab0454563790613a7445d8eeb56385598579cb1045390e89a859e7101b0b83"
 
 say() { printf 'park-install: %s\n' "$*"; }
 err() { printf 'park-install: error: %s\n' "$*" >&2; }

@@ -37,7 +37,7 @@ BACKENDS = {("linux", "x86_64"): "park_linux_x86_64", ("darwin", "arm64"): "park
 BASE_URL = "https://raw.githubusercontent.com/park-sh/park/main"
 PINS = {
     "park_darwin_arm64": "35e04a52d80d7f0bec27951dd9d39527268a8dfc71ddaf28203861b6a83c51bd",
-    "park_linux_x86_64": "d1fd90f5503072f3240505c10d5f5b35efc130b377452c2a91447aacf4938d07",
+    "park_linux_x86_64": "27ab0454563790613a7445d8eeb56385598579cb1045390e89a859e7101b0b83",
 }
 SCHEMA = 1
 KIND = "park.parked"

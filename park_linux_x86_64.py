@@ -72,13 +72,16 @@ MSG_CMSG_CLOEXEC = 0x40000000
 IPPROTO_TCP = 6
 SOL_SOCKET = 1
 SO_REUSEADDR = 2
-SO_GET_FILTER = 26  # include/uapi/asm-generic/socket.h
+SO_ATTACH_FILTER = 26  # include/uapi/asm-generic/socket.h
+SO_DETACH_FILTER = 27
+SO_GET_FILTER = SO_ATTACH_FILTER
 
 # include/uapi/linux/sock_diag.h, inet_diag.h, netlink.h
 NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
 SOCK_DESTROY = 21
 NLM_F_ACK = 4
+TCP_SYN_RECV = 3  # include/net/tcp_states.h
 TCP_TIME_WAIT = 6
 NLM_F_REQUEST = 1
 NLM_F_DUMP = 0x300
@@ -1278,6 +1281,129 @@ def still_listening(listeners_):
     return want & live
 
 
+# ---------------------------------------------------------------------------------------------------------
+# Draining without resets: closing a listener resets every connection in its accept queue
+# (inet_csk_listen_stop), so new connections are held off while the server accepts what is queued.
+
+# A classic BPF socket filter, run by tcp_filter() with the data at the TCP header: drop a segment with SYN
+# set and ACK clear (a new connection; the client retransmits its SYN after ~1 s and then meets the closed
+# port or the resumed server), keep everything else, so handshakes under way still complete.
+_SYN_DROP = struct.pack("=HBBI HBBI HBBI HBBI HBBI",
+                        0x30, 0, 0, 13,           # ldb [13]         (BPF_LD|BPF_B|BPF_ABS: the TCP flags)
+                        0x54, 0, 0, 0x12,         # and #0x12        (BPF_ALU|BPF_AND|BPF_K: SYN|ACK)
+                        0x15, 0, 1, 0x02,         # jeq #0x02, 0, 1  (BPF_JMP|BPF_JEQ|BPF_K: SYN alone?)
+                        0x06, 0, 0, 0,            # ret #0           (drop)
+                        0x06, 0, 0, 0xFFFFFFFF)   # ret #-1          (keep)
+
+
+class SynGuard:
+    """Holds new connections off the listeners of a plan while park drains them: the filter is attached
+    through park's own duplicate of each listener (closed at once: it must not keep the port open) and is
+    removed on every path: by end(), or, if park dies first, by a watchdog process that notices the end of
+    its pipe and detaches it through a fresh duplicate. A listener that has a filter of its own keeps it
+    (park cannot read one back), and is drained as before."""
+
+    def __init__(self, plan):
+        self.sockets = []  # (pid, fd, inode) of each listener that has park's filter
+        self.pipe = None
+        self.watchdog = None
+        for l in plan:
+            pid, fd = l["holders"][0]["pid"], l["holders"][0]["fds"][0]["fd"]
+            try:
+                dup = _pidfd_getfd(pid, fd)
+            except OSError:
+                continue
+            try:
+                if os.fstat(dup).st_ino != l["inode"] or _filter_attached(dup):
+                    continue
+                prog = ctypes.create_string_buffer(_SYN_DROP, len(_SYN_DROP))
+                fprog = struct.pack("=H6xQ", len(_SYN_DROP) // 8, ctypes.addressof(prog))
+                if _libc.setsockopt(dup, SOL_SOCKET, SO_ATTACH_FILTER, fprog, len(fprog)) == 0:
+                    self.sockets.append((pid, fd, l["inode"]))
+            finally:
+                os.close(dup)
+        if self.sockets:
+            self._start_watchdog()
+
+    def _start_watchdog(self):
+        r, w = os.pipe()
+        pidfds = []
+        for pid, _, _ in self.sockets:
+            try:
+                pidfds.append(_check(_libc.syscall(NR_pidfd_open, pid, 0, 0), "pidfd_open"))
+            except OSError:
+                pidfds.append(-1)
+        child = os.fork()
+        if child == 0:  # the watchdog: it reads nothing, it only waits for the pipe's end
+            try:
+                os.close(w)
+                os.setsid()
+                keep = sorted({r} | {f for f in pidfds if f >= 0})
+                low = 0
+                for fd in keep:  # nothing of park's own (its lock, its control socket, its report pipe)
+                    os.closerange(low, fd)
+                    low = fd + 1
+                os.closerange(low, 1 << 16)
+                done = os.read(r, 1) == b"d"
+                if not done:
+                    for (pid, fd, inode), pidfd in zip(self.sockets, pidfds):
+                        _detach_filter(pidfd, fd, inode)
+            finally:
+                os._exit(0)
+        os.close(r)
+        for pidfd in pidfds:
+            if pidfd >= 0:
+                os.close(pidfd)
+        self.pipe, self.watchdog = w, child
+
+    def end(self):
+        """Remove the filter from every listener that still exists, and dismiss the watchdog."""
+        for pid, fd, inode in self.sockets:
+            try:
+                pidfd = _check(_libc.syscall(NR_pidfd_open, pid, 0, 0), "pidfd_open")
+            except OSError:
+                continue
+            _detach_filter(pidfd, fd, inode)
+            os.close(pidfd)
+        if self.pipe is not None:
+            os.write(self.pipe, b"d")
+            os.close(self.pipe)
+            try:
+                os.waitpid(self.watchdog, 0)
+            except ChildProcessError:
+                pass
+        self.sockets, self.pipe = [], None
+
+
+def _detach_filter(pidfd, fd, inode):
+    """SO_DETACH_FILTER on pid's fd, if it still is that socket (a closed listener took its filter along)."""
+    if pidfd < 0:
+        return
+    dup = _libc.syscall(NR_pidfd_getfd, pidfd, fd, 0)
+    if dup < 0:
+        return
+    try:
+        if os.fstat(dup).st_ino == inode:
+            one = ctypes.c_int(1)
+            _libc.setsockopt(dup, SOL_SOCKET, SO_DETACH_FILTER, ctypes.byref(one), 4)
+    finally:
+        os.close(dup)
+
+
+def _in_flight(inodes, families, port):
+    """Connections that closing the listeners now would reset: queued for accept, or half open."""
+    queued = sum(q[0] for q in queue_lengths(inodes, families).values())
+    try:
+        with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG) as nl:
+            for seq, family in enumerate(sorted(families), 1):
+                for sockid, _, _, _ in _diag_dump(nl, family, 1 << TCP_SYN_RECV, seq):
+                    if struct.unpack_from("!H", sockid, 0)[0] == port:
+                        queued += 1
+    except OSError:
+        pass
+    return queued
+
+
 def _close_listeners(tracer, plan, pids, closed):
     """With every thread stopped: check that nothing changed since inspect() and that resume will be able
     to borrow scratch memory, then close every recorded fd (each is appended to closed)."""
@@ -1313,23 +1439,36 @@ def park(plan, drain=2.0, suspend_seccomp=False):
         drain = 0  # already stopped by someone: it cannot accept anything
     deadline = time.monotonic() + drain
     reset = 0
-    while True:
-        # Let the server accept what is already queued, so closing resets nobody (bounded wait).
-        while time.monotonic() < deadline:
-            if not any(q[0] for q in queue_lengths(inodes, families).values()):
+    port = plan[0]["port"]
+    guard = SynGuard(plan) if drain else None
+    try:
+        while True:
+            # Let the server accept what is queued while the guard holds new connections off, so that
+            # closing resets nobody (bounded wait).
+            _failpoint("pause", "drain")
+            while time.monotonic() < deadline:
+                if not _in_flight(inodes, families, port):
+                    break
+                time.sleep(0.002)
+            tracer = Tracer(suspend_seccomp)
+            try:
+                tracer.stop(pids)
+            except BaseException:
+                tracer.release()
+                raise
+            queued = _in_flight(inodes, families, port)
+            if not queued or time.monotonic() >= deadline:
+                reset = queued
                 break
-            time.sleep(0.005)
-        tracer = Tracer(suspend_seccomp)
-        try:
-            tracer.stop(pids)
-        except BaseException:
             tracer.release()
-            raise
-        queued = sum(q[0] for q in queue_lengths(inodes, families).values())
-        if not queued or time.monotonic() >= deadline:
-            reset = queued
-            break
-        tracer.release()
+        return _park_held(tracer, plan, pids, reset)
+    finally:
+        if guard is not None:
+            guard.end()
+
+
+def _park_held(tracer, plan, pids, reset):
+    """park(), once every thread is stopped and the queues are drained."""
     try:
         closed = []
         try:
@@ -1597,7 +1736,8 @@ def _send_to(lsock, pid, local_fd):
 
 def _failpoint(kind, name=None):
     """Test hooks, for tests that prove rollbacks: PARK_FAILPOINT=bind:N makes the Nth rebind fail as
-    EADDRINUSE; PARK_FAILPOINT=hang:NAME:N turns the Nth injected NAME() into a call that never returns."""
+    EADDRINUSE; PARK_FAILPOINT=hang:NAME:N turns the Nth injected NAME() into a call that never returns;
+    PARK_FAILPOINT=pause:drain:N makes park sleep at the Nth drain, for a test to kill it there."""
     spec = os.environ.get("PARK_FAILPOINT", "").split(":")
     key = [kind] + ([name] if name else [])
     if spec[:-1] != key:
@@ -1607,6 +1747,8 @@ def _failpoint(kind, name=None):
         return False
     if kind == "bind":
         raise OSError(errno.EADDRINUSE, os.strerror(errno.EADDRINUSE) + " (PARK_FAILPOINT)")
+    if kind == "pause":
+        time.sleep(3600)  # until the test kills park here
     return True
 
 

@@ -2188,6 +2188,88 @@ class FidelityTest(LiveTestCase):
         self.assertEqual(self.park_list(), [])
 
 
+    def filter_lengths(self, pid):
+        """{fd: length of the classic BPF filter on it} for every socket of pid (SO_GET_FILTER, read
+        through a pidfd_getfd duplicate)."""
+        out = {}
+        for fd, link in _fd_links(pid).items():
+            if link.startswith("socket:"):
+                dup = pidfd_getfd(pid, fd)
+                try:
+                    n = ctypes.c_uint32(0)
+                    libc = ctypes.CDLL(None, use_errno=True)
+                    libc.getsockopt(dup, socket.SOL_SOCKET, 26, None, ctypes.byref(n))  # SO_GET_FILTER
+                    out[fd] = n.value
+                finally:
+                    os.close(dup)
+        return out
+
+    def test_no_connection_is_reset_under_load(self):
+        """8 clients opening a new connection per request through 50 park/resume cycles: every connection
+        is served or refused (or waits for its SYN to be sent again), none is reset; no filter is left."""
+        proc = self.start_node(self.port)
+        counts = {"ok": 0, "reset": 0, "refused": 0, "other": 0}
+        lock, stop = threading.Lock(), threading.Event()
+
+        def client():
+            while not stop.is_set():
+                try:
+                    with socket.create_connection(("127.0.0.1", self.port), timeout=10) as c:
+                        c.sendall(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+                        kind = "ok" if c.recv(4096).startswith(b"HTTP/1.1 200") else "other"
+                except ConnectionResetError:
+                    kind = "reset"
+                except ConnectionRefusedError:
+                    kind = "refused"
+                    time.sleep(0.01)
+                except OSError:
+                    kind = "other"
+                with lock:
+                    counts[kind] += 1
+
+        threads = [threading.Thread(target=client, daemon=True) for _ in range(8)]
+        for t in threads:
+            t.start()
+        try:
+            time.sleep(0.3)
+            for _ in range(50):
+                self.park(self.port, expect=0)
+                self.park("resume", self.port, expect=0)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(15)
+        self.assertEqual(counts["reset"], 0, counts)
+        self.assertEqual(counts["other"], 0, counts)
+        self.assertGreater(counts["ok"], 500, counts)
+        self.assertEqual(set(self.filter_lengths(proc.pid).values()) - {0}, set(), "a filter was left")
+
+    def test_filter_is_removed_when_park_is_killed_while_draining(self):
+        proc = self.start_node(self.port)
+        pid, n = self.get_count("127.0.0.1", self.port)
+        cli = subprocess.Popen([sys.executable, PARK, str(self.port)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, universal_newlines=True,
+                               env=dict(self.env, PARK_FAILPOINT="pause:drain:1"))
+        self.addCleanup(self._stop_proc, cli)
+        self.wait_for(lambda: self.keeper_pid_of_record() is not None, "the keeper to start")
+        keeper = self.keeper_pid_of_record()
+        self.wait_for(lambda: 5 in self.filter_lengths(pid).values(), "park's filter on the listener")
+        os.kill(keeper, signal.SIGKILL)
+        out, err = cli.communicate(timeout=CHILD_TIMEOUT)
+        self.assertEqual(cli.returncode, 1, err)
+        self.assertIn("runs as it was", err)
+        self.wait_for(lambda: set(self.filter_lengths(pid).values()) == {0}, "the filter to be removed", 2)
+        self.assert_running(pid)
+        self.assertEqual(self.get_count("127.0.0.1", self.port), (pid, n + 1))
+
+    def keeper_pid_of_record(self):
+        try:
+            with open(os.path.join(self.home, "parked", "%d.json" % self.port)) as f:
+                return json.load(f)["keeper"]["pid"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+
 def sha256_file(path):
     import hashlib
     with open(path, "rb") as f:
