@@ -37,7 +37,7 @@ BACKENDS = {("linux", "x86_64"): "park_linux_x86_64", ("darwin", "arm64"): "park
 BASE_URL = "https://raw.githubusercontent.com/park-sh/park/main"
 PINS = {
     "park_darwin_arm64": "35e04a52d80d7f0bec27951dd9d39527268a8dfc71ddaf28203861b6a83c51bd",
-    "park_linux_x86_64": "27ab0454563790613a7445d8eeb56385598579cb1045390e89a859e7101b0b83",
+    "park_linux_x86_64": "85760b0c0bfa6bb52b71f88a6b8f8f20c9d5a27cc0ada695ce138d2bd31278bf",
 }
 SCHEMA = 1
 KIND = "park.parked"
@@ -960,6 +960,9 @@ def _park_port(backend, port, args, seconds):
                                                            report["keeper"]))
     if report["reset"]:
         out("  warning: %d queued connection(s) were not accepted in time and were reset" % report["reset"])
+    warning = supervisor_warning(record["holders"], seconds)
+    if warning:
+        out("  " + warning)
     if report.get("hold_error"):
         raise ParkError("parked, but cannot hold :%d open: %s; pid %s stays parked"
                         % (port, report["hold_error"], _pids(record)), fix="park resume %d" % port)
@@ -1028,6 +1031,67 @@ def parse_duration(text):
         raise ParkError("the duration must be more than 0: %r" % text[:20], fix="park PORT --for 30s",
                         code=EXIT_USAGE)
     return seconds
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Supervisors that time their workers. While a master and its workers are held, the master's clock check
+# must still pass when they go on, or it kills the workers it finds late and forks new ones (fresh memory).
+# gunicorn's arbiter kills a worker whose heartbeat is older than --timeout: the heartbeat is the mtime of an
+# unlinked temp file named wgunicorn-* that the worker sets to time.monotonic() (gunicorn >= 21) or its ctime,
+# which the worker bumps with fchmod and the arbiter compares with time.time() (older ones). The keeper sets
+# both to now on every tick while it holds them. puma's master compares each worker's last check-in (a pipe
+# message) with worker_timeout before it reads the pipe, so nothing outside can satisfy it: park warns.
+
+HEARTBEAT_PREFIX = "wgunicorn-"
+PUMA_WORKER = "puma: cluster worker"
+PUMA_WORKER_TIMEOUT = 60  # puma's default worker_timeout, in seconds
+
+
+def heartbeats(backend, pids):
+    """Paths through which the keeper reaches the held workers' heartbeat files, one per file."""
+    if not hasattr(backend, "fd_path"):
+        return []  # macOS: no path reaches another process's fd
+    paths, seen = [], set()
+    for pid in pids:
+        for fd, link in sorted(backend.fds(pid).items()):
+            if os.path.basename(link).startswith(HEARTBEAT_PREFIX):
+                path = backend.fd_path(pid, fd)
+                try:
+                    st = os.stat(path)
+                except OSError:
+                    continue
+                if (st.st_dev, st.st_ino) not in seen:
+                    seen.add((st.st_dev, st.st_ino))
+                    paths.append(path)
+    return paths
+
+
+def refresh_heartbeats(paths):
+    """Set each heartbeat file's times to now, on the clock its worker writes (the one its mtime is closest
+    to); utime sets the ctime to now as well. Returns how many were refreshed."""
+    import time
+    n = 0
+    for path in paths:
+        try:
+            mtime = os.stat(path).st_mtime
+            now_mono, now_wall = time.monotonic(), time.time()
+            now = now_mono if abs(mtime - now_mono) < abs(mtime - now_wall) else now_wall
+            os.utime(path, (now, now))
+            n += 1
+        except OSError:
+            pass  # the worker is gone; the keeper reports that on its own
+    return n
+
+
+def supervisor_warning(holders, seconds):
+    """One line for a supervisor whose clock check park cannot satisfy, or None."""
+    if not any((h.get("argv") or [""])[0].startswith(PUMA_WORKER) for h in holders):
+        return None
+    if seconds is not None and seconds >= PUMA_WORKER_TIMEOUT:
+        return ("warning: --for %s is longer than puma's worker_timeout (%d s unless configured): its master "
+                "will replace the workers, losing their memory" % (format_duration(seconds), PUMA_WORKER_TIMEOUT))
+    return ("note: puma's master replaces workers parked longer than its worker_timeout (%d s unless "
+            "configured): resume before then to keep them" % PUMA_WORKER_TIMEOUT)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -1112,6 +1176,7 @@ class _Keeper:
         self.baseline = {}  # pid: signals already pending when the park began
         self.resend = []  # (pid, signal) taken off a queue while parked, to be sent again when it ends
         self.dead = {}  # pid: how it died while parked
+        self.heartbeats = []  # paths of the held workers' heartbeat files (see Supervisors)
 
     def log(self, text):
         import time
@@ -1223,7 +1288,10 @@ def _keeper_loop(k):
     job control) and at the timer. Returns the keeper's exit code once the park has ended."""
     import select
     import time
+    if k.tracer is not None:
+        k.heartbeats = heartbeats(k.backend, k.tracer.pids())
     while True:
+        refresh_heartbeats(k.heartbeats)
         timer = k.record.get("timer")
         wait = KEEPER_TICK
         if timer and timer.get("gave_up"):
@@ -1396,6 +1464,7 @@ def _keeper_resume(k, force):
         raise PortBusy("cannot resume: :%d is in use by %s; pid %s stays parked"
                        % (k.port, _holders_text(backend, k.port), _pids(k.record)),
                        "stop that process, or: park resume %d --wait" % k.port, _holders_text(backend, k.port))
+    refresh_heartbeats(k.heartbeats)  # the supervisor checks them as soon as it runs again
     result = _resume_once(backend, k.record, plan, force, given, k.tracer)
     for pid, n in k.resend:
         _kill(pid, n)

@@ -269,6 +269,11 @@ def fds(pid):
     return _proc_fds(pid)
 
 
+def fd_path(pid, fd):
+    """A path that opens what pid has at fd (for its owner, or root)."""
+    return "/proc/%d/fd/%d" % (pid, fd)
+
+
 def listeners(port):
     """Every TCP listener on port: [{inode, family, host, port, holders: {pid: [fd, ...]}}]."""
     found = {}

@@ -476,6 +476,24 @@ async def app(scope, receive, send):
     await send({"type": "http.response.body", "body": body})
 '''
 
+WSGI_COUNTER = r'''
+import os
+count = 0
+
+
+def app(environ, start_response):
+    global count
+    count += 1
+    body = ("pid=%d count=%d\n" % (os.getpid(), count)).encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+'''
+
+PUMA_RACKUP = r'''
+count = 0
+run lambda { |env| count += 1; [200, {"content-type" => "text/plain"}, ["pid=#{Process.pid} count=#{count}\n"]] }
+'''
+
 PY_PID1 = r'''
 import json, os, socket, subprocess, sys
 port, park = int(sys.argv[1]), sys.argv[2]
@@ -2187,6 +2205,71 @@ class FidelityTest(LiveTestCase):
         self.assertNotIn("Traceback", r.stderr)
         self.assertEqual(self.park_list(), [])
 
+
+    def counts_by_worker(self, n=40):
+        """{pid: highest count seen} over n fresh connections."""
+        seen = {}
+        for _ in range(n):
+            pid, c = self.get_count("127.0.0.1", self.port)
+            seen[pid] = max(c, seen.get(pid, 0))
+        return seen
+
+    def workers_of(self, pid):
+        return sorted(int(w) for w in _read_text("/proc/%d/task/%d/children" % (pid, pid)).split())
+
+    def check_gunicorn_keeps_its_workers(self, worker_class):
+        """gunicorn -w 2 with --timeout 2, parked for 3x the timeout: the arbiter finds every heartbeat fresh
+        (the keeper refreshes them), so the same workers serve on with their counters."""
+        try:
+            import gunicorn  # noqa: F401  (installed by .ci/run)
+        except ImportError:
+            self.live_skip("gunicorn is not installed")
+        self.write("wsgi_counter.py", WSGI_COUNTER)
+        timeout = 2
+        proc = self.spawn([sys.executable, "-m", "gunicorn", "-w", "2", "-k", worker_class, "--timeout",
+                           str(timeout), "-b", "127.0.0.1:%d" % self.port, "--chdir", self.tmp,
+                           "--control-socket", os.path.join(self.tmp, "gunicorn.ctl"), "wsgi_counter:app"])
+        self.wait_for(lambda: len(self.workers_of(proc.pid)) == 2, "gunicorn's two workers")
+        self.wait_serving("127.0.0.1", self.port)
+        workers = self.workers_of(proc.pid)
+        before = self.counts_by_worker()
+        self.wait_quiet(self.port, allow_time_wait=True)
+        self.park(self.port, expect=0)
+        time.sleep(3 * timeout)
+        self.park("resume", self.port, expect=0)
+        time.sleep(2 * timeout)  # the arbiter has looked at the heartbeats a few times since
+        after = self.counts_by_worker()
+        self.assertEqual(self.workers_of(proc.pid), workers, "gunicorn replaced its workers: " + self.log_of(proc))
+        self.assertNotIn("WORKER TIMEOUT", self.log_of(proc))
+        self.assertTrue(set(after) <= set(workers), after)
+        for pid, c in after.items():
+            self.assertGreater(c, before.get(pid, 0), "pid %d's counter started again" % pid)
+
+    def test_gunicorn_sync_workers_outlive_a_park_longer_than_their_timeout(self):
+        self.check_gunicorn_keeps_its_workers("sync")
+
+    def test_gunicorn_gthread_workers_outlive_a_park_longer_than_their_timeout(self):
+        self.check_gunicorn_keeps_its_workers("gthread")
+
+    def test_puma_cluster_gets_a_worker_timeout_warning(self):
+        """puma's master checks its workers' check-ins before it reads them: park cannot satisfy it, so it
+        says so at park time, naming worker_timeout, and warns about a --for longer than it."""
+        if not shutil.which("puma"):
+            self.live_skip("puma is not installed (apt-get install puma)")
+        path = self.write("config.ru", PUMA_RACKUP)
+        proc = self.spawn(["puma", "-w", "2", "-b", "tcp://127.0.0.1:%d" % self.port, path])
+        self.wait_for(lambda: len(self.workers_of(proc.pid)) == 2, "puma's two workers", 30)
+        self.wait_serving("127.0.0.1", self.port, timeout=30)
+        workers = self.workers_of(proc.pid)
+        self.wait_quiet(self.port, allow_time_wait=True)
+        r = self.park(self.port, expect=0)
+        self.assertRegex(r.stdout, r"(?m)^  note: puma's master replaces workers .*worker_timeout \(60 s")
+        self.park("resume", self.port, expect=0)
+        r = self.park(self.port, "--for", "2m", expect=0)
+        self.assertRegex(r.stdout, r"(?m)^  warning: --for 2m00s is longer than puma's worker_timeout")
+        self.park("resume", self.port, expect=0)
+        self.assertEqual(self.workers_of(proc.pid), workers)
+        self.assertEqual(self.get_count("127.0.0.1", self.port)[0] in workers, True)
 
     def filter_lengths(self, pid):
         """{fd: length of the classic BPF filter on it} for every socket of pid (SO_GET_FILTER, read
