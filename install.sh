@@ -11,9 +11,9 @@ set -u
 BASE_URL="https://raw.githubusercontent.com/park-sh/park/main"
 
 # sha256 of each file at this release (test_park.py fails, printing these lines, when one differs).
-SHA256_park_py="d2ba1aa5833352665804307f4ea30a95b913fc889b9a26aea46b97cf6f906dab"
+SHA256_park_py="ae9e3c968a92ac44c9f3853abb202c5fee4ff0ddcb7700ee0b6074203ae18ed5"
 SHA256_park_darwin_arm64_py="35e04a52d80d7f0bec27951dd9d39527268a8dfc71ddaf28203861b6a83c51bd"
-SHA256_park_linux_x86_64_py="85760b0c0bfa6bb52b71f88a6b8f8f20c9d5a27cc0ada695ce138d2bd31278bf"
+SHA256_park_linux_x86_64_py="b1aeb443d6329a12c8cb709a6ad801371597a7d76447c282c13cefc3eee2d581"
 
 say() { printf 'park-install: %s\n' "$*"; }
 err() { printf 'park-install: error: %s\n' "$*" >&2; }

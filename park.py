@@ -37,7 +37,7 @@ BACKENDS = {("linux", "x86_64"): "park_linux_x86_64", ("darwin", "arm64"): "park
 BASE_URL = "https://raw.githubusercontent.com/park-sh/park/main"
 PINS = {
     "park_darwin_arm64": "35e04a52d80d7f0bec27951dd9d39527268a8dfc71ddaf28203861b6a83c51bd",
-    "park_linux_x86_64": "85760b0c0bfa6bb52b71f88a6b8f8f20c9d5a27cc0ada695ce138d2bd31278bf",
+    "park_linux_x86_64": "b1aeb443d6329a12c8cb709a6ad801371597a7d76447c282c13cefc3eee2d581",
 }
 SCHEMA = 1
 KIND = "park.parked"
@@ -235,10 +235,11 @@ def where(address):
 
 
 def addresses(listeners):
-    """Each listener's address once, in order (the sockets of a SO_REUSEPORT group share one)."""
+    """Each listener's address once, in order (the sockets of a SO_REUSEPORT group share one); a socket that
+    is only bound to the port is not one."""
     seen = []
     for l in listeners:
-        if where(l["address"]) not in seen:
+        if l.get("listening", True) and where(l["address"]) not in seen:
             seen.append(where(l["address"]))
     return seen
 
@@ -560,7 +561,8 @@ def _check_listener(l, port, pids, is_int):
         socket.inet_pton(socket.AF_INET6 if ":" in address[0] else socket.AF_INET, address[0])
     except (OSError, ValueError):
         return "a listener's address"
-    if not is_int(l.get("backlog"), 0, 1 << 20) or not isinstance(l.get("nonblock"), bool):
+    if not is_int(l.get("backlog"), 0, 1 << 20) or not isinstance(l.get("nonblock"), bool) or \
+            not isinstance(l.get("listening", True), bool):
         return "a listener's backlog or flags"
     options = l.get("options")
     if not isinstance(options, list) or not all(
@@ -1271,7 +1273,7 @@ def _keeper(backend, record, plan, seccomp, drain, hold, report):
     hold_error = None
     if hold:
         try:
-            k.socks = [backend.hold_socket(l) for l in plan]
+            k.socks = [backend.hold_socket(l) for l in plan if l.get("listening", True)]
             record["hold"] = {"pid": os.getpid(), "starttime": record["keeper"]["starttime"],
                               "sockets": [{"inode": os.fstat(s.fileno()).st_ino, "family": int(s.family)}
                                           for s in k.socks]}
@@ -1458,8 +1460,9 @@ def _keeper_resume(k, force):
     plan, notes = _live_plan(backend, k.record)
     given = None
     if k.socks:
-        held = {l["inode"]: s.fileno() for l, s in zip(k.record["listeners"], k.socks)}
-        given = [held[l["inode"]] for l in plan]
+        serving = [l for l in k.record["listeners"] if l.get("listening", True)]
+        held = {l["inode"]: s.fileno() for l, s in zip(serving, k.socks)}
+        given = [held.get(l["inode"]) for l in plan]  # None: a socket that was only bound is made anew
     elif backend.listeners(k.port):
         raise PortBusy("cannot resume: :%d is in use by %s; pid %s stays parked"
                        % (k.port, _holders_text(backend, k.port), _pids(k.record)),

@@ -88,6 +88,7 @@ NLM_F_DUMP = 0x300
 NLMSG_ERROR = 2
 NLMSG_DONE = 3
 TCP_LISTEN = 10  # include/net/tcp_states.h
+TCP_BOUND_INACTIVE = 13  # bound, not listening: a sock_diag pseudo-state (Linux >= 6.9)
 
 # Socket options a server may set on its listener, as (level, name, number, kind). kind: "int", "buf"
 # (the kernel doubles what was set, socket(7)), "linger" (struct linger), "str" (a NUL-terminated name).
@@ -218,8 +219,9 @@ def _read(path):
         return f.read()
 
 
-def _tcp_rows(port):
-    """(family, inode, host, port) of every TCP listener (on port, unless None).
+def _tcp_rows(port, state=TCP_LISTEN):
+    """(family, inode, host, port) of every TCP listener (on port, unless None); with state=TCP_BOUND_INACTIVE,
+    of every socket bound without listening (found only by sock_diag, on Linux >= 6.9).
 
     NETLINK_SOCK_DIAG is used first: reading /proc/net/tcp walks every connection and took ~5 ms here."""
     rows = []
@@ -227,13 +229,14 @@ def _tcp_rows(port):
         with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG) as nl:
             for seq, family in enumerate((socket.AF_INET, socket.AF_INET6), 1):
                 size = 4 if family == socket.AF_INET else 16
-                for sockid, _, _, ino in _diag_dump(nl, family, 1 << TCP_LISTEN, seq):
+                for sockid, _, _, ino in _diag_dump(nl, family, 1 << state, seq):
                     sport = struct.unpack_from("!H", sockid, 0)[0]
                     if port is None or sport == port:
                         rows.append((family, ino, socket.inet_ntop(family, sockid[4:4 + size]), sport))
         return rows
     except OSError:
-        pass
+        if state != TCP_LISTEN:
+            return rows  # /proc/net/tcp does not list sockets that are only bound
     for name, family in (("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6)):
         try:
             text = _read("/proc/net/" + name)
@@ -275,13 +278,21 @@ def fd_path(pid, fd):
 
 
 def listeners(port):
-    """Every TCP listener on port: [{inode, family, host, port, holders: {pid: [fd, ...]}}]."""
+    """Every TCP listener on port: [{inode, family, host, port, listening, holders: {pid: [fd, ...]}}].
+
+    With them come the sockets that their holders keep bound to the port without listening (listening is
+    False): granian's master keeps one, and while it is open a plain bind of the port fails."""
     found = {}
     for family, inode, host, lport in _tcp_rows(port):
         if inode:
-            found[inode] = {"inode": inode, "family": family, "host": host, "port": lport, "holders": {}}
+            found[inode] = {"inode": inode, "family": family, "host": host, "port": lport, "listening": True,
+                            "holders": {}}
     if not found:
         return []
+    for family, inode, host, lport in (_tcp_rows(port, TCP_BOUND_INACTIVE) if port else []):
+        if inode and inode not in found:
+            found[inode] = {"inode": inode, "family": family, "host": host, "port": lport, "listening": False,
+                            "holders": {}}
     wanted = {"socket:[%d]" % i: i for i in found}
     me = os.getpid()
     for name in os.listdir("/proc"):
@@ -301,10 +312,15 @@ def listeners(port):
             inode = wanted.get(link)
             if inode is not None:
                 found[inode]["holders"].setdefault(pid, []).append(int(n))
+    serving = {pid for l in found.values() if l["listening"] for pid in l["holders"]}
+    for inode, l in list(found.items()):
+        if not l["listening"] and not serving & set(l["holders"]):
+            del found[inode]  # another program's socket that merely shares the port (SO_REUSEPORT)
     for l in found.values():
         for fds in l["holders"].values():
             fds.sort()
-    return sorted(found.values(), key=lambda l: (l["family"], l["host"]))
+    # Bound-only sockets first: resume binds them before the listeners, as they were made.
+    return sorted(found.values(), key=lambda l: (l["listening"], l["family"], l["host"]))
 
 
 def ports_listening():
@@ -532,7 +548,9 @@ def inspect(listener, force=False):
                       for pid in sorted(holders)]
     out["nonblock"] = out["holders"][0]["fds"][0]["nonblock"]
     queue, backlog = queue_lengths([listener["inode"]], {family}).get(listener["inode"], (0, None))
-    if backlog is None:
+    if not out.get("listening", True):
+        backlog = 0  # bound only: resume binds it again without listen()
+    elif backlog is None:
         try:
             backlog = int(_read("/proc/sys/net/core/somaxconn"))
         except (OSError, ValueError):
@@ -1260,7 +1278,8 @@ def hold_socket(l, backlog=4096):
                 raise
             clear_time_wait(time_wait(l))  # the same TIME_WAIT rule as for resume (needs root)
             sock.bind(address)
-        sock.listen(backlog)  # clamped to net.core.somaxconn
+        if l.get("listening", True):
+            sock.listen(backlog)  # clamped to net.core.somaxconn
         sock.setsockopt(SOL_SOCKET, SO_REUSEADDR, _value(l, "SO_REUSEADDR"))
         sock.setblocking(not l["nonblock"])
     except BaseException:
@@ -1313,6 +1332,8 @@ class SynGuard:
         self.pipe = None
         self.watchdog = None
         for l in plan:
+            if not l.get("listening", True):
+                continue  # only bound: no connection reaches it
             pid, fd = l["holders"][0]["pid"], l["holders"][0]["fds"][0]["fd"]
             try:
                 dup = _pidfd_getfd(pid, fd)
@@ -1645,7 +1666,8 @@ def _configure(tracer, l, pid, new, force):
             if not tw or not _clear_quietly(tw):
                 raise
             tracer.syscall(pid, NR_bind, new, tracer.scratch(pid, addr, reset=True), len(addr))
-        tracer.syscall(pid, NR_listen, new, l["backlog"])
+        if l.get("listening", True):
+            tracer.syscall(pid, NR_listen, new, l["backlog"])
     except OSError as e:
         raise Error("cannot listen on %s again: %s" % (_where(l), e.strerror), errno=e.errno)
     if not reuse:

@@ -227,6 +227,27 @@ for _ in children:
     os.wait()  # a child that dies ends the parent too
 '''
 
+PY_BOUND_ONLY = PY_COMMON + r'''
+import ctypes
+# Like granian: the master keeps a socket bound to the port without listening (its workers inherit it);
+# each worker listens on a SO_REUSEPORT socket of its own.
+b = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+b.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+b.bind(("127.0.0.1", PORT))
+pid = os.fork()
+if pid == 0:
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    s.bind(("127.0.0.1", PORT))
+    s.listen(16)
+    while True:
+        conn, _ = s.accept()
+        handle(conn)
+ready(str(pid))
+os.wait()
+'''
+
 PY_DUAL_STACK = PY_COMMON + r'''
 s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -2270,6 +2291,53 @@ class FidelityTest(LiveTestCase):
         self.park("resume", self.port, expect=0)
         self.assertEqual(self.workers_of(proc.pid), workers)
         self.assertEqual(self.get_count("127.0.0.1", self.port)[0] in workers, True)
+
+    def test_a_socket_only_bound_to_the_port_is_closed_and_bound_again(self):
+        """A master that keeps a socket bound to the port without listening (granian) would leave the port
+        half free: park closes it too, so a plain bind succeeds, and resume binds it again without listen()."""
+        if not os.path.exists("/proc/net/tcp"):
+            self.live_skip("no /proc/net/tcp")
+        proc, (worker,) = self.start_python(PY_BOUND_ONLY, self.port)
+        worker = int(worker)
+        self.addCleanup(self.kill_pid, worker)
+        self.wait_serving("127.0.0.1", self.port)
+        self.wait_quiet(self.port)
+        pid, n = self.get_count("127.0.0.1", self.port)
+        self.assertEqual(pid, worker)
+        bound = self.bound_fds(proc.pid)
+        self.assertEqual(len(bound), 1, "the fixture's bound socket")
+        self.wait_quiet(self.port)
+        before = snapshot(self.port)
+        r = self.park(self.port, expect=0)
+        self.assertEqual(r.stdout.count("127.0.0.1:%d" % self.port), 1, r.stdout)
+        self.assertEqual(self.bound_fds(proc.pid), {}, "the bound socket is still open")
+        self.assert_port_free(self.port, [(socket.AF_INET, "127.0.0.1")])  # a bind without SO_REUSEADDR
+        self.park("resume", self.port, expect=0)
+        self.assertEqual(snapshot(self.port), before)
+        after = self.bound_fds(proc.pid)
+        self.assertEqual(sorted(after), sorted(bound), "the bound socket is not back at its fd")
+        self.assertEqual(self.get_count("127.0.0.1", self.port), (worker, n + 1))
+
+    def bound_fds(self, pid):
+        """{fd: (address, port)} of pid's TCP sockets that are bound but neither listening nor connected."""
+        out = {}
+        for fd, link in _fd_links(pid).items():
+            if link.startswith("socket:"):
+                dup = pidfd_getfd(pid, fd)
+                try:
+                    s = socket.socket(fileno=dup)
+                    try:
+                        if s.type == socket.SOCK_STREAM and not s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+                            try:
+                                s.getpeername()
+                            except OSError:
+                                if s.getsockname()[1] == self.port:
+                                    out[fd] = s.getsockname()
+                    finally:
+                        s.detach()
+                finally:
+                    os.close(dup)
+        return out
 
     def filter_lengths(self, pid):
         """{fd: length of the classic BPF filter on it} for every socket of pid (SO_GET_FILTER, read
