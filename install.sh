@@ -11,9 +11,9 @@ set -u
 BASE_URL="https://raw.githubusercontent.com/park-sh/park/main"
 
 # sha256 of each file at this release (test_park.py fails, printing these lines, when one differs).
-SHA256_park_py="ae9e3c968a92ac44c9f3853abb202c5fee4ff0ddcb7700ee0b6074203ae18ed5"
+SHA256_park_py="852989503a692d4d24b9e597411d2c8946d41bc2597daa541033e05d32760956"
 SHA256_park_darwin_arm64_py="35e04a52d80d7f0bec27951dd9d39527268a8dfc71ddaf28203861b6a83c51bd"
-SHA256_park_linux_x86_64_py="b1aeb443d6329a12c8cb709a6ad801371597a7d76447c282c13cefc3eee2d581"
+SHA256_park_linux_x86_64_py="9793567fdf55570de5665db0a16b5752bb3190bc7cd0a2ac7fe8deb273cb5acf"
 
 say() { printf 'park-install: %s\n' "$*"; }
 err() { printf 'park-install: error: %s\n' "$*" >&2; }

@@ -37,7 +37,7 @@ BACKENDS = {("linux", "x86_64"): "park_linux_x86_64", ("darwin", "arm64"): "park
 BASE_URL = "https://raw.githubusercontent.com/park-sh/park/main"
 PINS = {
     "park_darwin_arm64": "35e04a52d80d7f0bec27951dd9d39527268a8dfc71ddaf28203861b6a83c51bd",
-    "park_linux_x86_64": "b1aeb443d6329a12c8cb709a6ad801371597a7d76447c282c13cefc3eee2d581",
+    "park_linux_x86_64": "9793567fdf55570de5665db0a16b5752bb3190bc7cd0a2ac7fe8deb273cb5acf",
 }
 SCHEMA = 1
 KIND = "park.parked"

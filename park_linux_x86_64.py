@@ -52,6 +52,7 @@ NR_pidfd_open = 434
 NR_pidfd_getfd = 438
 NR_connect = 42
 NR_recvmsg = 47
+NR_sendmsg = 46
 NR_pause = 34
 NR_tgkill = 234
 _NAMES = {NR_close: "close", NR_dup3: "dup3", NR_socket: "socket", NR_bind: "bind", NR_listen: "listen",
@@ -526,7 +527,7 @@ def inspect(listener, force=False):
     pid0 = min(holders)
     fd0 = holders[pid0][0]
     try:
-        dup = _pidfd_getfd(pid0, fd0)
+        dup = _dup(pid0, fd0)
     except OSError as e:
         raise Error("cannot read the listener of pid %d (%s)" % (pid0, e.strerror), errno=e.errno)
     sock = socket.socket(fileno=dup)
@@ -1677,88 +1678,154 @@ def _configure(tracer, l, pid, new, force):
             _setsockopt(tracer, pid, new, level, num, okind, value, name, force)
 
 
-def _give_fd(tracer, pid, local_fd):
-    """Put a copy of park's local_fd into pid, passed with SCM_RIGHTS over a unix socket in a fresh 0700
-    directory (chowned to pid's user when that is another one) that nobody else can reach; returns its fd
-    number there (FD_CLOEXEC set). The directory is made in pid's own /tmp (through /proc/PID/root, so a
-    private /tmp or another mount namespace works too). A peer other than pid is dropped."""
-    import stat
-    uid = (process(pid) or {}).get("uid", os.geteuid())
-    # Everything below goes through directory fds: the target's user owns its /tmp view and, after the
-    # chown, the new directory, and could swap either for a symlink between two calls that take a path.
-    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-    base, where = None, "/tmp"
-    try:
-        base = os.open("/proc/%d/root/tmp" % pid, flags)  # the target's own /tmp (its mount namespace)
-        st = os.fstat(base)
-        if not st.st_mode & stat.S_ISVTX or st.st_uid != 0:
-            raise OSError(errno.EPERM, "not a sticky root-owned /tmp")
-    except OSError:
-        if base is not None:
-            os.close(base)
-        base = os.open("/tmp", flags)
-    name = "park-" + os.urandom(8).hex()
-    try:
-        os.mkdir(name, 0o700, dir_fd=base)
-        d = os.open(name, flags, dir_fd=base)
-    except OSError as e:
-        os.close(base)
-        raise Error("cannot make a directory to pass the listener to pid %d: %s" % (pid, e.strerror))
-    mine = "/proc/self/fd/%d/s" % d
-    theirs = "%s/%s/s" % (where, name)
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as lsock:
-            lsock.bind(mine)
-            if uid != os.geteuid():
-                os.chown("s", uid, -1, dir_fd=d, follow_symlinks=False)
-                os.fchown(d, uid, -1)
-            lsock.listen(4)
-            try:
-                u = tracer.syscall(pid, NR_socket, AF_UNIX, SOCK_STREAM | O_CLOEXEC, 0)
-            except OSError as e:
-                raise Error("cannot pass the listener to pid %d: %s" % (pid, e.strerror), errno=e.errno)
-            try:
-                sun = struct.pack("=H", AF_UNIX) + theirs.encode() + b"\0"
-                tracer.syscall(pid, NR_connect, u, tracer.scratch(pid, sun, reset=True), len(sun))
-                _send_to(lsock, pid, local_fd)
-                buf = tracer.scratch(pid, bytes(8), reset=True)
-                cmsg = tracer.scratch(pid, bytes(24))
-                iov = tracer.scratch(pid, struct.pack("=QQ", buf, 1))
-                # struct msghdr (include/linux/socket.h): name, namelen, iov, iovlen, control, controllen, flags
-                msg = tracer.scratch(pid, struct.pack("=QI4xQQQQi4x", 0, 0, iov, 1, cmsg, 24, 0))
-                tracer.syscall(pid, NR_recvmsg, u, msg, MSG_CMSG_CLOEXEC)
-                length, level, kind, fd = struct.unpack("=QiiI4x", tracer.read_scratch(pid, cmsg, 24))
-                if level != SOL_SOCKET or kind != SCM_RIGHTS or length < 20:
-                    raise Error("pid %d did not receive the listener" % pid)
-                return fd
-            except OSError as e:
-                raise Error("cannot pass the listener to pid %d: %s" % (pid, e.strerror), errno=e.errno)
-            finally:
-                tracer.syscall(pid, NR_close, u)
-    finally:
-        for rm, what, at in ((os.unlink, "s", d), (os.rmdir, name, base)):
-            try:
-                rm(what, dir_fd=at)  # unlinkat/rmdir at: a symlink put there is removed, never followed
-            except OSError:
-                pass
-        os.close(d)
-        os.close(base)
+class _Rendezvous:
+    """A unix socket of park's that only pid may reach, to pass an fd either way with SCM_RIGHTS: it is bound
+    in a fresh 0700 directory (chowned to pid's user when that is another one) in pid's own /tmp (through
+    /proc/PID/root, so a private /tmp or another mount namespace works too). conn() connects an injected
+    socket in pid to it; accept() takes that connection, dropping any peer other than pid."""
 
-
-def _send_to(lsock, pid, local_fd):
-    """Accept pid's connection on lsock (any other peer is dropped) and send it local_fd, by a deadline."""
-    deadline = time.monotonic() + SYSCALL_DEADLINE
-    while True:
-        lsock.settimeout(max(0.01, deadline - time.monotonic()))
+    def __init__(self, tracer, pid):
+        import stat
+        self.tracer, self.pid = tracer, pid
+        uid = (process(pid) or {}).get("uid", os.geteuid())
+        # Everything goes through directory fds: the target's user owns its /tmp view and, after the chown,
+        # the new directory, and could swap either for a symlink between two calls that take a path.
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+        self.base, self.dir, self.sock, self.u = None, None, None, None
         try:
-            conn, _ = lsock.accept()
+            self.base = os.open("/proc/%d/root/tmp" % pid, flags)  # the target's own /tmp (its mount namespace)
+            st = os.fstat(self.base)
+            if not st.st_mode & stat.S_ISVTX or st.st_uid != 0:
+                raise OSError(errno.EPERM, "not a sticky root-owned /tmp")
         except OSError:
-            raise Error("pid %d did not connect to park to take the listener" % pid)
-        with conn:
+            if self.base is not None:
+                os.close(self.base)
+            self.base = os.open("/tmp", flags)
+        self.name = "park-" + os.urandom(8).hex()
+        try:
+            os.mkdir(self.name, 0o700, dir_fd=self.base)
+            self.dir = os.open(self.name, flags, dir_fd=self.base)
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sock.bind("/proc/self/fd/%d/s" % self.dir)
+            if uid != os.geteuid():
+                os.chown("s", uid, -1, dir_fd=self.dir, follow_symlinks=False)
+                os.fchown(self.dir, uid, -1)
+            self.sock.listen(4)
+        except OSError as e:
+            self.close()
+            raise Error("cannot make a socket to pass the listener to or from pid %d: %s" % (pid, e.strerror))
+
+    def conn(self):
+        """An injected unix socket in pid, connected to park's; the caller closes it in pid."""
+        tracer, pid = self.tracer, self.pid
+        try:
+            self.u = tracer.syscall(pid, NR_socket, AF_UNIX, SOCK_STREAM | O_CLOEXEC, 0)
+            sun = struct.pack("=H", AF_UNIX) + ("/tmp/%s/s" % self.name).encode() + b"\0"
+            tracer.syscall(pid, NR_connect, self.u, tracer.scratch(pid, sun, reset=True), len(sun))
+        except OSError as e:
+            raise Error("cannot pass the listener to or from pid %d: %s" % (pid, e.strerror), errno=e.errno)
+        return self.u
+
+    def accept(self):
+        """pid's connection to park's socket (any other peer is dropped), by a deadline."""
+        deadline = time.monotonic() + SYSCALL_DEADLINE
+        while True:
+            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                raise Error("pid %d did not connect to park to pass the listener" % self.pid)
             peer = struct.unpack("=iII", conn.getsockopt(SOL_SOCKET, SO_PEERCRED, 12))[0]
-            if peer == pid:
-                conn.sendmsg([b"\0"], [(SOL_SOCKET, SCM_RIGHTS, struct.pack("=i", local_fd))])
-                return
+            if peer == self.pid:
+                conn.settimeout(max(0.01, deadline - time.monotonic()))
+                return conn
+            conn.close()
+
+    def close(self):
+        if self.u is not None:
+            try:
+                self.tracer.syscall(self.pid, NR_close, self.u)
+            except (OSError, Error):
+                pass
+            self.u = None
+        if self.sock is not None:
+            self.sock.close()
+        for rm, what, at in ((os.unlink, "s", self.dir), (os.rmdir, self.name, self.base)):
+            if at is not None:
+                try:
+                    rm(what, dir_fd=at)  # unlinkat/rmdir at: a symlink put there is removed, never followed
+                except OSError:
+                    pass
+        for fd in (self.dir, self.base):
+            if fd is not None:
+                os.close(fd)
+        self.dir = self.base = self.sock = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _give_fd(tracer, pid, local_fd):
+    """Put a copy of park's local_fd into pid; returns its fd number there (FD_CLOEXEC set)."""
+    with _Rendezvous(tracer, pid) as r:
+        u = r.conn()
+        with r.accept() as conn:
+            conn.sendmsg([b"\0"], [(SOL_SOCKET, SCM_RIGHTS, struct.pack("=i", local_fd))])
+        try:
+            buf = tracer.scratch(pid, bytes(8), reset=True)
+            cmsg = tracer.scratch(pid, bytes(24))
+            iov = tracer.scratch(pid, struct.pack("=QQ", buf, 1))
+            # struct msghdr (include/linux/socket.h): name, namelen, iov, iovlen, control, controllen, flags
+            msg = tracer.scratch(pid, struct.pack("=QI4xQQQQi4x", 0, 0, iov, 1, cmsg, 24, 0))
+            tracer.syscall(pid, NR_recvmsg, u, msg, MSG_CMSG_CLOEXEC)
+        except OSError as e:
+            raise Error("cannot pass the listener to pid %d: %s" % (pid, e.strerror), errno=e.errno)
+        length, level, kind, fd = struct.unpack("=QiiI4x", tracer.read_scratch(pid, cmsg, 24))
+        if level != SOL_SOCKET or kind != SCM_RIGHTS or length < 20:
+            raise Error("pid %d did not receive the listener" % pid)
+        return fd
+
+
+def _take_fd(tracer, pid, fd):
+    """A copy of pid's fd in park (the caller closes it), sent by pid itself with SCM_RIGHTS: for kernels
+    without pidfd_getfd (before 5.6). pid must be stopped by tracer."""
+    with _Rendezvous(tracer, pid) as r:
+        u = r.conn()
+        try:
+            buf = tracer.scratch(pid, bytes(8), reset=True)
+            cmsg = tracer.scratch(pid, struct.pack("=QiiI4x", 20, SOL_SOCKET, SCM_RIGHTS, fd))
+            iov = tracer.scratch(pid, struct.pack("=QQ", buf, 1))
+            msg = tracer.scratch(pid, struct.pack("=QI4xQQQQi4x", 0, 0, iov, 1, cmsg, 24, 0))
+            tracer.syscall(pid, NR_sendmsg, u, msg, 0)
+        except OSError as e:
+            raise Error("cannot read the listener of pid %d: %s" % (pid, e.strerror), errno=e.errno)
+        with r.accept() as conn:
+            _, anc, _, _ = conn.recvmsg(1, socket.CMSG_SPACE(4), socket.MSG_CMSG_CLOEXEC)
+        for level, kind, data in anc:
+            if level == SOL_SOCKET and kind == SCM_RIGHTS and len(data) >= 4:
+                return struct.unpack_from("=i", data)[0]
+        raise Error("pid %d did not send its listener" % pid)
+
+
+def _dup(pid, fd, tracer=None):
+    """A duplicate of pid's fd (the caller closes it): pidfd_getfd, or, on a kernel without it, sent by pid
+    itself while tracer (or a Tracer of its own, for a moment) holds it stopped."""
+    try:
+        return _pidfd_getfd(pid, fd)
+    except OSError as e:
+        if e.errno != errno.ENOSYS:
+            raise
+    if tracer is not None:
+        return _take_fd(tracer, pid, fd)
+    own = Tracer(suspend_seccomp=os.geteuid() == 0)
+    try:
+        own.stop([pid])
+        return _take_fd(own, pid, fd)
+    finally:
+        own.release()
 
 
 def _failpoint(kind, name=None):
@@ -1811,7 +1878,7 @@ def _recreate_one(tracer, l, force, placed, given=None):
     if len(l["holders"]) > 1:
         # The other holders get the very same socket: park takes a copy from the first holder and passes it
         # to each with SCM_RIGHTS, which works whatever user each holder runs as.
-        local = _pidfd_getfd(pid, f0["fd"])
+        local = _dup(pid, f0["fd"], tracer)
         try:
             for h in l["holders"][1:]:
                 got = _give_fd(tracer, h["pid"], local)

@@ -12,6 +12,7 @@ A live test that cannot run is skipped; with PARK_REQUIRE_LIVE=1 that skip is a 
 import ast
 import contextlib
 import ctypes
+import errno
 import glob
 import http.client
 import importlib.util
@@ -515,6 +516,22 @@ count = 0
 run lambda { |env| count += 1; [200, {"content-type" => "text/plain"}, ["pid=#{Process.pid} count=#{count}\n"]] }
 '''
 
+OLD_KERNEL = r'''
+# Runs the command in argv[1:] as on a kernel older than 5.3/5.6: pidfd_open and pidfd_getfd fail with
+# ENOSYS, through a seccomp filter (inherited by the keeper park forks).
+import ctypes, os, struct, sys
+ENOSYS, NR_pidfd_open, NR_pidfd_getfd = 38, 434, 438
+prog = [(0x20, 0, 0, 4), (0x15, 0, 3, 0xC000003E), (0x20, 0, 0, 0), (0x15, 2, 0, NR_pidfd_open),
+        (0x15, 1, 0, NR_pidfd_getfd), (0x06, 0, 0, 0x7FFF0000), (0x06, 0, 0, 0x00050000 | ENOSYS)]
+code = b"".join(struct.pack("=HBBI", *insn) for insn in prog)
+buf = ctypes.create_string_buffer(code, len(code))
+fprog = struct.pack("=H6xQ", len(prog), ctypes.addressof(buf))
+libc = ctypes.CDLL(None, use_errno=True)
+if libc.prctl(38, 1, 0, 0, 0) or libc.prctl(22, 2, ctypes.c_char_p(fprog), 0, 0):  # NO_NEW_PRIVS, SECCOMP
+    sys.exit("seccomp: %s" % os.strerror(ctypes.get_errno()))
+os.execv(sys.executable, [sys.executable] + sys.argv[1:])
+'''
+
 PY_PID1 = r'''
 import json, os, socket, subprocess, sys
 port, park = int(sys.argv[1]), sys.argv[2]
@@ -851,12 +868,14 @@ class ParkTestCase(unittest.TestCase):
                 return False
         return True
 
-    def park(self, *args, expect=None, env=None, timeout=CHILD_TIMEOUT):
-        """Run the park CLI; assert the output form and, if given, the exit code."""
-        argv = [sys.executable, PARK] + [str(a) for a in args]
+    def park(self, *args, expect=None, env=None, timeout=CHILD_TIMEOUT, via=None):
+        """Run the park CLI; assert the output form and, if given, the exit code. via: a launcher script that
+        runs park.py (e.g. under a seccomp filter)."""
+        argv = [sys.executable] + ([via] if via else []) + [PARK] + [str(a) for a in args]
         r = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
                            env=env or self.env, timeout=timeout, stdin=subprocess.DEVNULL)
-        what = "park %s -> %d\nstdout: %s\nstderr: %s" % (" ".join(argv[2:]), r.returncode, r.stdout, r.stderr)
+        what = "park %s -> %d\nstdout: %s\nstderr: %s" % (" ".join(argv[argv.index(PARK) + 1:]), r.returncode,
+                                                          r.stdout, r.stderr)
         self.check_output_form(r, what)
         if expect is not None:
             self.assertEqual(r.returncode, expect, what)
@@ -2425,6 +2444,62 @@ def sha256_file(path):
     import hashlib
     with open(path, "rb") as f:
         return hashlib.sha256(f.read()).hexdigest()
+
+
+class OldKernelTest(LiveTestCase):
+    """park on a kernel without pidfd_open (< 5.3) and pidfd_getfd (< 5.6), as RHEL 8's 4.18: simulated by
+    a seccomp filter that makes both fail with ENOSYS for park and its keeper. park reads the listener
+    through a copy the target sends it itself (SCM_RIGHTS, injected), and hands the new listener to every
+    holder the same way."""
+
+    def setUp(self):
+        super().setUp()
+        self.via = self.write("old-kernel.py", OLD_KERNEL)
+
+    def test_the_filter_makes_pidfd_calls_fail(self):
+        probe = ("import ctypes, os; libc = ctypes.CDLL(None, use_errno=True); "
+                 "print(libc.syscall(434, os.getpid(), 0), ctypes.get_errno())")
+        r = subprocess.run([sys.executable, self.via, "-c", probe], stdout=subprocess.PIPE, timeout=30,
+                           universal_newlines=True)
+        self.assertEqual(r.stdout.split(), ["-1", str(errno.ENOSYS)])
+
+    def test_prefork_server_parks_and_resumes_without_pidfd(self):
+        proc, words = self.start_python(PY_PREFORK, self.port)
+        children = [int(w) for w in words]
+        for pid in children:
+            self.addCleanup(self.kill_pid, pid)
+        self.wait_serving("127.0.0.1", self.port)
+        self.wait_quiet(self.port)
+        pid, n = self.get_count("127.0.0.1", self.port)
+        self.wait_quiet(self.port)
+        before = snapshot(self.port)
+        fds = {p: sorted(_fd_links(p)) for p in [proc.pid] + children}
+        self.park(self.port, expect=0, via=self.via)
+        for p in [proc.pid] + children:
+            self.assert_parked(p)
+        self.assert_port_free(self.port, [(socket.AF_INET, "127.0.0.1")], reuseaddr=True)
+        self.park("resume", self.port, expect=0, via=self.via)
+        self.assertEqual(snapshot(self.port), before)
+        self.assertEqual({p: sorted(_fd_links(p)) for p in fds}, fds, "park left an fd behind in a target")
+        seen = {}
+        for _ in range(20):
+            p, c = self.get_count("127.0.0.1", self.port)
+            seen[p] = max(c, seen.get(p, 0))
+        self.assertTrue(set(seen) <= set(children), seen)
+        self.assertGreater(seen.get(pid, n + 1), n)
+
+    def test_node_server_parks_and_resumes_without_pidfd(self):
+        proc = self.start_node(self.port)
+        pid, n = self.get_count("127.0.0.1", self.port)
+        self.wait_quiet(self.port)
+        before = snapshot(self.port)
+        fds = sorted(_fd_links(pid))
+        self.park(self.port, expect=0, via=self.via)
+        self.assert_port_free(self.port, [(socket.AF_INET, "127.0.0.1")])
+        self.park("resume", self.port, expect=0, via=self.via)
+        self.assertEqual(snapshot(self.port), before)
+        self.assertEqual(sorted(_fd_links(pid)), fds, "park left an fd behind in the target")
+        self.assertEqual(self.get_count("127.0.0.1", self.port), (proc.pid, n + 1))
 
 
 class PinTest(unittest.TestCase):
