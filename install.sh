@@ -11,9 +11,9 @@ set -u
 BASE_URL="https://raw.githubusercontent.com/park-sh/park/main"
 
 # sha256 of each file at this release (test_park.py fails, printing these lines, when one differs).
-SHA256_park_py="852989503a692d4d24b9e597411d2c8946d41bc2597daa541033e05d32760956"
+SHA256_park_py="f4187292b59b2cb2873d5dec412e5d96dcb0f999e5b8a2cf947fa3cf04c43bd7"
 SHA256_park_darwin_arm64_py="35e04a52d80d7f0bec27951dd9d39527268a8dfc71ddaf28203861b6a83c51bd"
-SHA256_park_linux_x86_64_py="9793567fdf55570de5665db0a16b5752bb3190bc7cd0a2ac7fe8deb273cb5acf"
+SHA256_park_linux_x86_64_py="d259b2d48c7eb3c10694245a017f29f0c2ea81bb52248cd35a25073f45f4cc6c"
 
 say() { printf 'park-install: %s\n' "$*"; }
 err() { printf 'park-install: error: %s\n' "$*" >&2; }

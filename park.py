@@ -37,7 +37,7 @@ BACKENDS = {("linux", "x86_64"): "park_linux_x86_64", ("darwin", "arm64"): "park
 BASE_URL = "https://raw.githubusercontent.com/park-sh/park/main"
 PINS = {
     "park_darwin_arm64": "35e04a52d80d7f0bec27951dd9d39527268a8dfc71ddaf28203861b6a83c51bd",
-    "park_linux_x86_64": "9793567fdf55570de5665db0a16b5752bb3190bc7cd0a2ac7fe8deb273cb5acf",
+    "park_linux_x86_64": "d259b2d48c7eb3c10694245a017f29f0c2ea81bb52248cd35a25073f45f4cc6c",
 }
 SCHEMA = 1
 KIND = "park.parked"
@@ -1697,14 +1697,64 @@ def _pids(record):
 
 def _from_backend(backend, e, port, verb):
     import errno as E
-    if e.errno in (E.EPERM, E.EACCES) and os.geteuid() != 0:
-        scope = backend.ptrace_scope()
-        if scope:
-            return ParkError("%s (kernel.yama.ptrace_scope is %d, which forbids it)" % (e, scope),
-                             fix="sudo park %s%d, or: echo 0 | sudo tee /proc/sys/kernel/yama/ptrace_scope"
-                             % ("resume " if verb == "resume" else "", port))
-        return ParkError(str(e), fix="sudo park %s%d" % ("resume " if verb == "resume" else "", port))
+    if e.errno in (E.EPERM, E.EACCES):
+        if getattr(e, "attach", False):
+            message, fix = ptrace_refusal(str(e), backend.ptrace_scope(), verb, port, os.geteuid() == 0)
+            return ParkError(message, fix=fix)
+        if os.geteuid() != 0:
+            return ParkError(str(e), fix="sudo park %s%d" % ("resume " if verb == "resume" else "", port))
     return ParkError(str(e), fix=e.fix)
+
+
+YAMA = "/proc/sys/kernel/yama/ptrace_scope"
+
+
+def ptrace_refusal(message, scope, verb, port, root):
+    """(message, fix) for a PTRACE_SEIZE the kernel refused, by the Yama scope (None: no Yama) and whether
+    park runs as root. Scope 1 lets a process be traced by its ancestors only, 2 by root only (CAP_SYS_PTRACE),
+    3 by nobody, and 3 cannot be lowered until the machine reboots."""
+    again = "park %s%d" % ("resume " if verb == "resume" else "", port)
+    if scope == 3:
+        return ("%s: kernel.yama.ptrace_scope is 3, so no process may be traced, not even by root, and the "
+                "setting cannot be lowered until reboot" % message,
+                "set kernel.yama.ptrace_scope to 1 (or 0) where /etc/sysctl.d/ sets it to 3, reboot, then: sudo "
+                + again)
+    if root and scope in (1, 2):
+        return ("%s: kernel.yama.ptrace_scope is %d and park runs without CAP_SYS_PTRACE (in a container?)"
+                % (message, scope), "give the container CAP_SYS_PTRACE (docker run --cap-add=SYS_PTRACE), or on "
+                "the host: echo 0 | sudo tee " + YAMA)
+    if root:
+        return (message, "in a container, give it CAP_SYS_PTRACE (docker run --cap-add=SYS_PTRACE)")
+    if scope == 1:
+        return ("%s: kernel.yama.ptrace_scope is 1, so only a process's ancestors may trace it, and park did not "
+                "start this server" % message,
+                "sudo %s, or for every program until reboot: echo 0 | sudo tee %s" % (again, YAMA))
+    if scope == 2:
+        return ("%s: kernel.yama.ptrace_scope is 2, so only root may trace processes" % message,
+                "sudo %s, or for every program until reboot: echo 0 | sudo tee %s" % (again, YAMA))
+    return (message, "sudo " + again)
+
+
+def time_wait_refusal(n, port, pids, why, root, kernel):
+    """(message, fix) when n TIME_WAIT connections keep a listener without SO_REUSEADDR from binding again.
+    why: the errno clearing them failed with (EOPNOTSUPP: the kernel cannot; EPERM: not root); kernel: its
+    release, for a user who is not root (Linux clears TIME_WAIT from 6.0 on)."""
+    import errno as E
+    message = ("cannot resume: %d TIME_WAIT connection(s) on :%d block the listener, which has no "
+               "SO_REUSEADDR; pid %s stays parked" % (n, port, pids))
+    wait = "park resume %d --wait 60  (they expire within 60 s)" % port
+    if why == E.EOPNOTSUPP or not root and not _linux_at_least(kernel, (6, 0)):
+        return message + " (Linux before 6.0 cannot clear them)", wait
+    if root:
+        return message, wait
+    return message, wait + ", or: sudo park resume %d  (root clears them)" % port
+
+
+def _linux_at_least(release, version):
+    """Whether a kernel release string ("5.10.0-30-amd64") is at least version (a tuple); True if unknown."""
+    import re
+    m = re.match(r"(\d+)\.(\d+)", release or "")
+    return not m or (int(m.group(1)), int(m.group(2))) >= version
 
 
 def _holders_text(backend, port):
@@ -1800,14 +1850,14 @@ def _resume_once(backend, record, plan, force, given=None, tracer=None):
     except backend.Error as e:
         if e.errno != EADDRINUSE or given is not None:
             raise _from_backend(backend, e, port, "resume")
+        why = getattr(e, "time_wait", None)
     # No listener, yet the address is in use: TIME_WAIT entries that the backend could not clear (that needs
-    # root) and that a listener without SO_REUSEADDR cannot bind over.
+    # root, and Linux 6.0) and that a listener without SO_REUSEADDR cannot bind over.
     tw = [t for l in plan for t in backend.time_wait(l)]
     if tw:
-        raise PortBusy("cannot resume: %d TIME_WAIT connection(s) on :%d block the listener; pid %s stays "
-                       "parked" % (len(tw), port, _pids(record)),
-                       "park resume %d --wait 60  (they expire within 60 s), or: sudo park resume %d"
-                       % (port, port), "%d TIME_WAIT connection(s)" % len(tw))
+        message, fix = time_wait_refusal(len(tw), port, _pids(record), why, os.geteuid() == 0,
+                                         os.uname().release if sys.platform.startswith("linux") else None)
+        raise PortBusy(message, fix, "%d TIME_WAIT connection(s)" % len(tw))
     holders = _holders_text(backend, port)
     raise PortBusy("cannot resume: :%d is in use by %s; pid %s stays parked" % (port, holders, _pids(record)),
                    "stop that process, or: park resume %d --wait" % port, holders)

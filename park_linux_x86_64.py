@@ -137,12 +137,14 @@ _IP_ONLY = {0: socket.AF_INET, 41: socket.AF_INET6}
 class Error(Exception):
     """A failure to report to the user: one line, plus the exact fix when there is one."""
 
-    def __init__(self, message, fix=None, errno=None, parked=False):
+    def __init__(self, message, fix=None, errno=None, parked=False, attach=False):
         super().__init__(message)
         self.fix = fix
         self.errno = errno
         self.parked = parked  # the target was left parked (or without its listener), with its state
+        self.attach = attach  # the kernel refused to let park trace the target (PTRACE_SEIZE)
         self.tracer = None  # park(): the Tracer that still holds a target left parked
+        self.time_wait = None  # resume: why the TIME_WAIT entries blocking the bind stayed (an errno)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -449,7 +451,8 @@ def time_wait(listener):
 
 
 def clear_time_wait(entries):
-    """Destroy TIME_WAIT entries with SOCK_DESTROY (needs CAP_NET_ADMIN); returns how many went."""
+    """Destroy TIME_WAIT entries with SOCK_DESTROY; returns how many went. Raises OSError: EPERM without
+    CAP_NET_ADMIN, EOPNOTSUPP before Linux 6.0 (tcp_abort learnt TIME_WAIT there)."""
     gone = 0
     with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG) as nl:
         for seq, (family, sockid) in enumerate(entries, 1):
@@ -458,19 +461,11 @@ def clear_time_wait(entries):
             data = nl.recv(65536)
             if len(data) >= 20 and struct.unpack_from("=H", data, 4)[0] == NLMSG_ERROR:
                 err = -struct.unpack_from("=i", data, 16)[0]
-                if err == errno.EPERM or err == errno.EACCES:
+                if err in (errno.EPERM, errno.EACCES, errno.EOPNOTSUPP):
                     raise OSError(err, os.strerror(err))
                 if err == 0:
                     gone += 1
     return gone
-
-
-def _clear_quietly(entries):
-    """clear_time_wait, False when not permitted."""
-    try:
-        return clear_time_wait(entries) > 0
-    except OSError:
-        return False
 
 
 def _pidfd_getfd(pid, fd):
@@ -829,7 +824,8 @@ class Tracer:
                 # PTRACE_O_SUSPEND_SECCOMP needs CAP_SYS_ADMIN and CONFIG_CHECKPOINT_RESTORE: go on without it.
                 self.options = 0
                 return self._seize(pid, tid)
-            raise Error("cannot stop pid %d (ptrace: %s)" % (pid, os.strerror(e.errno)), errno=e.errno)
+            raise Error("cannot stop pid %d (ptrace: %s)" % (pid, os.strerror(e.errno)), errno=e.errno,
+                        attach=True)
 
     def _wait_stopped(self, tid, timeout=3.0):
         """Wait until tid is in a ptrace stop; False if it exited. Signals that arrive first are delivered.
@@ -1664,8 +1660,15 @@ def _configure(tracer, l, pid, new, force):
             # Without SO_REUSEADDR even the borrowed one does not pass TIME_WAIT entries that the server's
             # own connections left (their reuse flag is 0). Root may clear them (SOCK_DESTROY) and retry.
             tw = time_wait(l) if e.errno == errno.EADDRINUSE else []
-            if not tw or not _clear_quietly(tw):
+            if not tw:
                 raise
+            try:
+                clear_time_wait(tw)
+            except OSError as why:
+                err = Error("cannot listen on %s again: %d TIME_WAIT connection(s) hold its address"
+                            % (_where(l), len(tw)), errno=errno.EADDRINUSE)
+                err.time_wait = why.errno
+                raise err
             tracer.syscall(pid, NR_bind, new, tracer.scratch(pid, addr, reset=True), len(addr))
         if l.get("listening", True):
             tracer.syscall(pid, NR_listen, new, l["backlog"])
