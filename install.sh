@@ -11,7 +11,7 @@ set -u
 BASE_URL="https://raw.githubusercontent.com/park-sh/park/main"
 
 # sha256 of each file at this release (test_park.py fails, printing these lines, when one differs).
-SHA256_park_py="f4187292b59b2cb2873d5dec412e5d96dcb0f999e5b8a2cf947fa3cf04c43bd7"
+SHA256_park_py="f57560d20923de87dc7705de1bea4d5b50e95c300b230c79c2dfc77ce8788a8f"
 SHA256_park_darwin_arm64_py="35e04a52d80d7f0bec27951dd9d39527268a8dfc71ddaf28203861b6a83c51bd"
 SHA256_park_linux_x86_64_py="d259b2d48c7eb3c10694245a017f29f0c2ea81bb52248cd35a25073f45f4cc6c"
 

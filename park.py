@@ -95,10 +95,11 @@ def script_dir():
     return os.path.dirname(os.path.abspath(path))
 
 
-def _exec_module(name, path, source=None):
+def _exec_module(name, path, source=None, code=None, save=None):
     """Run a backend as module `name`, without going through sys.path: from its file (with __pycache__, like an
-    import) or, in stdin mode, from the verified bytes `source`."""
-    if source is None:
+    import) or, in stdin mode, from the verified bytes `source` (its code then saved with _save_code(*save))
+    or the code compiled from them."""
+    if source is None and code is None:
         import importlib.util
         spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(spec)
@@ -108,10 +109,14 @@ def _exec_module(name, path, source=None):
         module.__file__ = path
     sys.modules[name] = module
     try:
-        if source is None:
+        if source is None and code is None:
             spec.loader.exec_module(module)
         else:
-            exec(compile(source, path, "exec"), module.__dict__)
+            if code is None:
+                code = compile(source, path, "exec")
+                if save:
+                    _save_code(save[0], save[1], save[2], code)
+            exec(code, module.__dict__)
     except BaseException:
         del sys.modules[name]
         raise
@@ -124,7 +129,9 @@ def base_url():
 
 def _load_pinned(name):
     """Stdin mode: the backend from ~/.park/lib if it matches its pin, else downloaded from the base URL and
-    checked against the sha256 pinned above. Nothing unverified ever runs."""
+    checked against the sha256 pinned above. Nothing unverified ever runs. The code compiled from it is kept
+    beside it (compiling took ~10 ms of every run), under a name that holds the pin and the interpreter's
+    cache tag, with a checksum; it runs only while the source beside it still matches the pin."""
     import hashlib
     pin = PINS[name]
     lib = state().sub("lib")
@@ -133,7 +140,10 @@ def _load_pinned(name):
     try:
         data = lib.read(name + ".py")
         if hashlib.sha256(data).hexdigest() == pin:
-            return _exec_module(name, cache, data)
+            code = _cached_code(lib, name, pin)
+            if code is not None:
+                return _exec_module(name, cache, code=code)
+            return _exec_module(name, cache, data, save=(lib, name, pin))
         stale = cache
     except OSError:
         pass
@@ -157,7 +167,44 @@ def _load_pinned(name):
                         % (url, got[:16], pin[:16]),
                         fix="take park.py and its backend from the same release (PARK_BASE_URL=%s)" % base_url())
     lib.write(name + ".py", data)
-    return _exec_module(name, cache, data)
+    return _exec_module(name, cache, data, save=(lib, name, pin))
+
+
+CODE_MAGIC = b"park-code\n"
+
+
+def _code_name(name, pin):
+    return "%s.%s.%s.code" % (name, pin[:32], sys.implementation.cache_tag)
+
+
+def _cached_code(lib, name, pin):
+    """The code object compiled from the backend with this pin, if its file is whole; else None."""
+    import hashlib
+    import marshal
+    try:
+        data = lib.read(_code_name(name, pin))
+    except OSError:
+        return None
+    head, digest, body = data[:len(CODE_MAGIC)], data[len(CODE_MAGIC):len(CODE_MAGIC) + 32], data[len(CODE_MAGIC) + 32:]
+    if head != CODE_MAGIC or hashlib.sha256(body).digest() != digest:
+        return None
+    try:
+        return marshal.loads(body)
+    except (EOFError, ValueError, TypeError):
+        return None
+
+
+def _save_code(lib, name, pin, code):
+    import hashlib
+    import marshal
+    body = marshal.dumps(code)
+    try:
+        for old in lib.names():
+            if old.startswith(name + ".") and old.endswith(".code") and pin[:32] not in old:
+                lib.unlink(old)  # another release's
+        lib.write(_code_name(name, pin), CODE_MAGIC + hashlib.sha256(body).digest() + body)
+    except (OSError, ParkError):
+        pass  # only a cache
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -2677,6 +2677,42 @@ class DistributionTest(LiveTestCase):
         self.stdin_park("resume", self.port, expect=0)  # and the reverse
         self.assertEqual(self.get_count("127.0.0.1", self.port), (pid, n + 2))
 
+    def code_files(self):
+        lib = os.path.join(self.home, "lib")
+        return sorted(n for n in os.listdir(lib) if n.endswith(".code")) if os.path.isdir(lib) else []
+
+    def test_stdin_keeps_the_compiled_backend_and_checks_it(self):
+        """The backend's compiled code is kept beside its verified source, named by its pin and the interpreter;
+        a damaged code file is compiled again, and another release's is removed."""
+        server = self.serve_tree()
+        self.stdin_park("list", expect=0)
+        pin = sha256_file(BACKEND)
+        (name,) = self.code_files()
+        self.assertIn(pin[:32], name)
+        self.assertIn(sys.implementation.cache_tag, name)
+        path = os.path.join(self.home, "lib", name)
+        self.assertEqual(os.stat(path).st_mode & 0o777, 0o600)
+        made = os.stat(path).st_mtime_ns
+        self.stdin_park("list", expect=0)
+        self.assertEqual(os.stat(path).st_mtime_ns, made, "the kept code was not used")
+        with open(path, "r+b") as f:  # damaged: one byte of the code flipped
+            f.seek(-1, os.SEEK_END)
+            last = f.read(1)
+            f.seek(-1, os.SEEK_END)
+            f.write(bytes([last[0] ^ 0xFF]))
+        old = os.path.join(self.home, "lib", "park_linux_x86_64.%s.%s.code" % ("0" * 32, sys.implementation.cache_tag))
+        with open(old, "wb") as f:
+            f.write(b"another release")
+        self.kill_pid(server.pid)
+        server.wait(10)
+        proc = self.start_asyncio(self.port)
+        self.wait_quiet(self.port)
+        self.stdin_park(self.port, expect=0)  # offline: the verified source, compiled again
+        self.assert_parked(proc.pid)
+        self.assertEqual(self.code_files(), [name])
+        self.assertNotEqual(os.stat(path).st_mtime_ns, made)
+        self.stdin_park("resume", self.port, expect=0)
+
     def test_tampered_download_is_refused(self):
         with open(os.path.join(self.tree, "park_linux_x86_64.py"), "a") as f:
             f.write("\n# tampered\n")
