@@ -37,7 +37,7 @@ BACKENDS = {("linux", "x86_64"): "park_linux_x86_64", ("darwin", "arm64"): "park
 BASE_URL = "https://raw.githubusercontent.com/park-sh/park/main"
 PINS = {
     "park_darwin_arm64": "35e04a52d80d7f0bec27951dd9d39527268a8dfc71ddaf28203861b6a83c51bd",
-    "park_linux_x86_64": "d259b2d48c7eb3c10694245a017f29f0c2ea81bb52248cd35a25073f45f4cc6c",
+    "park_linux_x86_64": "8ad78ff25befd7e8b24a9bf34443d6ad5ca2880b22f93995b8486a2828225b05",
 }
 SCHEMA = 1
 KIND = "park.parked"
@@ -841,8 +841,9 @@ def out(text=""):
     sys.stdout.flush()
 
 
-def _prepare(backend, port, force):
-    """Everything park needs to park port: (record, plan, seccomp); nothing is changed yet."""
+def _prepare(backend, port, force, everywhere=False):
+    """Everything park needs to park port: (record, plan, seccomp); nothing is changed yet. everywhere: look
+    for holders among all processes (the backend may look near the socket first)."""
     import time
     if state_exists(port):
         old = read_state(port)
@@ -853,7 +854,7 @@ def _prepare(backend, port, force):
             raise ParkError("pid %s, parked on :%d, runs without its listener (%s)"
                             % (_pids(old), port, _why_running(old)), fix="park resume %d" % port)
         remove_state(old)  # its processes are gone, or serve again
-    found = backend.listeners(port)
+    found = backend.listeners(port, everywhere=True) if everywhere else backend.listeners(port)
     if not found:
         raise ParkError("nothing is listening on :%d" % port, fix=_listening_hint(backend, port))
     me = os.geteuid()
@@ -989,10 +990,10 @@ def cmd_park(args):
     return each(ports, lambda port: _park_port(backend, port, args, seconds))
 
 
-def _park_port(backend, port, args, seconds):
+def _park_port(backend, port, args, seconds, everywhere=False):
     import time
     with PortLock(port):
-        record, plan, seccomp = _prepare(backend, port, args.force)
+        record, plan, seccomp = _prepare(backend, port, args.force, everywhere)
         if seconds is not None:
             record["timer"] = {"until": record["parked_at"] + seconds}
         # The state goes to disk before the target is touched, so a park that dies halfway leaves a record
@@ -1001,6 +1002,9 @@ def _park_port(backend, port, args, seconds):
         with Critical():
             report = _spawn_keeper(backend, record, plan, seccomp, args.drain, args.hold)
     if not report.get("ok"):
+        if report.get("missed") and not everywhere:  # a holder the first look did not find; it runs as it was
+            debug("pid %s holds the listener too; looking at every process" % report["missed"])
+            return _park_port(backend, port, args, seconds, everywhere=True)
         raise ParkError(report["error"], fix=report.get("fix"))
     debug("threads held by ptrace %.2f ms" % (report["held"] * 1000))
     for i in record["holders"]:
@@ -1301,7 +1305,7 @@ def _keeper(backend, record, plan, seccomp, drain, hold, report):
         if not e.parked:
             remove_state(record)
             k.close()
-            k.send_report({"ok": False, "error": str(err), "fix": err.fix})
+            k.send_report({"ok": False, "error": str(err), "fix": err.fix, "missed": getattr(e, "missed", [])})
             return EXIT_FAIL
         k.log("park failed, the process stays parked: %s" % e)
         k.tracer = e.tracer

@@ -89,6 +89,7 @@ NLM_F_DUMP = 0x300
 NLMSG_ERROR = 2
 NLMSG_DONE = 3
 TCP_LISTEN = 10  # include/net/tcp_states.h
+INET_DIAG_CGROUP_ID = 21  # include/uapi/linux/inet_diag.h
 TCP_BOUND_INACTIVE = 13  # bound, not listening: a sock_diag pseudo-state (Linux >= 6.9)
 
 # Socket options a server may set on its listener, as (level, name, number, kind). kind: "int", "buf"
@@ -137,8 +138,9 @@ _IP_ONLY = {0: socket.AF_INET, 41: socket.AF_INET6}
 class Error(Exception):
     """A failure to report to the user: one line, plus the exact fix when there is one."""
 
-    def __init__(self, message, fix=None, errno=None, parked=False, attach=False):
+    def __init__(self, message, fix=None, errno=None, parked=False, attach=False, missed=()):
         super().__init__(message)
+        self.missed = list(missed)  # park: holders discovery did not find (found since): ask again everywhere
         self.fix = fix
         self.errno = errno
         self.parked = parked  # the target was left parked (or without its listener), with its state
@@ -223,7 +225,7 @@ def _read(path):
 
 
 def _tcp_rows(port, state=TCP_LISTEN):
-    """(family, inode, host, port) of every TCP listener (on port, unless None); with state=TCP_BOUND_INACTIVE,
+    """(family, inode, host, port, cgroup) of every TCP listener (on port, unless None); with state=TCP_BOUND_INACTIVE,
     of every socket bound without listening (found only by sock_diag, on Linux >= 6.9).
 
     NETLINK_SOCK_DIAG is used first: reading /proc/net/tcp walks every connection and took ~5 ms here."""
@@ -232,10 +234,10 @@ def _tcp_rows(port, state=TCP_LISTEN):
         with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG) as nl:
             for seq, family in enumerate((socket.AF_INET, socket.AF_INET6), 1):
                 size = 4 if family == socket.AF_INET else 16
-                for sockid, _, _, ino in _diag_dump(nl, family, 1 << state, seq):
+                for sockid, _, _, ino, cgroup in _diag_dump(nl, family, 1 << state, seq):
                     sport = struct.unpack_from("!H", sockid, 0)[0]
                     if port is None or sport == port:
-                        rows.append((family, ino, socket.inet_ntop(family, sockid[4:4 + size]), sport))
+                        rows.append((family, ino, socket.inet_ntop(family, sockid[4:4 + size]), sport, cgroup))
         return rows
     except OSError:
         if state != TCP_LISTEN:
@@ -245,7 +247,7 @@ def _tcp_rows(port, state=TCP_LISTEN):
             text = _read("/proc/net/" + name)
         except OSError:
             continue
-        rows += [(family,) + r[:3] for r in parse_net_tcp(text, family, port)]
+        rows += [(family,) + r[:3] + (0,) for r in parse_net_tcp(text, family, port)]
     return rows
 
 
@@ -280,41 +282,34 @@ def fd_path(pid, fd):
     return "/proc/%d/fd/%d" % (pid, fd)
 
 
-def listeners(port):
+def listeners(port, everywhere=False):
     """Every TCP listener on port: [{inode, family, host, port, listening, holders: {pid: [fd, ...]}}].
 
     With them come the sockets that their holders keep bound to the port without listening (listening is
-    False): granian's master keeps one, and while it is open a plain bind of the port fails."""
-    found = {}
-    for family, inode, host, lport in _tcp_rows(port):
+    False): granian's master keeps one, and while it is open a plain bind of the port fails.
+
+    Holders are looked for among the processes of the cgroup each socket was made in (sock_diag names it;
+    systemd gives each app and terminal its own), and among all processes only when that cgroup cannot be
+    read or a listener has no holder there, or with everywhere=True. A holder outside that cgroup (moved
+    since, or handed the socket) is missed that way, which park notices: the listener then stays open after
+    park closed it in every holder found, and park asks again with everywhere=True."""
+    found, cgroups = {}, set()
+    for family, inode, host, lport, cgroup in _tcp_rows(port):
         if inode:
             found[inode] = {"inode": inode, "family": family, "host": host, "port": lport, "listening": True,
                             "holders": {}}
+            cgroups.add(cgroup)
     if not found:
         return []
-    for family, inode, host, lport in (_tcp_rows(port, TCP_BOUND_INACTIVE) if port else []):
+    for family, inode, host, lport, cgroup in (_tcp_rows(port, TCP_BOUND_INACTIVE) if port else []):
         if inode and inode not in found:
             found[inode] = {"inode": inode, "family": family, "host": host, "port": lport, "listening": False,
                             "holders": {}}
-    wanted = {"socket:[%d]" % i: i for i in found}
-    me = os.getpid()
-    for name in os.listdir("/proc"):
-        if not name.isdigit() or int(name) == me:
-            continue
-        pid = int(name)
-        base = "/proc/%s/fd/" % name
-        try:
-            fds = os.listdir(base)
-        except OSError:
-            continue
-        for n in fds:
-            try:
-                link = os.readlink(base + n)
-            except OSError:
-                continue
-            inode = wanted.get(link)
-            if inode is not None:
-                found[inode]["holders"].setdefault(pid, []).append(int(n))
+            cgroups.add(cgroup)
+    near = None if everywhere else _cgroup_procs(cgroups)
+    _find_holders(found, near if near is not None else pids())
+    if near is not None and any(l["listening"] and not l["holders"] for l in found.values()):
+        _find_holders(found, sorted(set(pids()) - set(near)))
     serving = {pid for l in found.values() if l["listening"] for pid in l["holders"]}
     for inode, l in list(found.items()):
         if not l["listening"] and not serving & set(l["holders"]):
@@ -326,10 +321,69 @@ def listeners(port):
     return sorted(found.values(), key=lambda l: (l["listening"], l["family"], l["host"]))
 
 
+def _find_holders(found, candidates):
+    """Add to each socket of found (by inode) the fds of candidates (pids) that hold it."""
+    wanted = {"socket:[%d]" % i: i for i in found}
+    me = os.getpid()
+    for pid in candidates:
+        if pid == me:
+            continue
+        try:
+            d = os.open("/proc/%d/fd" % pid, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            continue  # gone, a kernel thread's, or another user's
+        try:
+            for n in os.listdir(d):
+                try:
+                    inode = wanted.get(os.readlink(n, dir_fd=d))
+                except OSError:
+                    continue
+                if inode is not None:
+                    found[inode]["holders"].setdefault(pid, []).append(int(n))
+        finally:
+            os.close(d)
+
+
+def _cgroup_procs(ids):
+    """The pids in the cgroups v2 of these ids (a cgroup's id is its directory's inode number), or None when
+    one cannot be told: no id (before Linux 5.8), no cgroup2 mount, or a cgroup not found."""
+    if not ids or 0 in ids:
+        return None
+    root = None
+    try:
+        for line in _read("/proc/self/mountinfo").splitlines():
+            left, _, right = line.partition(" - ")
+            if right.split(" ", 1)[0] == "cgroup2":
+                root = left.split()[4].replace("\\040", " ")
+                break
+    except OSError:
+        return None
+    if root is None:
+        return None
+    want, dirs, todo = set(ids), [], [root]
+    try:
+        if os.stat(root).st_ino in want:
+            want.discard(os.stat(root).st_ino)
+            dirs.append(root)
+        while want and todo:
+            with os.scandir(todo.pop()) as it:
+                for e in it:
+                    if e.is_dir(follow_symlinks=False):
+                        if e.inode() in want:
+                            want.discard(e.inode())
+                            dirs.append(e.path)
+                        todo.append(e.path)
+        if want:
+            return None
+        return sorted({int(p) for d in dirs for p in _read(os.path.join(d, "cgroup.procs")).split()})
+    except (OSError, ValueError):
+        return None
+
+
 def ports_listening():
     """{port: [pid, ...]} of every TCP listener, for `list` and suggestions (only pids we can see)."""
     by_inode = {}
-    for family, inode, host, lport in _tcp_rows(None):
+    for family, inode, host, lport, _ in _tcp_rows(None):
         by_inode[inode] = lport
     out = {}
     wanted = {"socket:[%d]" % i: p for i, p in by_inode.items()}
@@ -411,13 +465,14 @@ def _sock_diag(families):
     out = {}
     with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG) as nl:
         for seq, family in enumerate(sorted(families), 1):
-            for _, rq, wq, ino in _diag_dump(nl, family, 1 << TCP_LISTEN, seq):
+            for _, rq, wq, ino, _ in _diag_dump(nl, family, 1 << TCP_LISTEN, seq):
                 out[ino] = (rq, wq)
     return out
 
 
 def _diag_dump(nl, family, states, seq):
-    """Yield (raw inet_diag_sockid, rqueue, wqueue, inode) of every TCP socket of family in states."""
+    """Yield (raw inet_diag_sockid, rqueue, wqueue, inode, cgroup) of every TCP socket of family in states;
+    cgroup: the id of the cgroup v2 the socket was made in (INET_DIAG_CGROUP_ID, Linux >= 5.8), else 0."""
     req = struct.pack("=BBBBI48x", family, IPPROTO_TCP, 0, 0, states)
     nl.send(struct.pack("=IHHII", 16 + len(req), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + req)
     while True:
@@ -431,7 +486,15 @@ def _diag_dump(nl, family, states, seq):
             # rqueue, wqueue, uid, inode
             sockid = data[off + 20:off + 68]
             rq, wq, _, ino = struct.unpack_from("=IIII", data, off + 72)
-            yield sockid, rq, wq, ino
+            cgroup, at = 0, off + 88  # the attributes follow the 72-byte inet_diag_msg
+            while at + 4 <= off + length:
+                alen, atype = struct.unpack_from("=HH", data, at)
+                if alen < 4:
+                    break
+                if atype == INET_DIAG_CGROUP_ID and alen >= 12:
+                    cgroup = struct.unpack_from("=Q", data, at + 4)[0]
+                at += (alen + 3) & ~3
+            yield sockid, rq, wq, ino, cgroup
             off += (length + 3) & ~3
 
 
@@ -442,7 +505,7 @@ def time_wait(listener):
     wildcard = want == bytes(len(want))
     found = []
     with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG) as nl:
-        for sockid, _, _, _ in _diag_dump(nl, family, 1 << TCP_TIME_WAIT, 1):
+        for sockid, _, _, _, _ in _diag_dump(nl, family, 1 << TCP_TIME_WAIT, 1):
             sport = struct.unpack_from("!H", sockid, 0)[0]
             src = sockid[4:4 + len(want)]
             if sport == port and (wildcard or src == want):
@@ -667,8 +730,8 @@ def _verify(plan, pids):
     for pid in pids:
         for kid in _children(pid):
             if kid not in pids and wanted & set(_proc_fds(kid).values()):
-                raise Error("pid %d (a new child of %d) shares the listener; nothing was changed" % (kid, pid),
-                            fix="park %d  (again)" % plan[0]["port"])
+                raise Error("pid %d (a child of %d) shares the listener; nothing was changed" % (kid, pid),
+                            fix="park %d  (again)" % plan[0]["port"], errno=errno.EBUSY, missed=[kid])
 
 
 def _children(pid):
@@ -1419,7 +1482,7 @@ def _in_flight(inodes, families, port):
     try:
         with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG) as nl:
             for seq, family in enumerate(sorted(families), 1):
-                for sockid, _, _, _ in _diag_dump(nl, family, 1 << TCP_SYN_RECV, seq):
+                for sockid, _, _, _, _ in _diag_dump(nl, family, 1 << TCP_SYN_RECV, seq):
                     if struct.unpack_from("!H", sockid, 0)[0] == port:
                         queued += 1
     except OSError:
@@ -1500,9 +1563,9 @@ def _park_held(tracer, plan, pids, reset):
             if not closed:
                 raise
             try:
-                _recreate(tracer, [l for l in plan if l["inode"] not in still_listening(plan)], force=True)
-                if still_listening(plan):
-                    raise failure
+                still = still_listening(plan)
+                _recreate(tracer, [l for l in plan if l["inode"] not in still], force=True)
+                missed = _give_back(tracer, [l for l in plan if l["inode"] in still])
             except BaseException:
                 # Cannot put the listener back now: keep the processes parked, with their state, rather
                 # than let them run without it.
@@ -1512,6 +1575,9 @@ def _park_held(tracer, plan, pids, reset):
                           % plan[0]["port"], parked=True)
                 e.tracer = tracer
                 raise e
+            if missed:
+                raise Error("pid %d holds the listener too, so park left it as it was" % missed[0],
+                            errno=errno.EBUSY, missed=missed)
             raise
     except Error as e:
         if not e.parked:
@@ -1522,6 +1588,28 @@ def _park_held(tracer, plan, pids, reset):
         raise
     tracer.restore()
     return {"reset": reset, "held": tracer.held, "tracer": tracer}
+
+
+def _give_back(tracer, still):
+    """Listeners that stayed open after park closed them in every holder it found: give the very socket back
+    to each of those holders, from a process park did not find (it holds it still); returns those pids.
+    Raises Error when no process holds it (an io_uring request, another pid namespace)."""
+    missed = []
+    for l in still:
+        found = {l["inode"]: {"holders": {}}}
+        _find_holders(found, pids())
+        others = {pid: fds for pid, fds in found[l["inode"]]["holders"].items()
+                  if pid not in {h["pid"] for h in l["holders"]}}
+        if not others:
+            raise Error("no process park can see holds it")
+        pid = min(others)
+        dup = _dup(pid, others[pid][0])
+        try:
+            _recreate(tracer, [l], force=True, given=[dup])
+        finally:
+            os.close(dup)
+        missed.append(pid)
+    return missed
 
 
 def swap(plan_a, plan_b, suspend_seccomp=False):

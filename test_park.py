@@ -556,6 +556,17 @@ if libc.prctl(38, 1, 0, 0, 0) or libc.prctl(22, 2, ctypes.c_char_p(fprog), 0, 0)
 os.execv(sys.executable, [sys.executable] + sys.argv[1:])
 '''
 
+PY_TAKES_FD = r'''
+import ctypes, sys, time
+# Holds a copy of another process's listener (as if it had been handed it), and does nothing with it.
+libc = ctypes.CDLL(None, use_errno=True)
+pidfd = libc.syscall(434, int(sys.argv[2]), 0)
+fd = libc.syscall(438, pidfd, int(sys.argv[3]), 0)
+assert fd >= 0, ctypes.get_errno()
+print("READY %d" % fd, flush=True)
+time.sleep(600)
+'''
+
 PY_PID1 = r'''
 import json, os, socket, subprocess, sys
 port, park = int(sys.argv[1]), sys.argv[2]
@@ -2581,6 +2592,92 @@ class OldKernelTest(LiveTestCase):
         self.assertEqual(snapshot(self.port), before)
         self.assertEqual(sorted(_fd_links(pid)), fds, "park left an fd behind in the target")
         self.assertEqual(self.get_count("127.0.0.1", self.port), (proc.pid, n + 1))
+
+
+def cgroup2_root():
+    """Where cgroup v2 is mounted, or None."""
+    for line in _read_text("/proc/self/mountinfo").splitlines():
+        left, _, right = line.partition(" - ")
+        if right.split(" ", 1)[0] == "cgroup2":
+            return left.split()[4]
+    return None
+
+
+class DiscoveryTest(LiveTestCase):
+    """park looks for a listener's holders among the processes of the cgroup the socket was made in, and
+    among all of them only when it must: a holder that has since moved to another cgroup is missed at first,
+    noticed when the listener stays open, given its socket back, and parked on the second look."""
+
+    def setUp(self):
+        super().setUp()
+        root = cgroup2_root()
+        if os.geteuid() != 0 or root is None or not os.access(root, os.W_OK):
+            self.live_skip("needs root and a writable cgroup2 mount")
+        self.groups = []
+        for tag in ("made", "moved"):
+            path = os.path.join(root, "park-test-%s-%d" % (tag, os.getpid()))
+            os.mkdir(path)
+            self.addCleanup(self.remove_group, path, root)
+            self.groups.append(path)
+
+    def remove_group(self, path, root):
+        try:
+            for pid in _read_text(os.path.join(path, "cgroup.procs")).split():
+                with open(os.path.join(root, "cgroup.procs"), "w") as f:
+                    f.write(pid)
+        except OSError:
+            pass
+        os.rmdir(path)
+
+    def move(self, pid, group):
+        with open(os.path.join(group, "cgroup.procs"), "w") as f:
+            f.write(str(pid))
+
+    def start_in(self, group, source, *args):
+        path = self.write("fixture-%d-%d.py" % (self.port, len(os.listdir(self.tmp))), source)
+        proc = subprocess.Popen([sys.executable, "-u", path, str(self.port)] + [str(a) for a in args],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                cwd=self.tmp, preexec_fn=lambda: self.move(os.getpid(), group))
+        self.addCleanup(self._stop_proc, proc)
+        return proc, self.read_ready(proc)
+
+    def check_cycle(self, pids, debug_line):
+        self.wait_serving("127.0.0.1", self.port)
+        self.wait_quiet(self.port)
+        before = snapshot(self.port)
+        r = self.park(self.port, expect=0, env=dict(self.env, PARK_DEBUG="1"))
+        self.assertIn(debug_line, r.stderr)
+        for pid in pids:
+            self.assert_parked(pid)
+        self.assert_port_free(self.port, [(socket.AF_INET, "127.0.0.1")], reuseaddr=True)
+        self.park("resume", self.port, expect=0)
+        self.assertEqual(snapshot(self.port), before)
+
+    def test_a_worker_moved_to_another_cgroup_is_parked_too(self):
+        made, moved = self.groups
+        proc, words = self.start_in(made, PY_PREFORK)
+        children = [int(w) for w in words]
+        for pid in children:
+            self.addCleanup(self.kill_pid, pid)
+        self.move(children[1], moved)  # it holds the listener (fd 9), away from where the socket was made
+        self.check_cycle([proc.pid] + children,
+                         "pid [%d] holds the listener too; looking at every process" % children[1])
+        seen = {self.get_count("127.0.0.1", self.port)[0] for _ in range(20)}
+        self.assertTrue(seen <= set(children), seen)
+
+    def test_a_process_handed_the_listener_gets_it_back_and_is_parked_too(self):
+        """Not a child, elsewhere: park closes the listener where it found it, sees it stay open, finds who
+        holds it, gives the very socket back (same fd, same epoll registration), and parks both."""
+        made, moved = self.groups
+        proc, _ = self.start_in(made, PY_ASYNCIO)
+        self.wait_serving("127.0.0.1", self.port)
+        pid, n = self.get_count("127.0.0.1", self.port)
+        (fd,) = [f for f, link in _fd_links(pid).items() if link == "socket:[%d]" % min(listen_inodes(self.port))]
+        other, _ = self.start_in(moved, PY_TAKES_FD, pid, fd)
+        self.check_cycle([pid, other.pid], "pid [%d] holds the listener too; looking at every process" % other.pid)
+        again, m = self.get_count("127.0.0.1", self.port)
+        self.assertEqual(again, pid)
+        self.assertGreater(m, n, "the counter started again")
 
 
 class PinTest(unittest.TestCase):
