@@ -217,10 +217,75 @@ def format_duration(seconds):
     return "%dh%02dm" % (h, rest // 60)
 
 
-def command_of(info):
+def command_of(info, width=None):
+    """How park shows a process's command, everywhere (list, park ui, the lines of park, resume, release): the
+    program by its name (an interpreter's directory says nothing at a glance), then its arguments, control
+    characters escaped. With width (the room left on a terminal's line) it is cut to fit, with "..."; without
+    (a pipe, a file, --json, an error message) it is never cut."""
     argv = info.get("argv") or []
-    text = safe(" ".join(argv) if argv else "[%s]" % info.get("name", "?"))
-    return text if len(text) <= 60 else text[:57] + "..."
+    if argv:
+        # argv[0] as a path is shortened to its name; a title with spaces (nginx: master process) is left whole
+        name = argv[0] if " " in argv[0] else os.path.basename(argv[0]) or argv[0]
+        text = safe(" ".join([name] + list(argv[1:])))
+    else:
+        text = safe("[%s]" % info.get("name", "?"))
+    if width is not None and len(text) > max(width, 4):
+        text = text[:max(width, 4) - 3] + "..."
+    return text
+
+
+def grouped(holders):
+    """Holders with the same command as one entry, [(pids, holder)] in order: a prefork master and its workers
+    are one line, not three identical ones."""
+    groups = {}
+    for h in holders:
+        groups.setdefault(command_of(h), ([], h))[0].append(h["pid"])
+    return list(groups.values())
+
+
+def group_text(pids, info, width=None, others=0):
+    """One group's command and how many processes run it (x3), fitted to width as command_of does; `others`:
+    how many groups with other commands go unshown on this line."""
+    times = "\u00d7" if _encodes("\u00d7") else "x"
+    suffix = (" %s%d" % (times, len(pids)) if len(pids) > 1 else "") + (" (+%d other)" % others if others else "")
+    return command_of(info, None if width is None else width - len(suffix)) + suffix
+
+
+def holders_command(holders, width=None):
+    """The command of a row of processes (a parked port, a listening server): its first command with how many
+    run it, and how many other commands there are."""
+    groups = grouped(holders)
+    return group_text(groups[0][0], groups[0][1], width, len(groups) - 1) if groups else ""
+
+
+def _encodes(text):
+    try:
+        text.encode(getattr(sys.stdout, "encoding", None) or "ascii")
+        return True
+    except (UnicodeEncodeError, LookupError):
+        return False
+
+
+def terminal_width():
+    """The columns of the terminal that stdout is (COLUMNS first, as shells and shutil do), or None when stdout
+    is not a terminal: then nothing is cut."""
+    try:
+        if not sys.stdout.isatty():
+            return None
+        cols = os.environ.get("COLUMNS", "")
+        return int(cols) if cols.isdigit() and int(cols) > 0 else os.get_terminal_size(sys.stdout.fileno()).columns
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def process_lines(prefix, holders):
+    """One line per command for these processes: prefix % pids, then the command, fitted to the terminal."""
+    width = terminal_width()
+    lines = []
+    for pids, info in grouped(holders):
+        head = prefix % ",".join(map(str, pids))
+        lines.append(head + group_text(pids, info, None if width is None else width - len(head)))
+    return lines
 
 
 def safe(text):
@@ -613,6 +678,70 @@ def remove_state(record):
     parked_dir().unlink("%d.json" % record["port"])
 
 
+# After `park release`, the process runs on without its port. So that it does not vanish from view, a note of
+# it is kept in $PARK_HOME/released/PORT.PID.json (through the same StateDir as everything else) and listed as
+# status `released` while that process lives (same pid and start time), does not listen on the port again,
+# and for at most RELEASED_SECONDS. Only shown, never acted on: park sends no signal because of it.
+RELEASED_KIND = "park.released"
+RELEASED_SECONDS = 3600
+
+
+def released_dir():
+    return state().sub("released")
+
+
+def write_released(record, holders):
+    """Note the processes `park release` let go from record's port."""
+    import json
+    import time
+    note = {"kind": RELEASED_KIND, "schema": SCHEMA, "port": record["port"], "released_at": time.time(),
+            "parked_at": record["parked_at"], "addresses": addresses(record["listeners"]),
+            "holders": [{k: h[k] for k in ("pid", "starttime", "uid", "name", "argv")} for h in holders]}
+    released_dir().write("%d.%d.json" % (record["port"], holders[0]["pid"]),
+                         json.dumps(note, indent=1, sort_keys=True).encode())
+
+
+def _released_note(data):
+    """True when a released note has the fields and types that listing it needs."""
+    def is_int(v):
+        return isinstance(v, int) and not isinstance(v, bool) and 0 <= v < (1 << 62)
+    return (isinstance(data, dict) and data.get("kind") == RELEASED_KIND and data.get("schema") == SCHEMA and
+            is_int(data.get("port")) and 1 <= data["port"] <= 65535 and
+            all(isinstance(data.get(k), (int, float)) and not isinstance(data.get(k), bool)
+                for k in ("released_at", "parked_at")) and
+            isinstance(data.get("addresses"), list) and all(isinstance(a, str) for a in data["addresses"]) and
+            isinstance(data.get("holders"), list) and 0 < len(data["holders"]) <= 4096 and
+            all(isinstance(h, dict) and is_int(h.get("pid")) and is_int(h.get("starttime")) and
+                isinstance(h.get("name"), str) and isinstance(h.get("argv"), list) and
+                all(isinstance(a, str) for a in h["argv"]) for h in data["holders"]))
+
+
+def released(backend):
+    """The released notes whose processes still run without their port, [(note, live holders)] by port. A note
+    is removed once its processes have exited (or their pids belong to others now), listen on the port again,
+    or after RELEASED_SECONDS; a damaged one is removed too (it only ever served to show a process)."""
+    import json
+    import time
+    d = released_dir()
+    found = []
+    for name in d.names():
+        parts = name.split(".")
+        if len(parts) != 3 or parts[2] != "json" or not (parts[0].isdigit() and parts[1].isdigit()):
+            continue
+        try:
+            note = json.loads(d.read(name).decode("utf-8"))
+        except (OSError, ValueError, ParkError):
+            note = None
+        live = [h for h in note["holders"] if recorded(backend, h)] if _released_note(note) else []
+        if live and time.time() - note["released_at"] < RELEASED_SECONDS:
+            serving = {pid for l in backend.listeners(note["port"]) for pid in l["holders"]}
+            if not serving & {h["pid"] for h in live}:
+                found.append((note, live))
+                continue
+        d.unlink(name)
+    return sorted(found, key=lambda x: (x[0]["port"], x[0]["released_at"]))
+
+
 class PortLock:
     """An exclusive, non-blocking lock on one port, so two park commands on it cannot interleave."""
 
@@ -730,6 +859,12 @@ def find_record(text, backend=None, verb="resume"):
                 note("using %s, the state of uid %d, who ran sudo" % caller)
     if found is not None:
         return found
+    for note, live in released(backend) if backend is not None else []:
+        pids = [h["pid"] for h in live]
+        if note["port"] == n or (kind == "any" and n in pids):
+            raise ParkError("pid %s was released from :%d (park release): it runs on without its port, and park "
+                            "cannot bring that back" % (",".join(map(str, pids)), note["port"]),
+                            fix="kill %s, then start the server again" % " ".join(map(str, pids)))
     fix = "park list  (shows what is parked)"
     held = _held_by_root(backend) if backend is not None and os.geteuid() != 0 else []
     if held:
@@ -954,8 +1089,8 @@ def _park_port(backend, port, args, seconds):
     if not report.get("ok"):
         raise ParkError(report["error"], fix=report.get("fix"))
     debug("threads held by ptrace %.2f ms" % (report["held"] * 1000))
-    for i in record["holders"]:
-        out("parked :%d  pid %d  %s" % (port, i["pid"], command_of(i)))
+    for line in process_lines("parked :%d  pid %%s  " % port, record["holders"]):
+        out(line)
     out("  was listening on %s  (held by keeper pid %d)" % (", ".join(addresses(plan)),
                                                            report["keeper"]))
     if report["reset"]:
@@ -1598,8 +1733,9 @@ def _print_resumed(record, port, reply):
     for n in reply.get("notes", []):
         out(str(n))
     names = {h["pid"]: h for h in (record or {}).get("holders", [])}
-    for pid in sorted(set(reply["pids"])):
-        out("resumed :%d  pid %d  %s" % (port, pid, command_of(names.get(pid, {"name": "?"}))))
+    for line in process_lines("resumed :%d  pid %%s  " % port, [names.get(pid, {"pid": pid, "name": "?"})
+                                                               for pid in sorted(set(reply["pids"]))]):
+        out(line)
     if reply.get("handed") is not None:
         out("  handed over %d waiting client(s) on %s" % (reply["handed"], ", ".join(reply["addresses"])))
     else:
@@ -1635,13 +1771,19 @@ def _from_backend(backend, e, port, verb):
     return ParkError(str(e), fix=e.fix)
 
 
-def _holders_text(backend, port):
-    parts = []
-    for l in backend.listeners(port):
-        for pid in l["holders"]:
-            info = backend.process(pid)
-            parts.append("pid %d (%s)" % (pid, command_of(info) if info else "?"))
-    return ", ".join(sorted(set(parts))) or "a process park cannot see"
+def port_holders(backend, port):
+    """The processes that listen on port now: [info] by pid (a pid that exits meanwhile is named "?")."""
+    pids = sorted({pid for l in backend.listeners(port) for pid in l["holders"]})
+    return [backend.process(pid) or {"pid": pid, "name": "?"} for pid in pids]
+
+
+def _holders_text(backend, port, holders=None, width=None):
+    """Who holds port, for a message: pid 12 (node server.js), pid 13,14 (gunicorn app:app x2)."""
+    holders = port_holders(backend, port) if holders is None else holders
+    groups = grouped(holders)
+    room = None if width is None else max(10, width // max(1, len(groups)) - 12)
+    return ", ".join("pid %s (%s)" % (",".join(map(str, pids)), group_text(pids, info, room))
+                     for pids, info in groups) or "a process park cannot see"
 
 
 class PortBusy(ParkError):
@@ -1812,8 +1954,8 @@ def cmd_swap(args):
     debug("threads held by ptrace %.2f ms" % (result["held"] * 1000))
     out("swapped :%d and :%d" % (p1, p2))
     for (record, plan, _), new in zip(records, (p2, p1)):
-        for h in record["holders"]:
-            out("  pid %d  %s  now on :%d" % (h["pid"], command_of(h), new))
+        for line in process_lines("  now on :%d  pid %%s  " % new, record["holders"]):
+            out(line)
     return EXIT_OK
 
 
@@ -1855,12 +1997,15 @@ def cmd_release(args):
                 raise ParkError("no permission to signal pid %d" % h["pid"], fix="sudo park release %d" % port)
             done.append(h)
         remove_state(record)
+        if sig is None and done:
+            write_released(record, done)  # so that park list still shows it, as released, with how to end it
     verb = {None: "continued", signal.SIGTERM: "sent SIGTERM to", signal.SIGKILL: "killed"}[sig]
-    for h in done:
-        out("%s pid %d  %s" % (verb, h["pid"], command_of(h)))
+    for line in process_lines("%s pid %%s  " % verb, done):
+        out(line)
     if sig is None and done:
-        out("  its listener on :%d is not recreated; it runs on without it (end it with: kill %s), or restart the "
-            "server to serve again" % (port, " ".join(str(h["pid"]) for h in done)))
+        out("  its listener on :%d is not recreated: it runs on without it; end it with: kill %s (or restart the "
+            "server to serve again)\n  park list shows it as released while it runs, for up to %d minutes"
+            % (port, " ".join(str(h["pid"]) for h in done), RELEASED_SECONDS // 60))
     if not done:
         out("forgot :%d (its processes were already gone)" % port)
     return EXIT_OK
@@ -1882,9 +2027,12 @@ def list_rows(backend, prune=False, errors=None):
             "port": r["port"],
             "pids": [h["pid"] for h in r["holders"]],
             "status": status,
-            "holders": [{"pid": h["pid"], "status": s, "command": command_of(h)} for h, s in zip(r["holders"], states)],
+            "holders": [{"pid": h["pid"], "status": s, "command": command_of(h), "name": h["name"],
+                         "argv": h["argv"]}
+                        for h, s in zip(r["holders"], states)],
             "addresses": addresses(r["listeners"]),
             "command": command_of(r["holders"][0]),
+            "argv": r["holders"][0]["argv"],
             "parked_at": r["parked_at"],
             "parked_for": round(now - r["parked_at"], 1),
             "keeper": keeper,
@@ -1893,8 +2041,22 @@ def list_rows(backend, prune=False, errors=None):
             "waiting": hold_waiting(backend, hold) if keeper else None,
             "ended": ended["reason"] if ended else None if keeper or status == "gone" else _why_running(r),
             "restored": bool(ended and ended.get("listener")),
+            "released_at": None,
         })
-    return rows
+    for note, live in released(backend):
+        pids = [h["pid"] for h in live]
+        rows.append({
+            "port": note["port"], "pids": pids, "status": "released",
+            "holders": [{"pid": h["pid"], "status": "released", "command": command_of(h), "name": h["name"],
+                         "argv": h["argv"]} for h in live],
+            "addresses": note["addresses"], "command": command_of(live[0]), "argv": live[0]["argv"],
+            "parked_at": note["parked_at"], "parked_for": round(now - note["parked_at"], 1), "keeper": None,
+            "timer_left": None, "pending": None, "waiting": None,
+            "ended": "released %s ago; it runs without its port (end it with: kill %s)"
+                     % (format_duration(now - note["released_at"]), " ".join(map(str, pids))),
+            "restored": False, "released_at": note["released_at"],
+        })
+    return sorted(rows, key=lambda r: (r["port"], r["status"] == "released"))
 
 
 def cmd_overview(args):
@@ -1908,12 +2070,13 @@ def cmd_overview(args):
         out("nothing is parked, and no server of yours that park could park is listening")
     else:
         table = [("PORT", "PID", "STATUS", "KEEPER", "COMMAND")]
-        table += [(":%d" % r["port"], ",".join(map(str, r["pids"])), r["status"], str(r["keeper"] or "-"),
-                   r["command"]) for r in rows]
-        table += [(":%d" % l["port"], ",".join(map(str, l["pids"])), "listening", "-", command_of(
-            {"argv": l["command"].split(" ")})) for l in listening]
-        for line in _columns(table):
+        table += [(":%d" % r["port"], r["pids"], r["status"], str(r["keeper"] or "-"), r["holders"])
+                  for r in rows]
+        table += [(":%d" % l["port"], l["pids"], "listening", "-", l["holders"]) for l in listening]
+        for line, row in zip(_columns(table), [None] + rows):
             out(line)
+            if row and row["status"] == "released":
+                out("    %s" % row["ended"])
         out("park PORT parks one; park resume PORT brings one back; park help for more")
     if errors:
         raise errors[0]
@@ -1937,17 +2100,33 @@ def cmd_list(args):
 
 
 def _columns(table):
-    """Rows of a table as lines, every column but the last (the command, left unpadded) as wide as its
-    widest cell."""
-    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]) - 1)]
-    return ["  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1] for r in table]
+    """Rows of a table as lines, every column but the last as wide as its widest cell. After the header, a
+    row's second cell is its pids and its last its holders, shown as their command (group_text), fitted
+    to the terminal's width; many pids on a terminal are shortened to the first and how many more."""
+    width = terminal_width()
+    rows = [table[0]]
+    for r in table[1:]:
+        pids = ",".join(map(str, r[1]))
+        if width is not None and len(pids) > 13:
+            pids = "%d+%d" % (r[1][0], len(r[1]) - 1)
+        rows.append((r[0], pids) + tuple(r[2:]))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    lines = []
+    for n, r in enumerate(rows):
+        head = "  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  "
+        if n == 0:
+            lines.append(head + r[-1])
+            continue
+        lines.append(head + holders_command(r[-1], None if width is None else width - len(head)))
+    return lines
 
 
 def _print_table(rows):
     table = [("PORT", "PID", "ADDRESS", "FOR", "STATUS", "KEEPER", "COMMAND")]
     for row in rows:
-        table.append((":%d" % row["port"], ",".join(map(str, row["pids"])), ",".join(row["addresses"]),
-                      format_duration(row["parked_for"]), row["status"], str(row["keeper"] or "-"), row["command"]))
+        table.append((":%d" % row["port"], row["pids"], ",".join(row["addresses"]),
+                      format_duration(row["parked_for"]), row["status"], str(row["keeper"] or "-"),
+                      row["holders"]))
     for line, row in zip(_columns(table), [None] + rows):
         out(line)
         if row and row["pending"]:
@@ -1957,7 +2136,9 @@ def _print_table(rows):
         if row and row["waiting"] is not None:
             out("    hold: %d client(s) waiting" % row["waiting"])
         if row and row["ended"]:
-            if row["status"] == "gone" or row["restored"]:
+            if row["status"] == "released":
+                out("    %s" % row["ended"])
+            elif row["status"] == "gone" or row["restored"]:
                 out("    ended: %s%s" % (row["ended"], ", and its listener is back" if row["restored"] else ""))
             else:
                 out("    runs without its listener: %s; park resume %d brings it back" % (row["ended"], row["port"]))
@@ -1989,7 +2170,7 @@ def cmd_ui(args):
             raise ParkError("park ui needs a terminal, and its %s is not one" % what,
                             fix="run it in a terminal, or use park list")
     backend = load_backend()
-    st = {"backend": backend, "items": [], "parked": 0, "listening": 0, "sel": 0, "want": [], "top": 0,
+    st = {"backend": backend, "items": [], "parked": 0, "listening": 0, "sel": None, "pick": None, "near": 0, "top": 0,
           "status": "", "stale": None, "confirm": None, "loaded": None, "attrs": {}}
     try:
         scr = curses.initscr()
@@ -2065,12 +2246,12 @@ def _ui_loop(curses, scr, st):
             scr.clear()  # repaint everything at the new size
             continue
         if st["confirm"] is not None:
-            port, pids, command = st["confirm"]
+            port, pids, holders = st["confirm"]
             st["confirm"] = None
             if key in (ord("y"), ord("Y")):
-                _ui_act(curses, scr, st, ["release", str(port), "--kill"], "killing %s" % pids, [])
+                _ui_act(curses, scr, st, ["release", str(port), "--kill"], "killing %s" % pids)
             else:
-                st["status"] = "not killed: %s (%s)" % (pids, command)
+                st["status"] = "not killed: %s (%s)" % (pids, holders_command(holders))
             continue
         if key in (ord("q"), ord("Q")):
             return EXIT_OK
@@ -2088,37 +2269,46 @@ def _ui_key(curses, scr, st, key):
              curses.KEY_END: len(items) + 1}
     if key in moves:
         if items:
-            st["sel"] = max(0, min(len(items) - 1, st["sel"] + moves[key]))
-            st["want"] = [_ui_key_of(items[st["sel"]])]
+            at = st["near"] if st["sel"] is None else st["sel"] + moves[key]  # after a lost row: from where it was
+            st["sel"] = max(0, min(len(items) - 1, at))
+            st["pick"] = _ui_identity(items[st["sel"]])
         return
     if key not in (ord("r"), ord("x"), ord("K"), ord("p")):
         return
     if not items:
         st["status"] = "nothing to act on"
         return
+    if st["sel"] is None:
+        st["status"] = "nothing is selected (the row you had went away); \u2191\u2193 or j/k selects one"
+        return
     kind, d = items[st["sel"]]
     port = d["port"]
+    if d.get("status") == "released":
+        st["status"] = "pid %s was released: it runs without its port; end it with: kill %s" % (
+            ",".join(map(str, d["pids"])), " ".join(map(str, d["pids"])))
+        return
     if key == ord("p"):
         if kind != "listening":
             st["status"] = ":%d is already parked (r resumes it)" % port
             return
-        _ui_act(curses, scr, st, ["park", str(port)], "parking :%d" % port, [("parked", port)])
+        _ui_act(curses, scr, st, ["park", str(port)], "parking :%d" % port)
         return
     if kind != "parked":
         st["status"] = ":%d is not parked (p parks it)" % port
         return
     if key == ord("r"):
-        _ui_act(curses, scr, st, ["resume", str(port)], "resuming :%d" % port, [("listening", port)])
+        _ui_act(curses, scr, st, ["resume", str(port)], "resuming :%d" % port)
     elif key == ord("x"):
-        _ui_act(curses, scr, st, ["release", str(port)], "releasing :%d" % port, [])
+        _ui_act(curses, scr, st, ["release", str(port)], "releasing :%d" % port)
     else:
         pids = [h["pid"] for h in d["holders"] if h["status"] != "gone"] or d["pids"]
         st["confirm"] = (port, "pid%s %s" % ("s" if len(pids) > 1 else "", ", ".join(map(str, pids))),
-                         d["ui_command"])
+                         [h for h in d["holders"] if h["pid"] in pids])
 
 
-def _ui_act(curses, scr, st, argv, doing, want):
-    """Run park's own main(argv) in this process, its output captured; its first line goes to the status line."""
+def _ui_act(curses, scr, st, argv, doing):
+    """Run park's own main(argv) in this process, its output captured: the first line it printed goes to the
+    status line, or, when it failed, its error and the fix, whole."""
     import contextlib
     import io
     st["status"] = doing + " ..."
@@ -2134,19 +2324,23 @@ def _ui_act(curses, scr, st, argv, doing, want):
         rc, err = EXIT_FAIL, io.StringIO("park: unexpected error: %s: %s\n" % (type(e).__name__, e))
     text = err.getvalue() if rc else out_.getvalue() or err.getvalue()
     lines = [l.strip() for l in text.splitlines() if l.strip()]
-    st["status"] = lines[0] if lines else ("park %s: done" % " ".join(argv) if rc == 0
-                                           else "park: park %s failed (exit %s)" % (" ".join(argv), rc))
-    if rc == 0:
-        st["want"] = want + st["want"]
+    if rc and lines:
+        st["status"] = "\n".join(l if l.startswith("park: ") else "  " + l for l in lines)
+    else:
+        st["status"] = lines[0] if lines else ("park %s: done" % " ".join(argv) if rc == 0
+                                               else "park: park %s failed (exit %s)" % (" ".join(argv), rc))
     _ui_refresh(st)
 
 
-def _ui_key_of(item):
-    return item[0], item[1]["port"]
+def _ui_identity(item):
+    """Which server a row is: its port and its processes (a server keeps them from parked to listening)."""
+    return item[1]["port"], frozenset(item[1]["pids"])
 
 
 def _ui_refresh(st):
-    """Re-read the parked entries and the listening servers; a failure keeps the old view and is shown."""
+    """Re-read the parked entries and the listening servers; a failure keeps the old view and is shown. The
+    selection stays on the same server (port and pids), wherever it now is; when that server is gone nothing
+    is selected, so that the next key never acts on someone else's server that moved up into its place."""
     import time
     st["loaded"] = time.monotonic()
     backend = st["backend"]
@@ -2154,28 +2348,33 @@ def _ui_refresh(st):
         errors = []
         states = all_states(errors)
         rows = list_rows(backend, errors=[])
-        commands = {r["port"]: _ui_command(r["holders"][0]) for r in states}
-        for row in rows:
-            row["ui_command"] = commands.get(row["port"], row["command"])
         listening = listening_rows(backend, rows, states)
     except Exception as e:  # shown until a refresh succeeds again
         st["status"] = st["stale"] = "park: %s" % (e if isinstance(e, ParkError) else "cannot read the state: "
                                                   "%s: %s" % (type(e).__name__, e))
+        if isinstance(e, ParkError) and e.fix:
+            st["status"] = st["stale"] = "%s\n  fix: %s" % (st["status"], e.fix)
         return
     if st["status"] == st["stale"]:
         st["status"] = ""
     st["stale"] = None
     if errors:  # a damaged state file: the other ports are shown, the file is named on the status line
-        st["status"] = st["stale"] = "park: %s" % errors[0]
+        st["status"] = st["stale"] = "park: %s" % errors[0] + ("\n  fix: %s" % errors[0].fix if errors[0].fix else "")
     items = [("parked", r) for r in rows] + [("listening", l) for l in listening]
-    keys = [_ui_key_of(i) for i in items]
-    for want in st["want"]:
-        if want in keys:
-            st["sel"] = keys.index(want)
-            break
-    else:
-        st["sel"] = max(0, min(st["sel"], len(items) - 1))
-    st["want"] = [keys[st["sel"]]] if items else []
+    if st["pick"] is not None:
+        port, pids = st["pick"]
+        same = [n for n, i in enumerate(items) if i[1]["port"] == port and pids & set(i[1]["pids"])]
+        if same:
+            st["sel"] = same[0]
+            st["pick"] = _ui_identity(items[same[0]])
+        else:
+            st["near"] = st["sel"] or 0
+            st["sel"] = st["pick"] = None
+            st["lost"] = True
+    elif items and not st.get("lost"):  # the first look: the first row
+        st["sel"], st["pick"] = 0, _ui_identity(items[0])
+    if st["sel"] is not None and st["sel"] >= len(items):
+        st["sel"] = st["pick"] = None
     st["items"], st["parked"], st["listening"] = items, len(rows), len(listening)
 
 
@@ -2195,7 +2394,8 @@ def listening_rows(backend, rows, states):
         if not pids or any(i is None or (me != 0 and i["uid"] != me) or refusal(i, port, me, False)
                            for i in infos):
             continue
-        found.append({"port": port, "pids": pids, "command": _ui_command(infos[0])})
+        found.append({"port": port, "pids": pids, "command": command_of(infos[0]),
+                      "holders": [{"pid": i["pid"], "name": i["name"], "argv": i["argv"]} for i in infos]})
     return found
 
 
@@ -2204,16 +2404,9 @@ def _ui_pids(pids, width):
     return text if len(text) <= width else "%d+%d" % (pids[0], len(pids) - 1)
 
 
-def _ui_command(info):
-    """The whole command line, its program without the directory (the screen cuts it, not command_of's 60)."""
-    argv = info.get("argv") or []
-    if not argv:
-        return "[%s]" % info.get("name", "?")
-    return " ".join([os.path.basename(argv[0]) or argv[0]] + list(argv[1:]))
-
-
-def _ui_lines(st):
-    """The body as [(segments, item index or None)], each segment (text, attribute name or None)."""
+def _ui_lines(st, width):
+    """The body as [(segments, item index or None)], each segment (text, attribute name or None); each command
+    fitted into what is left of `width` after the marker and the other columns."""
     a = st["attrs"]
     lines = [([("PARKED", "title")], None),
              ([(_UI_PARKED % ("PORT", "PID", "FOR", "LEFT", "WAIT", "STATUS", "COMMAND"), None)], None)]
@@ -2226,8 +2419,9 @@ def _ui_lines(st):
         waiting = str(d["waiting"]) if d.get("waiting") is not None else "-"
         head = _UI_PARKED_HEAD % (":%d" % d["port"], _ui_pids(d["pids"], 11), format_duration(d["parked_for"]),
                                    left, waiting)
+        room = width - 2 - len(head) - 9
         lines.append(([(head, None), ("%-8s" % status, status if status in a else None),
-                       (" " + d["ui_command"], None)], n))
+                       (" " + holders_command(d["holders"], room), None)], n))
         if d.get("pending"):
             lines.append(([("         pending: %s" % d["pending"], "pending")], None))
         n += 1
@@ -2238,7 +2432,8 @@ def _ui_lines(st):
     lines.append(([(_UI_LISTENING % ("PORT", "PID", "COMMAND"), None)], None))
     for kind, d in st["items"]:
         if kind == "listening":
-            lines.append(([(_UI_LISTENING % (":%d" % d["port"], _ui_pids(d["pids"], 11), d["command"]), None)], n))
+            head = _UI_LISTENING % (":%d" % d["port"], _ui_pids(d["pids"], 11), "")
+            lines.append(([(head + holders_command(d["holders"], width - 2 - len(head)), None)], n))
             n += 1
     if not st["listening"]:
         lines.append(([("  no server of yours that park could park is listening", None)], None))
@@ -2267,23 +2462,28 @@ def _ui_draw(curses, scr, st):
     scr.erase()
     _ui_put(scr, 0, 0, "park ui \u2014 %d parked, %d listening \u2014 q quit" % (st["parked"], st["listening"]),
             width, a["title"])
+    status = [""]
     if rows >= 3:
         ask = st["confirm"] is not None
         if ask:  # the question always fits: the command is what gets cut
-            _, pids, command = st["confirm"]
-            room = max(0, width - len("kill %s ()? y/n" % pids))
-            command = command if len(command) <= room else command[:max(0, room - 3)] + "..."
-            status = "kill %s (%s)? y/n" % (pids, command)
+            _, pids, holders = st["confirm"]
+            status = ["kill %s (%s)? y/n" % (pids, holders_command(holders, width - len("kill %s ()? y/n" % pids)))]
         else:
-            status = st["status"]
-        attr = a["ask"] if ask else a["error"] if status.startswith("park: ") else 0
-        _ui_put(scr, rows - 2, 0, status, width, attr)
+            # An error and its fix, whole: wrapped over as many lines above the footer as they need (the body
+            # gives up its rows), never cut at the screen's edge.
+            import textwrap
+            status = [w for line in (st["status"] or "").split("\n")
+                      for w in textwrap.wrap(line, max(10, width), subsequent_indent="    ") or [""]] or [""]
+            status = status[-max(1, rows - 3):]
+        attr = a["ask"] if ask else a["error"] if st["status"].startswith("park: ") else 0
+        for i, line in enumerate(status):
+            _ui_put(scr, rows - 1 - len(status) + i, 0, line, width, attr)
     if rows >= 2:
         _ui_put(scr, rows - 1, 0, _UI_FOOTER, width, 0)
-    body = rows - 3
+    body = rows - 2 - len(status)
     if body > 0:
-        lines = _ui_lines(st)
-        at = [i for i, (_, n) in enumerate(lines) if n == st["sel"] and st["items"]]
+        lines = _ui_lines(st, width)
+        at = [i for i, (_, n) in enumerate(lines) if n is not None and n == st["sel"]]
         top = min(st["top"], max(0, len(lines) - body))
         if at:
             top = min(max(top, at[0] - body + 1), at[0])

@@ -1139,6 +1139,16 @@ class LogicTest(unittest.TestCase):
                          ["0s", "59s", "1m01s", "59m59s", "1h00m", "1h30m"])
         self.assertEqual(p.command_of({"argv": ["node", "a.js"], "name": "node"}), "node a.js")
         self.assertEqual(p.command_of({"argv": [], "name": "kworker"}), "[kworker]")
+        py = {"argv": ["/root/.pyenv/versions/3.11.7/bin/python3", "-m", "http.server", "8000"], "name": "python3"}
+        self.assertEqual(p.command_of(py), "python3 -m http.server 8000")
+        self.assertEqual(p.command_of(py, width=20), "python3 -m http.s...")
+        self.assertEqual(p.command_of({"argv": ["nginx: master process /usr/sbin/nginx"]}),
+                         "nginx: master process /usr/sbin/nginx")
+        long = {"argv": ["node", "x" * 300], "name": "node"}
+        self.assertEqual(p.command_of(long), "node " + "x" * 300, "cut without a width")
+        workers = [dict(py, pid=n) for n in (10, 11, 12)] + [{"pid": 13, "argv": ["node", "a.js"], "name": "node"}]
+        self.assertEqual([pids for pids, _ in p.grouped(workers)], [[10, 11, 12], [13]])
+        self.assertRegex(p.holders_command(workers), r"^python3 -m http\.server 8000 (\u00d7|x)3 \(\+1 other\)$")
         self.assertEqual(p.where(["::", 3000]), "[::]:3000")
         self.assertEqual(p.where(["127.0.0.1", 80]), "127.0.0.1:80")
 
@@ -4315,7 +4325,13 @@ class UiTest(LiveTestCase):
         bad = os.path.join(parked, "%d.json" % self.port)
         with open(bad, "w") as f:
             f.write("{not json")
-        self.wait_screen(lambda l: l[22].startswith("park: state file " + bad[:40]), "the error")
+        # the error and its fix, whole, wrapped above the footer (the path is longer than the screen is wide)
+        lines = self.wait_screen(lambda l: any(x.startswith("park: state file " + bad[:40]) for x in l)
+                                 and l[22].startswith("  fix: rm "), "the error and its fix")
+        first = [i for i, x in enumerate(lines) if x.startswith("park: state file")][0]
+        block = "".join(lines[first:23]).replace(" ", "")
+        self.assertIn("damaged(notvalidJSON)fix:rm" + bad.replace(" ", ""), block, "the error or its fix is cut off")
+        self.assertTrue(all(len(x) < 80 for x in lines))
         os.unlink(bad)
         self.wait_screen(lambda l: l[22] == "", "the error cleared once the state reads again")
         self.press("x")
