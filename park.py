@@ -266,14 +266,16 @@ def _encodes(text):
         return False
 
 
-def terminal_width():
-    """The columns of the terminal that stdout is (COLUMNS first, as shells and shutil do), or None when stdout
-    is not a terminal: then nothing is cut."""
+def terminal_width(stream=None):
+    """The columns of the terminal that stdout (or stream) is, COLUMNS first as shells and shutil do; None when
+    it is not a terminal: then nothing is cut."""
+    stream = stream or sys.stdout
     try:
-        if not sys.stdout.isatty():
+        if not stream.isatty():
             return None
         cols = os.environ.get("COLUMNS", "")
-        return int(cols) if cols.isdigit() and int(cols) > 0 else os.get_terminal_size(sys.stdout.fileno()).columns
+        cols = int(cols) if cols.isdigit() else os.get_terminal_size(stream.fileno()).columns
+        return cols if cols > 0 else 80  # a terminal that does not say its size
     except (AttributeError, OSError, ValueError):
         return None
 
@@ -1528,9 +1530,7 @@ def _keeper_resume(k, force):
         held = {l["inode"]: s.fileno() for l, s in zip(k.record["listeners"], k.socks)}
         given = [held[l["inode"]] for l in plan]
     elif backend.listeners(k.port):
-        raise PortBusy("cannot resume: :%d is in use by %s; pid %s stays parked"
-                       % (k.port, _holders_text(backend, k.port), _pids(k.record)),
-                       "stop that process, or: park resume %d --wait" % k.port, _holders_text(backend, k.port))
+        raise _busy(backend, k.record)
     result = _resume_once(backend, k.record, plan, force, given, k.tracer)
     for pid, n in k.resend:
         _kill(pid, n)
@@ -1781,9 +1781,80 @@ def _holders_text(backend, port, holders=None, width=None):
     """Who holds port, for a message: pid 12 (node server.js), pid 13,14 (gunicorn app:app x2)."""
     holders = port_holders(backend, port) if holders is None else holders
     groups = grouped(holders)
-    room = None if width is None else max(10, width // max(1, len(groups)) - 12)
+    room = None
+    if width is not None and groups:  # each command gets an equal share of what the pids and commas leave
+        room = (width - sum(len("pid %s (), " % ",".join(map(str, pids))) for pids, _ in groups)) // len(groups)
     return ", ".join("pid %s (%s)" % (",".join(map(str, pids)), group_text(pids, info, room))
                      for pids, info in groups) or "a process park cannot see"
+
+
+class _WaitLine:
+    """park resume --wait on a terminal: one line on stderr, rewritten in place, saying who holds the port and
+    how long park has waited; cleared before anything else is printed. Nothing without a terminal."""
+
+    def __init__(self, port, wait):
+        import time
+        self.port, self.wait, self.start, self.drawn = port, wait, time.monotonic(), 0.0
+        try:
+            self.tty = wait > 0 and sys.stderr.isatty()
+        except (AttributeError, ValueError):
+            self.tty = False
+
+    def show(self, backend):
+        import time
+        now = time.monotonic()
+        if not self.tty or now - self.drawn < 0.25:
+            return
+        self.drawn = now
+        width = (terminal_width(sys.stderr) or 80) - 1
+        head = "  waiting %s of %s for :%d, " % (_seconds(int(now - self.start)), _seconds(self.wait), self.port)
+        holders = port_holders(backend, self.port)
+        text = head + ("held by %s" % _holders_text(backend, self.port, holders, width - len(head) - 8)
+                       if holders else "blocked by TIME_WAIT connections")
+        self._write("\r" + safe(text[:width]) + "\x1b[K")
+
+    def clear(self):
+        if self.drawn:
+            self._write("\r\x1b[K")
+            self.drawn = 0.0
+
+    def _write(self, text):
+        try:
+            sys.stderr.write(text)
+            sys.stderr.flush()
+        except OSError:  # the terminal went away: keep waiting without the line
+            self.tty = False
+
+
+def _busy(backend, record):
+    """The error of a resume while another process holds the port: who, by pid, and the two ways on."""
+    port = record["port"]
+    holders = port_holders(backend, port)
+    text = _holders_text(backend, port, holders)
+    stop = "stop that process (kill %s)" % " ".join(str(h["pid"]) for h in holders) if holders else "stop it"
+    return PortBusy("cannot resume: :%d is in use by %s; pid %s stays parked" % (port, text, _pids(record)),
+                    "%s, or: park resume %d --wait" % (stop, port), text)
+
+
+def _seconds(s):
+    return "%g s" % s if s < 60 else format_duration(s)
+
+
+def _timed_out(backend, record, wait):
+    """The error of a `resume --wait` that ran out: it says so, and the fix is not --wait again but a longer
+    one, or ending the process that holds the port (by pid)."""
+    port = record["port"]
+    holders = port_holders(backend, port)
+    longer = "park resume %d --wait %d" % (port, max(60, int(wait * 2)))
+    if holders:
+        what = "in use by %s" % _holders_text(backend, port, holders)
+        fix = "stop it (kill %s), then park resume %d; or wait longer: %s" % (
+            " ".join(str(h["pid"]) for h in holders), port, longer)
+    else:
+        what = "blocked by TIME_WAIT connections"
+        fix = "wait longer: %s, or: sudo park resume %d  (root clears them)" % (longer, port)
+    return PortBusy("cannot resume: timed out after %s waiting for :%d, %s; pid %s stays parked"
+                    % (_seconds(wait), port, what, _pids(record)), fix, what)
 
 
 class PortBusy(ParkError):
@@ -1809,29 +1880,40 @@ def _resume_target(backend, target, args):
             raise  # a damaged state file, or truly nothing there: that error stands
         return _already_listening(backend, n)
     port = record["port"]
-    deadline = time.monotonic() + (args.wait or 0)
-    while True:
-        keeper = held_by_keeper(backend, record)
-        if keeper is None:
-            break
+    wait = args.wait or 0
+    deadline = time.monotonic() + wait
+    line = _WaitLine(port, wait)
+    try:
+        while True:
+            keeper = held_by_keeper(backend, record)
+            if keeper is None:
+                break
+            with PortLock(port):
+                reply = _ask_keeper(port, {"op": "resume", "force": args.force}, keeper)
+            if reply is None and not keeper_alive(backend, record):
+                if not state_exists(port):  # it ended the park meanwhile (a signal, its timer)
+                    raise ParkError(":%d was resumed or ended meanwhile, by its keeper" % port, fix="park list")
+                break  # it died just now: resume without it
+            if reply is not None and reply.get("ok"):
+                reply["pids"] = [p for p in reply.get("pids", []) if any(h["pid"] == p for h in record["holders"])]
+            if reply is None or not reply.get("busy"):
+                line.clear()
+                return _print_resumed(record, port, reply)
+            if time.monotonic() >= deadline:
+                if wait:
+                    raise _timed_out(backend, record, wait)
+                return _print_resumed(record, port, reply)
+            line.show(backend)
+            time.sleep(0.1)
+        # No keeper holds it: the process runs without its listener (its keeper died, or a signal ended the park
+        # while the port was taken). Recreate the listener here.
         with PortLock(port):
-            reply = _ask_keeper(port, {"op": "resume", "force": args.force}, keeper)
-        if reply is None and not keeper_alive(backend, record):
-            if not state_exists(port):  # it ended the park meanwhile (a signal, its timer)
-                raise ParkError(":%d was resumed or ended meanwhile, by its keeper" % port, fix="park list")
-            break  # it died just now: resume without it
-        if reply is not None and reply.get("ok"):
-            reply["pids"] = [p for p in reply.get("pids", []) if any(h["pid"] == p for h in record["holders"])]
-        if reply is None or not reply.get("busy") or time.monotonic() >= deadline:
-            return _print_resumed(record, port, reply)
-        time.sleep(0.1)
-    # No keeper holds it: the process runs without its listener (its keeper died, or a signal ended the park
-    # while the port was taken). Recreate the listener here.
-    with PortLock(port):
-        record = read_state(port)  # re-read under the lock
-        recheck(backend, record)
-        plan, notes = _live_plan(backend, record)
-        result = _resume_plan(backend, record, plan, args.force, args.wait or 0)
+            record = read_state(port)  # re-read under the lock
+            recheck(backend, record)
+            plan, notes = _live_plan(backend, record)
+            result = _resume_plan(backend, record, plan, args.force, wait, line)
+    finally:
+        line.clear()
     return _print_resumed(record, port, {"ok": True, "notes": notes, "held": result["held"],
                                          "pids": [h["pid"] for l in plan for h in l["holders"]],
                                          "addresses": addresses(plan)})
@@ -1878,13 +1960,11 @@ def _resume_once(backend, record, plan, force, given=None, tracer=None):
                        "parked" % (len(tw), port, _pids(record)),
                        "park resume %d --wait 60  (they expire within 60 s), or: sudo park resume %d"
                        % (port, port), "%d TIME_WAIT connection(s)" % len(tw))
-    holders = _holders_text(backend, port)
-    raise PortBusy("cannot resume: :%d is in use by %s; pid %s stays parked" % (port, holders, _pids(record)),
-                   "stop that process, or: park resume %d --wait" % port, holders)
+    raise _busy(backend, record)
 
 
-def _resume_plan(backend, record, plan, force, wait):
-    """_resume_once, retried every 0.1 s while the port is in use, for up to `wait` seconds."""
+def _resume_plan(backend, record, plan, force, wait, line):
+    """_resume_once, retried every 0.1 s while the port is in use, for up to `wait` seconds (shown on `line`)."""
     import time
     deadline = time.monotonic() + wait
     while True:
@@ -1893,12 +1973,14 @@ def _resume_plan(backend, record, plan, force, wait):
                 return _resume_once(backend, record, plan, force)
             except PortBusy:
                 if time.monotonic() >= deadline:
+                    if wait:
+                        raise _timed_out(backend, record, wait)
                     raise
         elif time.monotonic() >= deadline:
-            holders = _holders_text(backend, record["port"])
-            raise PortBusy("cannot resume: :%d is in use by %s; pid %s stays parked"
-                           % (record["port"], holders, _pids(record)),
-                           "stop that process, or: park resume %d --wait" % record["port"], holders)
+            if wait:
+                raise _timed_out(backend, record, wait)
+            raise _busy(backend, record)
+        line.show(backend)
         time.sleep(0.1)
 
 

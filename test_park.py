@@ -1721,6 +1721,37 @@ class BehaviourTest(LiveTestCase):
         self.assert_running(proc.pid)
         self.assertEqual(self.get_count("127.0.0.1", self.port), (proc.pid, n + 1))
 
+    def test_resume_wait_shows_who_holds_the_port_and_says_it_timed_out(self):
+        """On a terminal, resume --wait keeps one line on stderr, rewritten in place, naming the holder (pid and
+        command) and the time waited; when the wait runs out it says it timed out, and the fix names the holder's
+        pid and a longer wait. Without a terminal: no live line, the same two-line error."""
+        proc = self.start_asyncio(self.port)
+        self.wait_quiet(self.port)
+        self.park_ok(self.port, [proc.pid], "127.0.0.1")
+        blocker, _ = self.start_python(PY_BLOCKER.replace("float(sys.argv[2])", "3600"), self.port)
+        term = Terminal(self, "bash", env=self.env)
+        mark = term.mark()
+        term.type("%s %s resume %d --wait 3; echo rc=$?\n" % (sys.executable, PARK, self.port))
+        live = rb"\r  waiting (\d) s of 3 s for :%d, held by pid %d \(python3 -u [^)]*\)\x1b\[K" % (self.port,
+                                                                                             blocker.pid)
+        term.expect(live.decode(), since=mark)  # a str is a regex to expect(), bytes are literal
+        term.expect(b"rc=1", since=mark)
+        out = term.buf[mark:]
+        self.assertGreater(len(re.findall(live, out)), 2, "the line is not rewritten while it waits")
+        self.assertEqual({m.group(1) for m in re.finditer(live, out)} >= {b"0", b"1", b"2"}, True,
+                         "the time waited does not count up")
+        error = out[out.rindex(b"\r\x1b[K") + 4:].decode()
+        self.assertTrue(error.startswith("park: cannot resume: timed out after 3 s waiting for :%d, in use by pid %d"
+                                         % (self.port, blocker.pid)), error)
+        self.assertIn("fix: stop it (kill %d), then park resume %d; or wait longer: park resume %d --wait 60"
+                      % (blocker.pid, self.port, self.port), error)
+        self.assert_parked(proc.pid)
+        r = self.park("resume", self.port, "--wait", "1", expect=1)
+        self.assertNotIn("  waiting", r.stderr)
+        self.assertIn("timed out after 1 s", r.stderr)
+        self.assertIn("kill %d" % blocker.pid, r.stderr)
+        self.assert_parked(proc.pid)
+
     def test_resume_over_time_wait_without_reuseaddr(self):
         """A listener without SO_REUSEADDR comes back although the interim server left TIME_WAIT on the port."""
         proc, _ = self.start_python(PY_OPTIONS, self.port)
@@ -1792,7 +1823,45 @@ class BehaviourTest(LiveTestCase):
         self.assertIn("end it with: kill %d" % proc.pid, r.stdout)
         self.assert_running(proc.pid)
         self.assertEqual(listen_inodes(self.port), set(), "release must not recreate the listener")
-        self.assertIsNone(self.entry(self.port), "release keeps the entry")
+
+    def test_a_released_process_is_listed_until_it_exits(self):
+        """After release the process runs without its port: list, park and --json show it as released, with
+        how to end it, and resume says why it cannot; once it exits, it is gone from all of them."""
+        proc = self.start_asyncio(self.port)
+        self.wait_quiet(self.port)
+        self.park(self.port, expect=0)
+        self.park("release", self.port, expect=0)
+        e = self.entry(self.port)
+        self.assertIsNotNone(e, "the released process is not listed")
+        self.assertEqual((e["status"], e["pids"], e["keeper"]), ("released", [proc.pid], None))
+        self.assertIn("kill %d" % proc.pid, e["ended"])
+        self.assertEqual(e["holders"][0]["argv"][-1], str(self.port))
+        for args in (("list",), ()):
+            r = self.park(*args, expect=0)
+            row = [l for l in r.stdout.splitlines() if l.startswith(":%d " % self.port)]
+            self.assertEqual(len(row), 1, r.stdout)
+            self.assertEqual(row[0].split()[1], str(proc.pid))
+            self.assertIn("released", row[0].split())
+            self.assertIn("end it with: kill %d" % proc.pid, r.stdout)
+        r = self.park("resume", self.port, expect=1)
+        self.assertIn("pid %d was released from :%d" % (proc.pid, self.port), r.stderr)
+        self.assertIn("fix: kill %d" % proc.pid, r.stderr)
+        # a note whose pid now belongs to another process (this test's, with another start time) is not shown
+        other = free_port()
+        note = dict(json.load(open(os.path.join(self.home, "released", "%d.%d.json" % (self.port, proc.pid)))),
+                    port=other)
+        note["holders"] = [dict(note["holders"][0], pid=os.getpid())]
+        fake = os.path.join(self.home, "released", "%d.%d.json" % (other, os.getpid()))
+        with open(os.open(fake, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+            json.dump(note, f)
+        self.assertIsNone(self.entry(other), "a reused pid is listed as released")
+        self.assertFalse(os.path.exists(fake), "the note of a reused pid is kept")
+        self.assertIsNotNone(self.entry(self.port))
+        self.kill_pid(proc.pid)
+        proc.wait(timeout=10)
+        self.assertEqual(self.park_list(), [], "an exited released process is still listed")
+        self.assertNotIn(":%d " % self.port, self.park(expect=0).stdout)
+        self.assertEqual(os.listdir(os.path.join(self.home, "released")), [])
 
     def test_release_kill_sends_sigterm(self):
         env = dict(os.environ, FIXTURE_TERM_EXIT="42")
@@ -2195,7 +2264,9 @@ class FidelityTest(LiveTestCase):
         r = self.park("release", self.port, expect=0)
         self.assertIn(str(master), r.stdout)
         self.assertNotIn("Traceback", r.stderr)
-        self.assertEqual(self.park_list(), [])
+        # The fixture's master ends once it reaps the dead worker, and the live worker with it (PDEATHSIG):
+        # the released entry goes with them.
+        self.wait_for(lambda: self.park_list() == [], "the released entry to go with its processes")
 
 
     def filter_lengths(self, pid):
