@@ -2155,7 +2155,7 @@ def cmd_overview(args):
         table += [(":%d" % r["port"], r["pids"], r["status"], str(r["keeper"] or "-"), r["holders"])
                   for r in rows]
         table += [(":%d" % l["port"], l["pids"], "listening", "-", l["holders"]) for l in listening]
-        for line, row in zip(_columns(table), [None] + rows):
+        for line, row in zip(_columns(table), [None] + rows + [None] * len(listening)):
             out(line)
             if row and row["status"] == "released":
                 out("    %s" % row["ended"])
@@ -2677,6 +2677,14 @@ def build_parser():
                     help="keep the port open meanwhile, so clients wait instead of being refused; this stays "
                          "in the foreground, and Ctrl+C (or park resume) hands the waiting clients over")
     pk.add_argument("--drain", type=float, default=2.0, metavar="S", help=argparse.SUPPRESS)
+    # `park --help` explains the options of `park PORT` too (the command most people run), from the same help
+    import textwrap
+    explained = []
+    for a in pk._actions:
+        if a.option_strings and a.help != argparse.SUPPRESS and a.dest != "help":
+            name = a.option_strings[0] + (" " + a.metavar if a.metavar else "")
+            explained += textwrap.wrap(a.help, 79, initial_indent="  %-17s " % name, subsequent_indent=" " * 20)
+    p.epilog = "options of park PORT:\n%s\n\n%s" % ("\n".join(explained), EPILOG)
     r = sub.add_parser("resume", prog="park resume", help="bring parked processes back",
                        usage="park resume PORT|PID [PORT|PID...] [--wait [SECONDS]] [--force]")
     r.add_argument("target", metavar="PORT|PID", nargs="+")

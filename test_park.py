@@ -1337,8 +1337,15 @@ class CliTest(ParkTestCase):
                 self.assertIn("usage: park", r.stdout)
         self.assertIn("--json", self.park("help", "list", expect=0).stdout)
         self.assertIn("--force", self.park("help", "resume", expect=0).stdout)
-        for flag in ("--for", "--hold", "--force"):
-            self.assertIn(flag, self.park("--help", expect=0).stdout + self.park("help", "park", expect=0).stdout)
+        main_help = self.park("--help", expect=0).stdout
+        self.assertEqual(main_help, self.park("help", expect=0).stdout)
+        for flag, says in (("--for DURATION", "resume by itself"), ("--hold", "clients wait"),
+                           ("--force", "cannot be restored")):
+            for text in (main_help, self.park("help", "park", expect=0).stdout):
+                self.assertRegex(re.sub(r"\s+", " ", text), r"%s [^-]*%s" % (flag, says), "%s is not explained" % flag)
+        self.assertRegex(re.sub(r"\s+", " ", self.park("list", "--help", expect=0).stdout), r"--json [^-]*JSON")
+        self.assertRegex(re.sub(r"\s+", " ", self.park("resume", "--help", expect=0).stdout),
+                         r"--force [^-]*socket options")
 
     def test_unknown_target_fails(self):
         port = free_port()
@@ -3238,6 +3245,104 @@ class SeveralPortsTest(LiveTestCase):
         self.assertIn("nothing is listening on :%d" % free, r.stderr)
         self.assertIn("parked :%d" % self.port, r.stdout)
         self.park("resume", self.port, expect=0)
+
+
+class DisplayTest(LiveTestCase):
+    """How commands are shown: fitted to a terminal, whole in a pipe and in --json, one line per command."""
+
+    LONG = "--some-very-long-option=" + "a" * 280
+
+    def run_in_pty(self, *args, cols=80, env=None):
+        """park ARGS with stdout and stderr on a pseudo-terminal of 24 x cols (and COLUMNS=cols); its output."""
+        import fcntl
+        import termios
+        master, slave = os.openpty()
+        self.addCleanup(os.close, master)
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, cols, 0, 0))
+        proc = subprocess.Popen([sys.executable, PARK] + [str(a) for a in args], stdin=subprocess.DEVNULL,
+                                stdout=slave, stderr=slave, env=dict(env or self.env, COLUMNS=str(cols)))
+        os.close(slave)
+        self.addCleanup(self._stop_proc, proc)
+        data = b""
+        while True:
+            r, _, _ = select.select([master], [], [], CHILD_TIMEOUT)
+            try:
+                chunk = os.read(master, 65536) if r else b""
+            except OSError:  # EIO: the child closed the terminal
+                chunk = b""
+            if not chunk:
+                break
+            data += chunk
+        self.assertEqual(proc.wait(timeout=CHILD_TIMEOUT), 0, data)
+        return data.decode("utf-8", "replace").replace("\r\n", "\n")
+
+    def start_long(self):
+        path = self.write("fixture-long.py", PY_ASYNCIO)
+        proc = self.spawn([sys.executable, "-u", path, str(self.port), self.LONG])
+        self.read_ready(proc)
+        self.wait_serving("127.0.0.1", self.port)
+        self.wait_quiet(self.port)
+        return proc
+
+    def test_json_keeps_a_300_character_argv_whole(self):
+        proc = self.start_long()
+        r = self.park(self.port, expect=0)
+        self.assertIn(self.LONG, r.stdout, "park's line is cut in a pipe")
+        e = self.entry(self.port)
+        argv = [sys.executable, "-u", os.path.join(self.tmp, "fixture-long.py"), str(self.port), self.LONG]
+        self.assertEqual(e["argv"], argv)
+        self.assertEqual(e["holders"][0]["argv"], argv)
+        self.assertEqual(e["command"], " ".join(["python3"] + argv[1:]) if os.path.basename(sys.executable) ==
+                         "python3" else e["command"])
+        self.assertTrue(e["command"].endswith(self.LONG), "the JSON command is cut")
+        self.assertTrue(e["holders"][0]["command"].endswith(self.LONG))
+        self.assertIn(self.LONG, self.park("list", expect=0).stdout, "park list is cut in a pipe")
+        self.park("resume", self.port, expect=0)
+
+    def test_list_at_80_columns_in_a_terminal_fits(self):
+        """In a terminal of 80 columns every line of park list, park and park's own lines fits; the program
+        is named by its name, not its directory; piped, the same list keeps the whole command."""
+        proc = self.start_long()
+        out = self.run_in_pty(self.port)
+        self.assertIn("parked :%d  pid %d  %s -u " % (self.port, proc.pid, os.path.basename(sys.executable)), out)
+        for args in (("list",), ()):
+            with self.subTest(args=args):
+                out = self.run_in_pty(*args)
+                row = [l for l in out.split("\n") if l.startswith(":%d " % self.port)]
+                self.assertEqual(len(row), 1, out)
+                self.assertTrue(row[0].endswith("..."), row[0])
+                self.assertIn(" %s -u " % os.path.basename(sys.executable), row[0])
+                self.assertNotIn(os.path.dirname(sys.executable), row[0])
+                long_lines = [l for l in out.split("\n") if len(l) > 80]
+                self.assertEqual(long_lines, [], "lines wider than the terminal")
+        out = self.run_in_pty("list", cols=120)
+        row = [l for l in out.split("\n") if l.startswith(":%d " % self.port)][0]
+        self.assertEqual(len(row), 120, "the command does not use the room a wider terminal has")
+        self.park("resume", self.port, expect=0)
+
+    def test_holders_with_one_command_are_one_line(self):
+        """A prefork server's master and two workers run the same command: one line each in park, park list and
+        resume (with how many), not three identical lines; their pids are all named."""
+        proc, words = self.start_python(PY_PREFORK, self.port)
+        pids = [proc.pid] + sorted(int(w) for w in words)
+        for pid in pids[1:]:
+            self.addCleanup(self.kill_pid, pid)
+        self.wait_serving("127.0.0.1", self.port)
+        self.wait_quiet(self.port)
+        r = self.park(expect=0)
+        rows = [l for l in r.stdout.splitlines() if l.startswith(":%d " % self.port)]
+        self.assertEqual(len(rows), 1, r.stdout)
+        self.assertRegex(rows[0], r"listening .* (\u00d7|x)3$")
+        r = self.park(self.port, expect=0)
+        lines = [l for l in r.stdout.splitlines() if l.startswith("parked :")]
+        self.assertEqual(len(lines), 1, r.stdout)
+        self.assertIn("pid %s  " % ",".join(map(str, pids)), lines[0])
+        self.assertRegex(lines[0], r" (\u00d7|x)3$")
+        rows = [l for l in self.park("list", expect=0).stdout.splitlines() if l.startswith(":%d " % self.port)]
+        self.assertEqual(len(rows), 1)
+        self.assertRegex(rows[0], r" (\u00d7|x)3$")
+        r = self.park("resume", self.port, expect=0)
+        self.assertEqual(len([l for l in r.stdout.splitlines() if l.startswith("resumed :")]), 1, r.stdout)
 
 
 class KeeperTest(LiveTestCase):
