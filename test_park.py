@@ -4492,6 +4492,52 @@ class UiTest(LiveTestCase):
                          "the killed entry gone")
         self.quit_ui()
 
+    def test_the_selection_stays_on_its_server(self):
+        """The selection never moves to another server by itself: after x the released server stays selected
+        (listed as released); after a resume from elsewhere it follows that server to LISTENING; when its
+        server goes away nothing is selected, and a key then acts on no one."""
+        a, b, c = self.start_asyncio(self.port), self.start_asyncio(free_port()), self.start_asyncio(free_port())
+        ports = {p.pid: int(p.args[-1]) for p in (a, b, c)}
+        for proc in (a, b):
+            self.wait_quiet(ports[proc.pid])
+            self.park(ports[proc.pid], expect=0)
+        self.start_ui()
+
+        def selected_row(lines):
+            sel = self.selected(lines)
+            return [(p, where, lines[i]) for i, p, where in self.rows_on_screen(lines) if i in sel]
+
+        self.select_port(ports[b.pid], "PARKED")
+        self.press("x")
+        lines = self.wait_screen(lambda l: any(x.startswith("continued pid %d" % b.pid) for x in l), "x's answer")
+        self.wait_until(lambda: (self.entry(ports[b.pid]) or {}).get("status") == "released", "the release")
+        lines = self.wait_screen(lambda l: "released" in "".join(r[2] for r in selected_row(l)),
+                                 "the released row, still selected")
+        self.assertEqual([r[0] for r in selected_row(lines)], [ports[b.pid]])
+        time.sleep(1.5)  # two refreshes: it stays there
+        self.pump()
+        self.assertEqual([r[0] for r in selected_row(self.screen.lines())], [ports[b.pid]])
+        self.select_port(ports[a.pid], "PARKED")
+        self.park("resume", ports[a.pid], expect=0)  # from elsewhere
+        lines = self.wait_screen(lambda l: self.row_of(l, ports[a.pid], "LISTENING") is not None
+                                 and self.row_of(l, ports[a.pid], "PARKED") is None, "the resumed server listening")
+        self.pump(1.2)
+        self.assertEqual([r[:2] for r in selected_row(self.screen.lines())], [(ports[a.pid], "LISTENING")],
+                         "the selection left the resumed server")
+        self.kill_pid(a.pid)
+        a.wait(timeout=10)
+        self.wait_screen(lambda l: self.row_of(l, ports[a.pid]) is None, "the killed server gone")
+        self.pump(1.2)
+        self.assertEqual(selected_row(self.screen.lines()), [], "another row was selected in its place")
+        self.press("p")
+        self.wait_screen(lambda l: any(x.startswith("nothing is selected") for x in l), "the answer to p")
+        time.sleep(0.5)
+        self.assertNotIn(proc_state(c.pid), ("t", "T"), "p parked a server nobody selected")
+        self.assertIsNone(self.entry(ports[c.pid]))
+        self.press("j")
+        self.wait_screen(lambda l: selected_row(l), "a selection again after j")
+        self.quit_ui()
+
     def test_errors_go_to_the_status_line(self):
         """A damaged state file and a key that cannot apply are reported on the status line; the ui goes on."""
         self.start_ui()
