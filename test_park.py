@@ -1863,6 +1863,15 @@ class BehaviourTest(LiveTestCase):
             json.dump(note, f)
         self.assertIsNone(self.entry(other), "a reused pid is listed as released")
         self.assertFalse(os.path.exists(fake), "the note of a reused pid is kept")
+        # the same process, released more than an hour ago (a copy of its note, dated back): no longer shown
+        old = dict(json.load(open(os.path.join(self.home, "released", "%d.%d.json" % (self.port, proc.pid)))),
+                   port=other)
+        old["released_at"] -= 3601
+        stale = os.path.join(self.home, "released", "%d.%d.json" % (other, proc.pid))
+        with open(os.open(stale, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+            json.dump(old, f)
+        self.assertIsNone(self.entry(other), "a note older than an hour is listed")
+        self.assertFalse(os.path.exists(stale), "a note older than an hour is kept")
         self.assertIsNotNone(self.entry(self.port))
         self.kill_pid(proc.pid)
         proc.wait(timeout=10)
@@ -3341,6 +3350,11 @@ class DisplayTest(LiveTestCase):
         rows = [l for l in self.park("list", expect=0).stdout.splitlines() if l.startswith(":%d " % self.port)]
         self.assertEqual(len(rows), 1)
         self.assertRegex(rows[0], r" (\u00d7|x)3$")
+        r = self.park("list", expect=0, env=dict(self.env, PYTHONIOENCODING="ascii"))
+        self.assertTrue([l for l in r.stdout.splitlines() if l.startswith(":%d " % self.port)][0].endswith(" x3"),
+                        "an ASCII output gets no \u00d7")
+        row = [l for l in self.run_in_pty("list").split("\n") if l.startswith(":%d " % self.port)][0]
+        self.assertEqual(row.split()[1], "%d+2" % pids[0], "many pids on a terminal: the first and how many more")
         r = self.park("resume", self.port, expect=0)
         self.assertEqual(len([l for l in r.stdout.splitlines() if l.startswith("resumed :")]), 1, r.stdout)
 
