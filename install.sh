@@ -11,7 +11,7 @@ set -u
 BASE_URL="https://raw.githubusercontent.com/park-sh/park/main"
 
 # sha256 of each file at this release (test_park.py fails, printing these lines, when one differs).
-SHA256_park_py="230b2cdd47ce564190114acf04e0830f3f41cd2d96f6d1913eae8a7ab9932df0"
+SHA256_park_py="aa298b4f31847144c460c407782c948bd09e6762d3503374e46e03721743a26a"
 SHA256_park_darwin_arm64_py="35e04a52d80d7f0bec27951dd9d39527268a8dfc71ddaf28203861b6a83c51bd"
 SHA256_park_linux_x86_64_py="27ab0454563790613a7445d8eeb56385598579cb1045390e89a859e7101b0b83"
 

@@ -731,14 +731,14 @@ def released(backend):
         if len(parts) != 3 or parts[2] != "json" or not (parts[0].isdigit() and parts[1].isdigit()):
             continue
         try:
-            note = json.loads(d.read(name).decode("utf-8"))
+            let_go = json.loads(d.read(name).decode("utf-8"))
         except (OSError, ValueError, ParkError):
-            note = None
-        live = [h for h in note["holders"] if recorded(backend, h)] if _released_note(note) else []
-        if live and time.time() - note["released_at"] < RELEASED_SECONDS:
-            serving = {pid for l in backend.listeners(note["port"]) for pid in l["holders"]}
+            let_go = None
+        live = [h for h in let_go["holders"] if recorded(backend, h)] if _released_note(let_go) else []
+        if live and time.time() - let_go["released_at"] < RELEASED_SECONDS:
+            serving = {pid for l in backend.listeners(let_go["port"]) for pid in l["holders"]}
             if not serving & {h["pid"] for h in live}:
-                found.append((note, live))
+                found.append((let_go, live))
                 continue
         d.unlink(name)
     return sorted(found, key=lambda x: (x[0]["port"], x[0]["released_at"]))
@@ -861,11 +861,11 @@ def find_record(text, backend=None, verb="resume"):
                 note("using %s, the state of uid %d, who ran sudo" % caller)
     if found is not None:
         return found
-    for note, live in released(backend) if backend is not None else []:
+    for let_go, live in released(backend) if backend is not None else []:
         pids = [h["pid"] for h in live]
-        if note["port"] == n or (kind == "any" and n in pids):
+        if let_go["port"] == n or (kind == "any" and n in pids):
             raise ParkError("pid %s was released from :%d (park release): it runs on without its port, and park "
-                            "cannot bring that back" % (",".join(map(str, pids)), note["port"]),
+                            "cannot bring that back" % (",".join(map(str, pids)), let_go["port"]),
                             fix="kill %s, then start the server again" % " ".join(map(str, pids)))
     fix = "park list  (shows what is parked)"
     held = _held_by_root(backend) if backend is not None and os.geteuid() != 0 else []
@@ -2125,18 +2125,18 @@ def list_rows(backend, prune=False, errors=None):
             "restored": bool(ended and ended.get("listener")),
             "released_at": None,
         })
-    for note, live in released(backend):
+    for let_go, live in released(backend):
         pids = [h["pid"] for h in live]
         rows.append({
-            "port": note["port"], "pids": pids, "status": "released",
+            "port": let_go["port"], "pids": pids, "status": "released",
             "holders": [{"pid": h["pid"], "status": "released", "command": command_of(h), "name": h["name"],
                          "argv": h["argv"]} for h in live],
-            "addresses": note["addresses"], "command": command_of(live[0]), "argv": live[0]["argv"],
-            "parked_at": note["parked_at"], "parked_for": round(now - note["parked_at"], 1), "keeper": None,
+            "addresses": let_go["addresses"], "command": command_of(live[0]), "argv": live[0]["argv"],
+            "parked_at": let_go["parked_at"], "parked_for": round(now - let_go["parked_at"], 1), "keeper": None,
             "timer_left": None, "pending": None, "waiting": None,
             "ended": "released %s ago; it runs without its port (end it with: kill %s)"
-                     % (format_duration(now - note["released_at"]), " ".join(map(str, pids))),
-            "restored": False, "released_at": note["released_at"],
+                     % (format_duration(now - let_go["released_at"]), " ".join(map(str, pids))),
+            "restored": False, "released_at": let_go["released_at"],
         })
     return sorted(rows, key=lambda r: (r["port"], r["status"] == "released"))
 

@@ -3294,15 +3294,14 @@ class DisplayTest(LiveTestCase):
         return proc
 
     def test_json_keeps_a_300_character_argv_whole(self):
-        proc = self.start_long()
+        self.start_long()
         r = self.park(self.port, expect=0)
         self.assertIn(self.LONG, r.stdout, "park's line is cut in a pipe")
         e = self.entry(self.port)
         argv = [sys.executable, "-u", os.path.join(self.tmp, "fixture-long.py"), str(self.port), self.LONG]
         self.assertEqual(e["argv"], argv)
         self.assertEqual(e["holders"][0]["argv"], argv)
-        self.assertEqual(e["command"], " ".join(["python3"] + argv[1:]) if os.path.basename(sys.executable) ==
-                         "python3" else e["command"])
+        self.assertEqual(e["command"], " ".join([os.path.basename(sys.executable)] + argv[1:]))
         self.assertTrue(e["command"].endswith(self.LONG), "the JSON command is cut")
         self.assertTrue(e["holders"][0]["command"].endswith(self.LONG))
         self.assertIn(self.LONG, self.park("list", expect=0).stdout, "park list is cut in a pipe")
