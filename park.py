@@ -264,10 +264,77 @@ def format_duration(seconds):
     return "%dh%02dm" % (h, rest // 60)
 
 
-def command_of(info):
+def command_of(info, width=None):
+    """How park shows a process's command, everywhere (list, park ui, the lines of park, resume, release): the
+    program by its name (an interpreter's directory says nothing at a glance), then its arguments, control
+    characters escaped. With width (the room left on a terminal's line) it is cut to fit, with "..."; without
+    (a pipe, a file, --json, an error message) it is never cut."""
     argv = info.get("argv") or []
-    text = safe(" ".join(argv) if argv else "[%s]" % info.get("name", "?"))
-    return text if len(text) <= 60 else text[:57] + "..."
+    if argv:
+        # argv[0] as a path is shortened to its name; a title with spaces (nginx: master process) is left whole
+        name = argv[0] if " " in argv[0] else os.path.basename(argv[0]) or argv[0]
+        text = safe(" ".join([name] + list(argv[1:])))
+    else:
+        text = safe("[%s]" % info.get("name", "?"))
+    if width is not None and len(text) > max(width, 4):
+        text = text[:max(width, 4) - 3] + "..."
+    return text
+
+
+def grouped(holders):
+    """Holders with the same command as one entry, [(pids, holder)] in order: a prefork master and its workers
+    are one line, not three identical ones."""
+    groups = {}
+    for h in holders:
+        groups.setdefault(command_of(h), ([], h))[0].append(h["pid"])
+    return list(groups.values())
+
+
+def group_text(pids, info, width=None, others=0):
+    """One group's command and how many processes run it (x3), fitted to width as command_of does; `others`:
+    how many groups with other commands go unshown on this line."""
+    times = "\u00d7" if _encodes("\u00d7") else "x"
+    suffix = (" %s%d" % (times, len(pids)) if len(pids) > 1 else "") + (" (+%d other)" % others if others else "")
+    return command_of(info, None if width is None else width - len(suffix)) + suffix
+
+
+def holders_command(holders, width=None):
+    """The command of a row of processes (a parked port, a listening server): its first command with how many
+    run it, and how many other commands there are."""
+    groups = grouped(holders)
+    return group_text(groups[0][0], groups[0][1], width, len(groups) - 1) if groups else ""
+
+
+def _encodes(text):
+    try:
+        text.encode(getattr(sys.stdout, "encoding", None) or "ascii")
+        return True
+    except (UnicodeEncodeError, LookupError):
+        return False
+
+
+def terminal_width(stream=None):
+    """The columns of the terminal that stdout (or stream) is, COLUMNS first as shells and shutil do; None when
+    it is not a terminal: then nothing is cut."""
+    stream = stream or sys.stdout
+    try:
+        if not stream.isatty():
+            return None
+        cols = os.environ.get("COLUMNS", "")
+        cols = int(cols) if cols.isdigit() else os.get_terminal_size(stream.fileno()).columns
+        return cols if cols > 0 else 80  # a terminal that does not say its size
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def process_lines(prefix, holders):
+    """One line per command for these processes: prefix % pids, then the command, fitted to the terminal."""
+    width = terminal_width()
+    lines = []
+    for pids, info in grouped(holders):
+        head = prefix % ",".join(map(str, pids))
+        lines.append(head + group_text(pids, info, None if width is None else width - len(head)))
+    return lines
 
 
 def safe(text):
@@ -662,6 +729,70 @@ def remove_state(record):
     parked_dir().unlink("%d.json" % record["port"])
 
 
+# After `park release`, the process runs on without its port. So that it does not vanish from view, a note of
+# it is kept in $PARK_HOME/released/PORT.PID.json (through the same StateDir as everything else) and listed as
+# status `released` while that process lives (same pid and start time), does not listen on the port again,
+# and for at most RELEASED_SECONDS. Only shown, never acted on: park sends no signal because of it.
+RELEASED_KIND = "park.released"
+RELEASED_SECONDS = 3600
+
+
+def released_dir():
+    return state().sub("released")
+
+
+def write_released(record, holders):
+    """Note the processes `park release` let go from record's port."""
+    import json
+    import time
+    note = {"kind": RELEASED_KIND, "schema": SCHEMA, "port": record["port"], "released_at": time.time(),
+            "parked_at": record["parked_at"], "addresses": addresses(record["listeners"]),
+            "holders": [{k: h[k] for k in ("pid", "starttime", "uid", "name", "argv")} for h in holders]}
+    released_dir().write("%d.%d.json" % (record["port"], holders[0]["pid"]),
+                         json.dumps(note, indent=1, sort_keys=True).encode())
+
+
+def _released_note(data):
+    """True when a released note has the fields and types that listing it needs."""
+    def is_int(v):
+        return isinstance(v, int) and not isinstance(v, bool) and 0 <= v < (1 << 62)
+    return (isinstance(data, dict) and data.get("kind") == RELEASED_KIND and data.get("schema") == SCHEMA and
+            is_int(data.get("port")) and 1 <= data["port"] <= 65535 and
+            all(isinstance(data.get(k), (int, float)) and not isinstance(data.get(k), bool)
+                for k in ("released_at", "parked_at")) and
+            isinstance(data.get("addresses"), list) and all(isinstance(a, str) for a in data["addresses"]) and
+            isinstance(data.get("holders"), list) and 0 < len(data["holders"]) <= 4096 and
+            all(isinstance(h, dict) and is_int(h.get("pid")) and is_int(h.get("starttime")) and
+                isinstance(h.get("name"), str) and isinstance(h.get("argv"), list) and
+                all(isinstance(a, str) for a in h["argv"]) for h in data["holders"]))
+
+
+def released(backend):
+    """The released notes whose processes still run without their port, [(note, live holders)] by port. A note
+    is removed once its processes have exited (or their pids belong to others now), listen on the port again,
+    or after RELEASED_SECONDS; a damaged one is removed too (it only ever served to show a process)."""
+    import json
+    import time
+    d = released_dir()
+    found = []
+    for name in d.names():
+        parts = name.split(".")
+        if len(parts) != 3 or parts[2] != "json" or not (parts[0].isdigit() and parts[1].isdigit()):
+            continue
+        try:
+            let_go = json.loads(d.read(name).decode("utf-8"))
+        except (OSError, ValueError, ParkError):
+            let_go = None
+        live = [h for h in let_go["holders"] if recorded(backend, h)] if _released_note(let_go) else []
+        if live and time.time() - let_go["released_at"] < RELEASED_SECONDS:
+            serving = {pid for l in backend.listeners(let_go["port"]) for pid in l["holders"]}
+            if not serving & {h["pid"] for h in live}:
+                found.append((let_go, live))
+                continue
+        d.unlink(name)
+    return sorted(found, key=lambda x: (x[0]["port"], x[0]["released_at"]))
+
+
 class PortLock:
     """An exclusive, non-blocking lock on one port, so two park commands on it cannot interleave."""
 
@@ -779,6 +910,12 @@ def find_record(text, backend=None, verb="resume"):
                 note("using %s, the state of uid %d, who ran sudo" % caller)
     if found is not None:
         return found
+    for let_go, live in released(backend) if backend is not None else []:
+        pids = [h["pid"] for h in live]
+        if let_go["port"] == n or (kind == "any" and n in pids):
+            raise ParkError("pid %s was released from :%d (park release): it runs on without its port, and park "
+                            "cannot bring that back" % (",".join(map(str, pids)), let_go["port"]),
+                            fix="kill %s, then start the server again" % " ".join(map(str, pids)))
     fix = "park list  (shows what is parked)"
     held = _held_by_root(backend) if backend is not None and os.geteuid() != 0 else []
     if held:
@@ -1007,8 +1144,8 @@ def _park_port(backend, port, args, seconds, everywhere=False):
             return _park_port(backend, port, args, seconds, everywhere=True)
         raise ParkError(report["error"], fix=report.get("fix"))
     debug("threads held by ptrace %.2f ms" % (report["held"] * 1000))
-    for i in record["holders"]:
-        out("parked :%d  pid %d  %s" % (port, i["pid"], command_of(i)))
+    for line in process_lines("parked :%d  pid %%s  " % port, record["holders"]):
+        out(line)
     out("  was listening on %s  (held by keeper pid %d)" % (", ".join(addresses(plan)),
                                                            report["keeper"]))
     if report["reset"]:
@@ -1515,9 +1652,7 @@ def _keeper_resume(k, force):
         held = {l["inode"]: s.fileno() for l, s in zip(serving, k.socks)}
         given = [held.get(l["inode"]) for l in plan]  # None: a socket that was only bound is made anew
     elif backend.listeners(k.port):
-        raise PortBusy("cannot resume: :%d is in use by %s; pid %s stays parked"
-                       % (k.port, _holders_text(backend, k.port), _pids(k.record)),
-                       "stop that process, or: park resume %d --wait" % k.port, _holders_text(backend, k.port))
+        raise _busy(backend, k.record)
     refresh_heartbeats(k.heartbeats)  # the supervisor checks them as soon as it runs again
     result = _resume_once(backend, k.record, plan, force, given, k.tracer)
     for pid, n in k.resend:
@@ -1721,8 +1856,9 @@ def _print_resumed(record, port, reply):
     for n in reply.get("notes", []):
         out(str(n))
     names = {h["pid"]: h for h in (record or {}).get("holders", [])}
-    for pid in sorted(set(reply["pids"])):
-        out("resumed :%d  pid %d  %s" % (port, pid, command_of(names.get(pid, {"name": "?"}))))
+    for line in process_lines("resumed :%d  pid %%s  " % port, [names.get(pid, {"pid": pid, "name": "?"})
+                                                               for pid in sorted(set(reply["pids"]))]):
+        out(line)
     if reply.get("handed") is not None:
         out("  handed over %d waiting client(s) on %s" % (reply["handed"], ", ".join(reply["addresses"])))
     else:
@@ -1808,13 +1944,93 @@ def _linux_at_least(release, version):
     return not m or (int(m.group(1)), int(m.group(2))) >= version
 
 
-def _holders_text(backend, port):
-    parts = []
-    for l in backend.listeners(port):
-        for pid in l["holders"]:
-            info = backend.process(pid)
-            parts.append("pid %d (%s)" % (pid, command_of(info) if info else "?"))
-    return ", ".join(sorted(set(parts))) or "a process park cannot see"
+def port_holders(backend, port):
+    """The processes that listen on port now: [info] by pid (a pid that exits meanwhile is named "?")."""
+    pids = sorted({pid for l in backend.listeners(port) for pid in l["holders"]})
+    return [backend.process(pid) or {"pid": pid, "name": "?"} for pid in pids]
+
+
+def _holders_text(backend, port, holders=None, width=None):
+    """Who holds port, for a message: pid 12 (node server.js), pid 13,14 (gunicorn app:app x2)."""
+    holders = port_holders(backend, port) if holders is None else holders
+    groups = grouped(holders)
+    room = None
+    if width is not None and groups:  # each command gets an equal share of what the pids and commas leave
+        room = (width - sum(len("pid %s (), " % ",".join(map(str, pids))) for pids, _ in groups)) // len(groups)
+    return ", ".join("pid %s (%s)" % (",".join(map(str, pids)), group_text(pids, info, room))
+                     for pids, info in groups) or "a process park cannot see"
+
+
+class _WaitLine:
+    """park resume --wait on a terminal: one line on stderr, rewritten in place, saying who holds the port and
+    how long park has waited; cleared before anything else is printed. Nothing without a terminal."""
+
+    def __init__(self, port, wait):
+        import time
+        self.port, self.wait, self.start, self.drawn = port, wait, time.monotonic(), 0.0
+        try:
+            self.tty = wait > 0 and sys.stderr.isatty()
+        except (AttributeError, ValueError):
+            self.tty = False
+
+    def show(self, backend):
+        import time
+        now = time.monotonic()
+        if not self.tty or now - self.drawn < 0.25:
+            return
+        self.drawn = now
+        width = (terminal_width(sys.stderr) or 80) - 1
+        head = "  waiting %s of %s for :%d, " % (_seconds(int(now - self.start)), _seconds(self.wait), self.port)
+        holders = port_holders(backend, self.port)
+        text = head + ("held by %s" % _holders_text(backend, self.port, holders, width - len(head) - 8)
+                       if holders else "blocked by TIME_WAIT connections")
+        self._write("\r" + safe(text[:width]) + "\x1b[K")
+
+    def clear(self):
+        if self.drawn:
+            self._write("\r\x1b[K")
+            self.drawn = 0.0
+
+    def _write(self, text):
+        try:
+            sys.stderr.write(text)
+            sys.stderr.flush()
+        except OSError:  # the terminal went away: keep waiting without the line
+            self.tty = False
+
+
+def _busy(backend, record):
+    """The error of a resume while another process holds the port: who, by pid, and the two ways on."""
+    port = record["port"]
+    holders = port_holders(backend, port)
+    text = _holders_text(backend, port, holders)
+    stop = "stop that process (kill %s)" % " ".join(str(h["pid"]) for h in holders) if holders else "stop it"
+    return PortBusy("cannot resume: :%d is in use by %s; pid %s stays parked" % (port, text, _pids(record)),
+                    "%s, or: park resume %d --wait" % (stop, port), text)
+
+
+def _seconds(s):
+    return "%g s" % s if s < 60 else format_duration(s)
+
+
+def _timed_out(backend, record, wait):
+    """The error of a `resume --wait` that ran out: it says so, and the fix is not --wait again but a longer
+    one, or ending the process that holds the port (by pid)."""
+    port = record["port"]
+    holders = port_holders(backend, port)
+    longer = "park resume %d --wait %d" % (port, max(60, int(wait * 2)))
+    if holders:
+        what = "in use by %s" % _holders_text(backend, port, holders)
+        fix = "stop it (kill %s), then park resume %d; or wait longer: %s" % (
+            " ".join(str(h["pid"]) for h in holders), port, longer)
+    else:
+        what = "blocked by TIME_WAIT connections"
+        fix = "wait longer: " + longer
+        if os.geteuid() != 0 and _linux_at_least(os.uname().release if sys.platform.startswith("linux") else None,
+                                                 (6, 0)):
+            fix += ", or: sudo park resume %d  (root clears them)" % port
+    return PortBusy("cannot resume: timed out after %s waiting for :%d, %s; pid %s stays parked"
+                    % (_seconds(wait), port, what, _pids(record)), fix, what)
 
 
 class PortBusy(ParkError):
@@ -1840,29 +2056,40 @@ def _resume_target(backend, target, args):
             raise  # a damaged state file, or truly nothing there: that error stands
         return _already_listening(backend, n)
     port = record["port"]
-    deadline = time.monotonic() + (args.wait or 0)
-    while True:
-        keeper = held_by_keeper(backend, record)
-        if keeper is None:
-            break
+    wait = args.wait or 0
+    deadline = time.monotonic() + wait
+    line = _WaitLine(port, wait)
+    try:
+        while True:
+            keeper = held_by_keeper(backend, record)
+            if keeper is None:
+                break
+            with PortLock(port):
+                reply = _ask_keeper(port, {"op": "resume", "force": args.force}, keeper)
+            if reply is None and not keeper_alive(backend, record):
+                if not state_exists(port):  # it ended the park meanwhile (a signal, its timer)
+                    raise ParkError(":%d was resumed or ended meanwhile, by its keeper" % port, fix="park list")
+                break  # it died just now: resume without it
+            if reply is not None and reply.get("ok"):
+                reply["pids"] = [p for p in reply.get("pids", []) if any(h["pid"] == p for h in record["holders"])]
+            if reply is None or not reply.get("busy"):
+                line.clear()
+                return _print_resumed(record, port, reply)
+            if time.monotonic() >= deadline:
+                if wait:
+                    raise _timed_out(backend, record, wait)
+                return _print_resumed(record, port, reply)
+            line.show(backend)
+            time.sleep(0.1)
+        # No keeper holds it: the process runs without its listener (its keeper died, or a signal ended the park
+        # while the port was taken). Recreate the listener here.
         with PortLock(port):
-            reply = _ask_keeper(port, {"op": "resume", "force": args.force}, keeper)
-        if reply is None and not keeper_alive(backend, record):
-            if not state_exists(port):  # it ended the park meanwhile (a signal, its timer)
-                raise ParkError(":%d was resumed or ended meanwhile, by its keeper" % port, fix="park list")
-            break  # it died just now: resume without it
-        if reply is not None and reply.get("ok"):
-            reply["pids"] = [p for p in reply.get("pids", []) if any(h["pid"] == p for h in record["holders"])]
-        if reply is None or not reply.get("busy") or time.monotonic() >= deadline:
-            return _print_resumed(record, port, reply)
-        time.sleep(0.1)
-    # No keeper holds it: the process runs without its listener (its keeper died, or a signal ended the park
-    # while the port was taken). Recreate the listener here.
-    with PortLock(port):
-        record = read_state(port)  # re-read under the lock
-        recheck(backend, record)
-        plan, notes = _live_plan(backend, record)
-        result = _resume_plan(backend, record, plan, args.force, args.wait or 0)
+            record = read_state(port)  # re-read under the lock
+            recheck(backend, record)
+            plan, notes = _live_plan(backend, record)
+            result = _resume_plan(backend, record, plan, args.force, wait, line)
+    finally:
+        line.clear()
     return _print_resumed(record, port, {"ok": True, "notes": notes, "held": result["held"],
                                          "pids": [h["pid"] for l in plan for h in l["holders"]],
                                          "addresses": addresses(plan)})
@@ -1909,13 +2136,11 @@ def _resume_once(backend, record, plan, force, given=None, tracer=None):
         message, fix = time_wait_refusal(len(tw), port, _pids(record), why, os.geteuid() == 0,
                                          os.uname().release if sys.platform.startswith("linux") else None)
         raise PortBusy(message, fix, "%d TIME_WAIT connection(s)" % len(tw))
-    holders = _holders_text(backend, port)
-    raise PortBusy("cannot resume: :%d is in use by %s; pid %s stays parked" % (port, holders, _pids(record)),
-                   "stop that process, or: park resume %d --wait" % port, holders)
+    raise _busy(backend, record)
 
 
-def _resume_plan(backend, record, plan, force, wait):
-    """_resume_once, retried every 0.1 s while the port is in use, for up to `wait` seconds."""
+def _resume_plan(backend, record, plan, force, wait, line):
+    """_resume_once, retried every 0.1 s while the port is in use, for up to `wait` seconds (shown on `line`)."""
     import time
     deadline = time.monotonic() + wait
     while True:
@@ -1924,12 +2149,14 @@ def _resume_plan(backend, record, plan, force, wait):
                 return _resume_once(backend, record, plan, force)
             except PortBusy:
                 if time.monotonic() >= deadline:
+                    if wait:
+                        raise _timed_out(backend, record, wait)
                     raise
         elif time.monotonic() >= deadline:
-            holders = _holders_text(backend, record["port"])
-            raise PortBusy("cannot resume: :%d is in use by %s; pid %s stays parked"
-                           % (record["port"], holders, _pids(record)),
-                           "stop that process, or: park resume %d --wait" % record["port"], holders)
+            if wait:
+                raise _timed_out(backend, record, wait)
+            raise _busy(backend, record)
+        line.show(backend)
         time.sleep(0.1)
 
 
@@ -1985,8 +2212,8 @@ def cmd_swap(args):
     debug("threads held by ptrace %.2f ms" % (result["held"] * 1000))
     out("swapped :%d and :%d" % (p1, p2))
     for (record, plan, _), new in zip(records, (p2, p1)):
-        for h in record["holders"]:
-            out("  pid %d  %s  now on :%d" % (h["pid"], command_of(h), new))
+        for line in process_lines("  now on :%d  pid %%s  " % new, record["holders"]):
+            out(line)
     return EXIT_OK
 
 
@@ -2028,12 +2255,15 @@ def cmd_release(args):
                 raise ParkError("no permission to signal pid %d" % h["pid"], fix="sudo park release %d" % port)
             done.append(h)
         remove_state(record)
+        if sig is None and done:
+            write_released(record, done)  # so that park list still shows it, as released, with how to end it
     verb = {None: "continued", signal.SIGTERM: "sent SIGTERM to", signal.SIGKILL: "killed"}[sig]
-    for h in done:
-        out("%s pid %d  %s" % (verb, h["pid"], command_of(h)))
+    for line in process_lines("%s pid %%s  " % verb, done):
+        out(line)
     if sig is None and done:
-        out("  its listener on :%d is not recreated; it runs on without it (end it with: kill %s), or restart the "
-            "server to serve again" % (port, " ".join(str(h["pid"]) for h in done)))
+        out("  its listener on :%d is not recreated: it runs on without it; end it with: kill %s (or restart the "
+            "server to serve again)\n  park list shows it as released while it runs, for up to %d minutes"
+            % (port, " ".join(str(h["pid"]) for h in done), RELEASED_SECONDS // 60))
     if not done:
         out("forgot :%d (its processes were already gone)" % port)
     return EXIT_OK
@@ -2055,9 +2285,12 @@ def list_rows(backend, prune=False, errors=None):
             "port": r["port"],
             "pids": [h["pid"] for h in r["holders"]],
             "status": status,
-            "holders": [{"pid": h["pid"], "status": s, "command": command_of(h)} for h, s in zip(r["holders"], states)],
+            "holders": [{"pid": h["pid"], "status": s, "command": command_of(h), "name": h["name"],
+                         "argv": h["argv"]}
+                        for h, s in zip(r["holders"], states)],
             "addresses": addresses(r["listeners"]),
             "command": command_of(r["holders"][0]),
+            "argv": r["holders"][0]["argv"],
             "parked_at": r["parked_at"],
             "parked_for": round(now - r["parked_at"], 1),
             "keeper": keeper,
@@ -2066,8 +2299,22 @@ def list_rows(backend, prune=False, errors=None):
             "waiting": hold_waiting(backend, hold) if keeper else None,
             "ended": ended["reason"] if ended else None if keeper or status == "gone" else _why_running(r),
             "restored": bool(ended and ended.get("listener")),
+            "released_at": None,
         })
-    return rows
+    for let_go, live in released(backend):
+        pids = [h["pid"] for h in live]
+        rows.append({
+            "port": let_go["port"], "pids": pids, "status": "released",
+            "holders": [{"pid": h["pid"], "status": "released", "command": command_of(h), "name": h["name"],
+                         "argv": h["argv"]} for h in live],
+            "addresses": let_go["addresses"], "command": command_of(live[0]), "argv": live[0]["argv"],
+            "parked_at": let_go["parked_at"], "parked_for": round(now - let_go["parked_at"], 1), "keeper": None,
+            "timer_left": None, "pending": None, "waiting": None,
+            "ended": "released %s ago; it runs without its port (end it with: kill %s)"
+                     % (format_duration(now - let_go["released_at"]), " ".join(map(str, pids))),
+            "restored": False, "released_at": let_go["released_at"],
+        })
+    return sorted(rows, key=lambda r: (r["port"], r["status"] == "released"))
 
 
 def cmd_overview(args):
@@ -2081,12 +2328,13 @@ def cmd_overview(args):
         out("nothing is parked, and no server of yours that park could park is listening")
     else:
         table = [("PORT", "PID", "STATUS", "KEEPER", "COMMAND")]
-        table += [(":%d" % r["port"], ",".join(map(str, r["pids"])), r["status"], str(r["keeper"] or "-"),
-                   r["command"]) for r in rows]
-        table += [(":%d" % l["port"], ",".join(map(str, l["pids"])), "listening", "-", command_of(
-            {"argv": l["command"].split(" ")})) for l in listening]
-        for line in _columns(table):
+        table += [(":%d" % r["port"], r["pids"], r["status"], str(r["keeper"] or "-"), r["holders"])
+                  for r in rows]
+        table += [(":%d" % l["port"], l["pids"], "listening", "-", l["holders"]) for l in listening]
+        for line, row in zip(_columns(table), [None] + rows + [None] * len(listening)):
             out(line)
+            if row and row["status"] == "released":
+                out("    %s" % row["ended"])
         out("park PORT parks one; park resume PORT brings one back; park help for more")
     if errors:
         raise errors[0]
@@ -2110,17 +2358,33 @@ def cmd_list(args):
 
 
 def _columns(table):
-    """Rows of a table as lines, every column but the last (the command, left unpadded) as wide as its
-    widest cell."""
-    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]) - 1)]
-    return ["  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1] for r in table]
+    """Rows of a table as lines, every column but the last as wide as its widest cell. After the header, a
+    row's second cell is its pids and its last its holders, shown as their command (group_text), fitted
+    to the terminal's width; many pids on a terminal are shortened to the first and how many more."""
+    width = terminal_width()
+    rows = [table[0]]
+    for r in table[1:]:
+        pids = ",".join(map(str, r[1]))
+        if width is not None and len(pids) > 13:
+            pids = "%d+%d" % (r[1][0], len(r[1]) - 1)
+        rows.append((r[0], pids) + tuple(r[2:]))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    lines = []
+    for n, r in enumerate(rows):
+        head = "  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  "
+        if n == 0:
+            lines.append(head + r[-1])
+            continue
+        lines.append(head + holders_command(r[-1], None if width is None else width - len(head)))
+    return lines
 
 
 def _print_table(rows):
     table = [("PORT", "PID", "ADDRESS", "FOR", "STATUS", "KEEPER", "COMMAND")]
     for row in rows:
-        table.append((":%d" % row["port"], ",".join(map(str, row["pids"])), ",".join(row["addresses"]),
-                      format_duration(row["parked_for"]), row["status"], str(row["keeper"] or "-"), row["command"]))
+        table.append((":%d" % row["port"], row["pids"], ",".join(row["addresses"]),
+                      format_duration(row["parked_for"]), row["status"], str(row["keeper"] or "-"),
+                      row["holders"]))
     for line, row in zip(_columns(table), [None] + rows):
         out(line)
         if row and row["pending"]:
@@ -2130,7 +2394,9 @@ def _print_table(rows):
         if row and row["waiting"] is not None:
             out("    hold: %d client(s) waiting" % row["waiting"])
         if row and row["ended"]:
-            if row["status"] == "gone" or row["restored"]:
+            if row["status"] == "released":
+                out("    %s" % row["ended"])
+            elif row["status"] == "gone" or row["restored"]:
                 out("    ended: %s%s" % (row["ended"], ", and its listener is back" if row["restored"] else ""))
             else:
                 out("    runs without its listener: %s; park resume %d brings it back" % (row["ended"], row["port"]))
@@ -2162,7 +2428,7 @@ def cmd_ui(args):
             raise ParkError("park ui needs a terminal, and its %s is not one" % what,
                             fix="run it in a terminal, or use park list")
     backend = load_backend()
-    st = {"backend": backend, "items": [], "parked": 0, "listening": 0, "sel": 0, "want": [], "top": 0,
+    st = {"backend": backend, "items": [], "parked": 0, "listening": 0, "sel": None, "pick": None, "near": 0, "top": 0,
           "status": "", "stale": None, "confirm": None, "loaded": None, "attrs": {}}
     try:
         scr = curses.initscr()
@@ -2238,12 +2504,12 @@ def _ui_loop(curses, scr, st):
             scr.clear()  # repaint everything at the new size
             continue
         if st["confirm"] is not None:
-            port, pids, command = st["confirm"]
+            port, pids, holders = st["confirm"]
             st["confirm"] = None
             if key in (ord("y"), ord("Y")):
-                _ui_act(curses, scr, st, ["release", str(port), "--kill"], "killing %s" % pids, [])
+                _ui_act(curses, scr, st, ["release", str(port), "--kill"], "killing %s" % pids)
             else:
-                st["status"] = "not killed: %s (%s)" % (pids, command)
+                st["status"] = "not killed: %s (%s)" % (pids, holders_command(holders))
             continue
         if key in (ord("q"), ord("Q")):
             return EXIT_OK
@@ -2261,37 +2527,46 @@ def _ui_key(curses, scr, st, key):
              curses.KEY_END: len(items) + 1}
     if key in moves:
         if items:
-            st["sel"] = max(0, min(len(items) - 1, st["sel"] + moves[key]))
-            st["want"] = [_ui_key_of(items[st["sel"]])]
+            at = st["near"] if st["sel"] is None else st["sel"] + moves[key]  # after a lost row: from where it was
+            st["sel"] = max(0, min(len(items) - 1, at))
+            st["pick"] = _ui_identity(items[st["sel"]])
         return
     if key not in (ord("r"), ord("x"), ord("K"), ord("p")):
         return
     if not items:
         st["status"] = "nothing to act on"
         return
+    if st["sel"] is None:
+        st["status"] = "nothing is selected (the row you had went away); \u2191\u2193 or j/k selects one"
+        return
     kind, d = items[st["sel"]]
     port = d["port"]
+    if d.get("status") == "released":
+        st["status"] = "pid %s was released: it runs without its port; end it with: kill %s" % (
+            ",".join(map(str, d["pids"])), " ".join(map(str, d["pids"])))
+        return
     if key == ord("p"):
         if kind != "listening":
             st["status"] = ":%d is already parked (r resumes it)" % port
             return
-        _ui_act(curses, scr, st, ["park", str(port)], "parking :%d" % port, [("parked", port)])
+        _ui_act(curses, scr, st, ["park", str(port)], "parking :%d" % port)
         return
     if kind != "parked":
         st["status"] = ":%d is not parked (p parks it)" % port
         return
     if key == ord("r"):
-        _ui_act(curses, scr, st, ["resume", str(port)], "resuming :%d" % port, [("listening", port)])
+        _ui_act(curses, scr, st, ["resume", str(port)], "resuming :%d" % port)
     elif key == ord("x"):
-        _ui_act(curses, scr, st, ["release", str(port)], "releasing :%d" % port, [])
+        _ui_act(curses, scr, st, ["release", str(port)], "releasing :%d" % port)
     else:
         pids = [h["pid"] for h in d["holders"] if h["status"] != "gone"] or d["pids"]
         st["confirm"] = (port, "pid%s %s" % ("s" if len(pids) > 1 else "", ", ".join(map(str, pids))),
-                         d["ui_command"])
+                         [h for h in d["holders"] if h["pid"] in pids])
 
 
-def _ui_act(curses, scr, st, argv, doing, want):
-    """Run park's own main(argv) in this process, its output captured; its first line goes to the status line."""
+def _ui_act(curses, scr, st, argv, doing):
+    """Run park's own main(argv) in this process, its output captured: the first line it printed goes to the
+    status line, or, when it failed, its error and the fix, whole."""
     import contextlib
     import io
     st["status"] = doing + " ..."
@@ -2307,19 +2582,23 @@ def _ui_act(curses, scr, st, argv, doing, want):
         rc, err = EXIT_FAIL, io.StringIO("park: unexpected error: %s: %s\n" % (type(e).__name__, e))
     text = err.getvalue() if rc else out_.getvalue() or err.getvalue()
     lines = [l.strip() for l in text.splitlines() if l.strip()]
-    st["status"] = lines[0] if lines else ("park %s: done" % " ".join(argv) if rc == 0
-                                           else "park: park %s failed (exit %s)" % (" ".join(argv), rc))
-    if rc == 0:
-        st["want"] = want + st["want"]
+    if rc and lines:
+        st["status"] = "\n".join(l if l.startswith("park: ") else "  " + l for l in lines)
+    else:
+        st["status"] = lines[0] if lines else ("park %s: done" % " ".join(argv) if rc == 0
+                                               else "park: park %s failed (exit %s)" % (" ".join(argv), rc))
     _ui_refresh(st)
 
 
-def _ui_key_of(item):
-    return item[0], item[1]["port"]
+def _ui_identity(item):
+    """Which server a row is: its port and its processes (a server keeps them from parked to listening)."""
+    return item[1]["port"], frozenset(item[1]["pids"])
 
 
 def _ui_refresh(st):
-    """Re-read the parked entries and the listening servers; a failure keeps the old view and is shown."""
+    """Re-read the parked entries and the listening servers; a failure keeps the old view and is shown. The
+    selection stays on the same server (port and pids), wherever it now is; when that server is gone nothing
+    is selected, so that the next key never acts on someone else's server that moved up into its place."""
     import time
     st["loaded"] = time.monotonic()
     backend = st["backend"]
@@ -2327,28 +2606,33 @@ def _ui_refresh(st):
         errors = []
         states = all_states(errors)
         rows = list_rows(backend, errors=[])
-        commands = {r["port"]: _ui_command(r["holders"][0]) for r in states}
-        for row in rows:
-            row["ui_command"] = commands.get(row["port"], row["command"])
         listening = listening_rows(backend, rows, states)
     except Exception as e:  # shown until a refresh succeeds again
         st["status"] = st["stale"] = "park: %s" % (e if isinstance(e, ParkError) else "cannot read the state: "
                                                   "%s: %s" % (type(e).__name__, e))
+        if isinstance(e, ParkError) and e.fix:
+            st["status"] = st["stale"] = "%s\n  fix: %s" % (st["status"], e.fix)
         return
     if st["status"] == st["stale"]:
         st["status"] = ""
     st["stale"] = None
     if errors:  # a damaged state file: the other ports are shown, the file is named on the status line
-        st["status"] = st["stale"] = "park: %s" % errors[0]
+        st["status"] = st["stale"] = "park: %s" % errors[0] + ("\n  fix: %s" % errors[0].fix if errors[0].fix else "")
     items = [("parked", r) for r in rows] + [("listening", l) for l in listening]
-    keys = [_ui_key_of(i) for i in items]
-    for want in st["want"]:
-        if want in keys:
-            st["sel"] = keys.index(want)
-            break
-    else:
-        st["sel"] = max(0, min(st["sel"], len(items) - 1))
-    st["want"] = [keys[st["sel"]]] if items else []
+    if st["pick"] is not None:
+        port, pids = st["pick"]
+        same = [n for n, i in enumerate(items) if i[1]["port"] == port and pids & set(i[1]["pids"])]
+        if same:
+            st["sel"] = same[0]
+            st["pick"] = _ui_identity(items[same[0]])
+        else:
+            st["near"] = st["sel"] or 0
+            st["sel"] = st["pick"] = None
+            st["lost"] = True
+    elif items and not st.get("lost"):  # the first look: the first row
+        st["sel"], st["pick"] = 0, _ui_identity(items[0])
+    if st["sel"] is not None and st["sel"] >= len(items):
+        st["sel"] = st["pick"] = None
     st["items"], st["parked"], st["listening"] = items, len(rows), len(listening)
 
 
@@ -2368,7 +2652,8 @@ def listening_rows(backend, rows, states):
         if not pids or any(i is None or (me != 0 and i["uid"] != me) or refusal(i, port, me, False)
                            for i in infos):
             continue
-        found.append({"port": port, "pids": pids, "command": _ui_command(infos[0])})
+        found.append({"port": port, "pids": pids, "command": command_of(infos[0]),
+                      "holders": [{"pid": i["pid"], "name": i["name"], "argv": i["argv"]} for i in infos]})
     return found
 
 
@@ -2377,16 +2662,9 @@ def _ui_pids(pids, width):
     return text if len(text) <= width else "%d+%d" % (pids[0], len(pids) - 1)
 
 
-def _ui_command(info):
-    """The whole command line, its program without the directory (the screen cuts it, not command_of's 60)."""
-    argv = info.get("argv") or []
-    if not argv:
-        return "[%s]" % info.get("name", "?")
-    return " ".join([os.path.basename(argv[0]) or argv[0]] + list(argv[1:]))
-
-
-def _ui_lines(st):
-    """The body as [(segments, item index or None)], each segment (text, attribute name or None)."""
+def _ui_lines(st, width):
+    """The body as [(segments, item index or None)], each segment (text, attribute name or None); each command
+    fitted into what is left of `width` after the marker and the other columns."""
     a = st["attrs"]
     lines = [([("PARKED", "title")], None),
              ([(_UI_PARKED % ("PORT", "PID", "FOR", "LEFT", "WAIT", "STATUS", "COMMAND"), None)], None)]
@@ -2399,8 +2677,9 @@ def _ui_lines(st):
         waiting = str(d["waiting"]) if d.get("waiting") is not None else "-"
         head = _UI_PARKED_HEAD % (":%d" % d["port"], _ui_pids(d["pids"], 11), format_duration(d["parked_for"]),
                                    left, waiting)
+        room = width - 2 - len(head) - 9
         lines.append(([(head, None), ("%-8s" % status, status if status in a else None),
-                       (" " + d["ui_command"], None)], n))
+                       (" " + holders_command(d["holders"], room), None)], n))
         if d.get("pending"):
             lines.append(([("         pending: %s" % d["pending"], "pending")], None))
         n += 1
@@ -2411,7 +2690,8 @@ def _ui_lines(st):
     lines.append(([(_UI_LISTENING % ("PORT", "PID", "COMMAND"), None)], None))
     for kind, d in st["items"]:
         if kind == "listening":
-            lines.append(([(_UI_LISTENING % (":%d" % d["port"], _ui_pids(d["pids"], 11), d["command"]), None)], n))
+            head = _UI_LISTENING % (":%d" % d["port"], _ui_pids(d["pids"], 11), "")
+            lines.append(([(head + holders_command(d["holders"], width - 2 - len(head)), None)], n))
             n += 1
     if not st["listening"]:
         lines.append(([("  no server of yours that park could park is listening", None)], None))
@@ -2440,23 +2720,28 @@ def _ui_draw(curses, scr, st):
     scr.erase()
     _ui_put(scr, 0, 0, "park ui \u2014 %d parked, %d listening \u2014 q quit" % (st["parked"], st["listening"]),
             width, a["title"])
+    status = [""]
     if rows >= 3:
         ask = st["confirm"] is not None
         if ask:  # the question always fits: the command is what gets cut
-            _, pids, command = st["confirm"]
-            room = max(0, width - len("kill %s ()? y/n" % pids))
-            command = command if len(command) <= room else command[:max(0, room - 3)] + "..."
-            status = "kill %s (%s)? y/n" % (pids, command)
+            _, pids, holders = st["confirm"]
+            status = ["kill %s (%s)? y/n" % (pids, holders_command(holders, width - len("kill %s ()? y/n" % pids)))]
         else:
-            status = st["status"]
-        attr = a["ask"] if ask else a["error"] if status.startswith("park: ") else 0
-        _ui_put(scr, rows - 2, 0, status, width, attr)
+            # An error and its fix, whole: wrapped over as many lines above the footer as they need (the body
+            # gives up its rows), never cut at the screen's edge.
+            import textwrap
+            status = [w for line in (st["status"] or "").split("\n")
+                      for w in textwrap.wrap(line, max(10, width), subsequent_indent="    ") or [""]] or [""]
+            status = status[-max(1, rows - 3):]
+        attr = a["ask"] if ask else a["error"] if st["status"].startswith("park: ") else 0
+        for i, line in enumerate(status):
+            _ui_put(scr, rows - 1 - len(status) + i, 0, line, width, attr)
     if rows >= 2:
         _ui_put(scr, rows - 1, 0, _UI_FOOTER, width, 0)
-    body = rows - 3
+    body = rows - 2 - len(status)
     if body > 0:
-        lines = _ui_lines(st)
-        at = [i for i, (_, n) in enumerate(lines) if n == st["sel"] and st["items"]]
+        lines = _ui_lines(st, width)
+        at = [i for i, (_, n) in enumerate(lines) if n is not None and n == st["sel"]]
         top = min(st["top"], max(0, len(lines) - body))
         if at:
             top = min(max(top, at[0] - body + 1), at[0])
@@ -2568,6 +2853,14 @@ def build_parser():
                     help="keep the port open meanwhile, so clients wait instead of being refused; this stays "
                          "in the foreground, and Ctrl+C (or park resume) hands the waiting clients over")
     pk.add_argument("--drain", type=float, default=2.0, metavar="S", help=argparse.SUPPRESS)
+    # `park --help` explains the options of `park PORT` too (the command most people run), from the same help
+    import textwrap
+    explained = []
+    for a in pk._actions:
+        if a.option_strings and a.help != argparse.SUPPRESS and a.dest != "help":
+            name = a.option_strings[0] + (" " + a.metavar if a.metavar else "")
+            explained += textwrap.wrap(a.help, 79, initial_indent="  %-17s " % name, subsequent_indent=" " * 20)
+    p.epilog = "options of park PORT:\n%s\n\n%s" % ("\n".join(explained), EPILOG)
     r = sub.add_parser("resume", prog="park resume", help="bring parked processes back",
                        usage="park resume PORT|PID [PORT|PID...] [--wait [SECONDS]] [--force]")
     r.add_argument("target", metavar="PORT|PID", nargs="+")

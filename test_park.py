@@ -1282,6 +1282,16 @@ class LogicTest(unittest.TestCase):
                          ["0s", "59s", "1m01s", "59m59s", "1h00m", "1h30m"])
         self.assertEqual(p.command_of({"argv": ["node", "a.js"], "name": "node"}), "node a.js")
         self.assertEqual(p.command_of({"argv": [], "name": "kworker"}), "[kworker]")
+        py = {"argv": ["/root/.pyenv/versions/3.11.7/bin/python3", "-m", "http.server", "8000"], "name": "python3"}
+        self.assertEqual(p.command_of(py), "python3 -m http.server 8000")
+        self.assertEqual(p.command_of(py, width=20), "python3 -m http.s...")
+        self.assertEqual(p.command_of({"argv": ["nginx: master process /usr/sbin/nginx"]}),
+                         "nginx: master process /usr/sbin/nginx")
+        long = {"argv": ["node", "x" * 300], "name": "node"}
+        self.assertEqual(p.command_of(long), "node " + "x" * 300, "cut without a width")
+        workers = [dict(py, pid=n) for n in (10, 11, 12)] + [{"pid": 13, "argv": ["node", "a.js"], "name": "node"}]
+        self.assertEqual([pids for pids, _ in p.grouped(workers)], [[10, 11, 12], [13]])
+        self.assertRegex(p.holders_command(workers), r"^python3 -m http\.server 8000 (\u00d7|x)3 \(\+1 other\)$")
         self.assertEqual(p.where(["::", 3000]), "[::]:3000")
         self.assertEqual(p.where(["127.0.0.1", 80]), "127.0.0.1:80")
 
@@ -1470,8 +1480,15 @@ class CliTest(ParkTestCase):
                 self.assertIn("usage: park", r.stdout)
         self.assertIn("--json", self.park("help", "list", expect=0).stdout)
         self.assertIn("--force", self.park("help", "resume", expect=0).stdout)
-        for flag in ("--for", "--hold", "--force"):
-            self.assertIn(flag, self.park("--help", expect=0).stdout + self.park("help", "park", expect=0).stdout)
+        main_help = self.park("--help", expect=0).stdout
+        self.assertEqual(main_help, self.park("help", expect=0).stdout)
+        for flag, says in (("--for DURATION", "resume by itself"), ("--hold", "clients wait"),
+                           ("--force", "cannot be restored")):
+            for text in (main_help, self.park("help", "park", expect=0).stdout):
+                self.assertRegex(re.sub(r"\s+", " ", text), r"%s [^-]*%s" % (flag, says), "%s is not explained" % flag)
+        self.assertRegex(re.sub(r"\s+", " ", self.park("list", "--help", expect=0).stdout), r"--json [^-]*JSON")
+        self.assertRegex(re.sub(r"\s+", " ", self.park("resume", "--help", expect=0).stdout),
+                         r"--force [^-]*socket options")
 
     def test_unknown_target_fails(self):
         port = free_port()
@@ -1854,6 +1871,37 @@ class BehaviourTest(LiveTestCase):
         self.assert_running(proc.pid)
         self.assertEqual(self.get_count("127.0.0.1", self.port), (proc.pid, n + 1))
 
+    def test_resume_wait_shows_who_holds_the_port_and_says_it_timed_out(self):
+        """On a terminal, resume --wait keeps one line on stderr, rewritten in place, naming the holder (pid and
+        command) and the time waited; when the wait runs out it says it timed out, and the fix names the holder's
+        pid and a longer wait. Without a terminal: no live line, the same two-line error."""
+        proc = self.start_asyncio(self.port)
+        self.wait_quiet(self.port)
+        self.park_ok(self.port, [proc.pid], "127.0.0.1")
+        blocker, _ = self.start_python(PY_BLOCKER.replace("float(sys.argv[2])", "3600"), self.port)
+        term = Terminal(self, "bash", env=self.env)
+        mark = term.mark()
+        term.type("%s %s resume %d --wait 3; echo rc=$?\n" % (sys.executable, PARK, self.port))
+        live = rb"\r  waiting (\d) s of 3 s for :%d, held by pid %d \(python3 -u [^)]*\)\x1b\[K" % (self.port,
+                                                                                             blocker.pid)
+        term.expect(live.decode(), since=mark)  # a str is a regex to expect(), bytes are literal
+        term.expect(b"rc=1", since=mark)
+        out = term.buf[mark:]
+        self.assertGreater(len(re.findall(live, out)), 2, "the line is not rewritten while it waits")
+        self.assertEqual({m.group(1) for m in re.finditer(live, out)} >= {b"0", b"1", b"2"}, True,
+                         "the time waited does not count up")
+        error = out[out.rindex(b"\r\x1b[K") + 4:].decode()
+        self.assertTrue(error.startswith("park: cannot resume: timed out after 3 s waiting for :%d, in use by pid %d"
+                                         % (self.port, blocker.pid)), error)
+        self.assertIn("fix: stop it (kill %d), then park resume %d; or wait longer: park resume %d --wait 60"
+                      % (blocker.pid, self.port, self.port), error)
+        self.assert_parked(proc.pid)
+        r = self.park("resume", self.port, "--wait", "1", expect=1)
+        self.assertNotIn("  waiting", r.stderr)
+        self.assertIn("timed out after 1 s", r.stderr)
+        self.assertIn("kill %d" % blocker.pid, r.stderr)
+        self.assert_parked(proc.pid)
+
     def test_resume_over_time_wait_without_reuseaddr(self):
         """A listener without SO_REUSEADDR comes back although the interim server left TIME_WAIT on the port."""
         proc, _ = self.start_python(PY_OPTIONS, self.port)
@@ -1932,7 +1980,54 @@ class BehaviourTest(LiveTestCase):
         self.assertIn("end it with: kill %d" % proc.pid, r.stdout)
         self.assert_running(proc.pid)
         self.assertEqual(listen_inodes(self.port), set(), "release must not recreate the listener")
-        self.assertIsNone(self.entry(self.port), "release keeps the entry")
+
+    def test_a_released_process_is_listed_until_it_exits(self):
+        """After release the process runs without its port: list, park and --json show it as released, with
+        how to end it, and resume says why it cannot; once it exits, it is gone from all of them."""
+        proc = self.start_asyncio(self.port)
+        self.wait_quiet(self.port)
+        self.park(self.port, expect=0)
+        self.park("release", self.port, expect=0)
+        e = self.entry(self.port)
+        self.assertIsNotNone(e, "the released process is not listed")
+        self.assertEqual((e["status"], e["pids"], e["keeper"]), ("released", [proc.pid], None))
+        self.assertIn("kill %d" % proc.pid, e["ended"])
+        self.assertEqual(e["holders"][0]["argv"][-1], str(self.port))
+        for args in (("list",), ()):
+            r = self.park(*args, expect=0)
+            row = [l for l in r.stdout.splitlines() if l.startswith(":%d " % self.port)]
+            self.assertEqual(len(row), 1, r.stdout)
+            self.assertEqual(row[0].split()[1], str(proc.pid))
+            self.assertIn("released", row[0].split())
+            self.assertIn("end it with: kill %d" % proc.pid, r.stdout)
+        r = self.park("resume", self.port, expect=1)
+        self.assertIn("pid %d was released from :%d" % (proc.pid, self.port), r.stderr)
+        self.assertIn("fix: kill %d" % proc.pid, r.stderr)
+        # a note whose pid now belongs to another process (this test's, with another start time) is not shown
+        other = free_port()
+        note = dict(json.load(open(os.path.join(self.home, "released", "%d.%d.json" % (self.port, proc.pid)))),
+                    port=other)
+        note["holders"] = [dict(note["holders"][0], pid=os.getpid())]
+        fake = os.path.join(self.home, "released", "%d.%d.json" % (other, os.getpid()))
+        with open(os.open(fake, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+            json.dump(note, f)
+        self.assertIsNone(self.entry(other), "a reused pid is listed as released")
+        self.assertFalse(os.path.exists(fake), "the note of a reused pid is kept")
+        # the same process, released more than an hour ago (a copy of its note, dated back): no longer shown
+        old = dict(json.load(open(os.path.join(self.home, "released", "%d.%d.json" % (self.port, proc.pid)))),
+                   port=other)
+        old["released_at"] -= 3601
+        stale = os.path.join(self.home, "released", "%d.%d.json" % (other, proc.pid))
+        with open(os.open(stale, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+            json.dump(old, f)
+        self.assertIsNone(self.entry(other), "a note older than an hour is listed")
+        self.assertFalse(os.path.exists(stale), "a note older than an hour is kept")
+        self.assertIsNotNone(self.entry(self.port))
+        self.kill_pid(proc.pid)
+        proc.wait(timeout=10)
+        self.assertEqual(self.park_list(), [], "an exited released process is still listed")
+        self.assertNotIn(":%d " % self.port, self.park(expect=0).stdout)
+        self.assertEqual(os.listdir(os.path.join(self.home, "released")), [])
 
     def test_release_kill_sends_sigterm(self):
         env = dict(os.environ, FIXTURE_TERM_EXIT="42")
@@ -2335,7 +2430,9 @@ class FidelityTest(LiveTestCase):
         r = self.park("release", self.port, expect=0)
         self.assertIn(str(master), r.stdout)
         self.assertNotIn("Traceback", r.stderr)
-        self.assertEqual(self.park_list(), [])
+        # The fixture's master ends once it reaps the dead worker, and the live worker with it (PDEATHSIG):
+        # the released entry goes with them.
+        self.wait_for(lambda: self.park_list() == [], "the released entry to go with its processes")
 
 
     def counts_by_worker(self, n=40):
@@ -3599,6 +3696,108 @@ class SeveralPortsTest(LiveTestCase):
         self.park("resume", self.port, expect=0)
 
 
+class DisplayTest(LiveTestCase):
+    """How commands are shown: fitted to a terminal, whole in a pipe and in --json, one line per command."""
+
+    LONG = "--some-very-long-option=" + "a" * 280
+
+    def run_in_pty(self, *args, cols=80, env=None):
+        """park ARGS with stdout and stderr on a pseudo-terminal of 24 x cols (and COLUMNS=cols); its output."""
+        import fcntl
+        import termios
+        master, slave = os.openpty()
+        self.addCleanup(os.close, master)
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, cols, 0, 0))
+        proc = subprocess.Popen([sys.executable, PARK] + [str(a) for a in args], stdin=subprocess.DEVNULL,
+                                stdout=slave, stderr=slave, env=dict(env or self.env, COLUMNS=str(cols)))
+        os.close(slave)
+        self.addCleanup(self._stop_proc, proc)
+        data = b""
+        while True:
+            r, _, _ = select.select([master], [], [], CHILD_TIMEOUT)
+            try:
+                chunk = os.read(master, 65536) if r else b""
+            except OSError:  # EIO: the child closed the terminal
+                chunk = b""
+            if not chunk:
+                break
+            data += chunk
+        self.assertEqual(proc.wait(timeout=CHILD_TIMEOUT), 0, data)
+        return data.decode("utf-8", "replace").replace("\r\n", "\n")
+
+    def start_long(self):
+        path = self.write("fixture-long.py", PY_ASYNCIO)
+        proc = self.spawn([sys.executable, "-u", path, str(self.port), self.LONG])
+        self.read_ready(proc)
+        self.wait_serving("127.0.0.1", self.port)
+        self.wait_quiet(self.port)
+        return proc
+
+    def test_json_keeps_a_300_character_argv_whole(self):
+        self.start_long()
+        r = self.park(self.port, expect=0)
+        self.assertIn(self.LONG, r.stdout, "park's line is cut in a pipe")
+        e = self.entry(self.port)
+        argv = [sys.executable, "-u", os.path.join(self.tmp, "fixture-long.py"), str(self.port), self.LONG]
+        self.assertEqual(e["argv"], argv)
+        self.assertEqual(e["holders"][0]["argv"], argv)
+        self.assertEqual(e["command"], " ".join([os.path.basename(sys.executable)] + argv[1:]))
+        self.assertTrue(e["command"].endswith(self.LONG), "the JSON command is cut")
+        self.assertTrue(e["holders"][0]["command"].endswith(self.LONG))
+        self.assertIn(self.LONG, self.park("list", expect=0).stdout, "park list is cut in a pipe")
+        self.park("resume", self.port, expect=0)
+
+    def test_list_at_80_columns_in_a_terminal_fits(self):
+        """In a terminal of 80 columns every line of park list, park and park's own lines fits; the program
+        is named by its name, not its directory; piped, the same list keeps the whole command."""
+        proc = self.start_long()
+        out = self.run_in_pty(self.port)
+        self.assertIn("parked :%d  pid %d  %s -u " % (self.port, proc.pid, os.path.basename(sys.executable)), out)
+        for args in (("list",), ()):
+            with self.subTest(args=args):
+                out = self.run_in_pty(*args)
+                row = [l for l in out.split("\n") if l.startswith(":%d " % self.port)]
+                self.assertEqual(len(row), 1, out)
+                self.assertTrue(row[0].endswith("..."), row[0])
+                self.assertIn(" %s -u " % os.path.basename(sys.executable), row[0])
+                self.assertNotIn(os.path.dirname(sys.executable), row[0])
+                long_lines = [l for l in out.split("\n") if len(l) > 80]
+                self.assertEqual(long_lines, [], "lines wider than the terminal")
+        out = self.run_in_pty("list", cols=120)
+        row = [l for l in out.split("\n") if l.startswith(":%d " % self.port)][0]
+        self.assertEqual(len(row), 120, "the command does not use the room a wider terminal has")
+        self.park("resume", self.port, expect=0)
+
+    def test_holders_with_one_command_are_one_line(self):
+        """A prefork server's master and two workers run the same command: one line each in park, park list and
+        resume (with how many), not three identical lines; their pids are all named."""
+        proc, words = self.start_python(PY_PREFORK, self.port)
+        pids = [proc.pid] + sorted(int(w) for w in words)
+        for pid in pids[1:]:
+            self.addCleanup(self.kill_pid, pid)
+        self.wait_serving("127.0.0.1", self.port)
+        self.wait_quiet(self.port)
+        r = self.park(expect=0)
+        rows = [l for l in r.stdout.splitlines() if l.startswith(":%d " % self.port)]
+        self.assertEqual(len(rows), 1, r.stdout)
+        self.assertRegex(rows[0], r"listening .* (\u00d7|x)3$")
+        r = self.park(self.port, expect=0)
+        lines = [l for l in r.stdout.splitlines() if l.startswith("parked :")]
+        self.assertEqual(len(lines), 1, r.stdout)
+        self.assertIn("pid %s  " % ",".join(map(str, pids)), lines[0])
+        self.assertRegex(lines[0], r" (\u00d7|x)3$")
+        rows = [l for l in self.park("list", expect=0).stdout.splitlines() if l.startswith(":%d " % self.port)]
+        self.assertEqual(len(rows), 1)
+        self.assertRegex(rows[0], r" (\u00d7|x)3$")
+        r = self.park("list", expect=0, env=dict(self.env, PYTHONIOENCODING="ascii"))
+        self.assertTrue([l for l in r.stdout.splitlines() if l.startswith(":%d " % self.port)][0].endswith(" x3"),
+                        "an ASCII output gets no \u00d7")
+        row = [l for l in self.run_in_pty("list").split("\n") if l.startswith(":%d " % self.port)][0]
+        self.assertEqual(row.split()[1], "%d+2" % pids[0], "many pids on a terminal: the first and how many more")
+        r = self.park("resume", self.port, expect=0)
+        self.assertEqual(len([l for l in r.stdout.splitlines() if l.startswith("resumed :")]), 1, r.stdout)
+
+
 class KeeperTest(LiveTestCase):
     """The keeper that holds a park."""
 
@@ -4841,6 +5040,63 @@ class UiTest(LiveTestCase):
                          "the killed entry gone")
         self.quit_ui()
 
+    def test_the_selection_stays_on_its_server(self):
+        """The selection never moves to another server by itself: after x the released server stays selected
+        (listed as released); after a resume from elsewhere it follows that server to LISTENING; when its
+        server goes away nothing is selected, and a key then acts on no one."""
+        a, b, c = self.start_asyncio(self.port), self.start_asyncio(free_port()), self.start_asyncio(free_port())
+        ports = {p.pid: int(p.args[-1]) for p in (a, b, c)}
+        for proc in (a, b):
+            self.wait_quiet(ports[proc.pid])
+            self.park(ports[proc.pid], expect=0)
+        self.start_ui()
+
+        def selected_row(lines):
+            sel = self.selected(lines)
+            return [(p, where, lines[i]) for i, p, where in self.rows_on_screen(lines) if i in sel]
+
+        self.select_port(ports[b.pid], "PARKED")
+        self.press("x")
+        lines = self.wait_screen(lambda l: any(x.startswith("continued pid %d" % b.pid) for x in l), "x's answer")
+        self.wait_until(lambda: (self.entry(ports[b.pid]) or {}).get("status") == "released", "the release")
+        lines = self.wait_screen(lambda l: "released" in "".join(r[2] for r in selected_row(l)),
+                                 "the released row, still selected")
+        self.assertEqual([r[0] for r in selected_row(lines)], [ports[b.pid]])
+        time.sleep(1.5)  # two refreshes: it stays there
+        self.pump()
+        self.assertEqual([r[0] for r in selected_row(self.screen.lines())], [ports[b.pid]])
+        self.select_port(ports[a.pid], "PARKED")
+        self.park("resume", ports[a.pid], expect=0)  # from elsewhere
+        lines = self.wait_screen(lambda l: self.row_of(l, ports[a.pid], "LISTENING") is not None
+                                 and self.row_of(l, ports[a.pid], "PARKED") is None, "the resumed server listening")
+        self.pump(1.2)
+        self.assertEqual([r[:2] for r in selected_row(self.screen.lines())], [(ports[a.pid], "LISTENING")],
+                         "the selection left the resumed server")
+        self.kill_pid(a.pid)
+        a.wait(timeout=10)
+        self.wait_screen(lambda l: self.row_of(l, ports[a.pid]) is None, "the killed server gone")
+        self.pump(1.2)
+        self.assertEqual(selected_row(self.screen.lines()), [], "another row was selected in its place")
+        self.press("p")
+        self.wait_screen(lambda l: any(x.startswith("nothing is selected") for x in l), "the answer to p")
+        time.sleep(0.5)
+        self.assertNotIn(proc_state(c.pid), ("t", "T"), "p parked a server nobody selected")
+        self.assertIsNone(self.entry(ports[c.pid]))
+        # j selects a row again (where the lost one was; on a shared machine that row may itself be a server
+        # that comes and goes, so press again until one stays), and then keys act on the row chosen
+        for _ in range(10):
+            self.press("j")
+            deadline = time.monotonic() + 2
+            while time.monotonic() < deadline and not selected_row(self.screen.lines()):
+                self.pump()
+            if selected_row(self.screen.lines()):
+                break
+        self.select_port(ports[c.pid], "LISTENING")
+        self.press("p")
+        self.wait_until(lambda: proc_state(c.pid) == "t" and self.keeper_of(c.pid), "p did not park the chosen row")
+        self.park("resume", ports[c.pid], expect=0)
+        self.quit_ui()
+
     def test_errors_go_to_the_status_line(self):
         """A damaged state file and a key that cannot apply are reported on the status line; the ui goes on."""
         self.start_ui()
@@ -4850,7 +5106,13 @@ class UiTest(LiveTestCase):
         bad = os.path.join(parked, "%d.json" % self.port)
         with open(bad, "w") as f:
             f.write("{not json")
-        self.wait_screen(lambda l: l[22].startswith("park: state file " + bad[:40]), "the error")
+        # the error and its fix, whole, wrapped above the footer (the path is longer than the screen is wide)
+        lines = self.wait_screen(lambda l: any(x.startswith("park: state file " + bad[:40]) for x in l)
+                                 and l[22].startswith("  fix: rm "), "the error and its fix")
+        first = [i for i, x in enumerate(lines) if x.startswith("park: state file")][0]
+        block = "".join(lines[first:23]).replace(" ", "")
+        self.assertIn("damaged(notvalidJSON)fix:rm" + bad.replace(" ", ""), block, "the error or its fix is cut off")
+        self.assertTrue(all(len(x) < 80 for x in lines))
         os.unlink(bad)
         self.wait_screen(lambda l: l[22] == "", "the error cleared once the state reads again")
         self.press("x")
