@@ -2326,6 +2326,7 @@ def cmd_overview(args):
     listening = listening_rows(backend, rows, states)
     if not rows and not listening:
         out("nothing is parked, and no server of yours that park could park is listening")
+        _hint_held_by_root(backend)
     else:
         table = [("PORT", "PID", "STATUS", "KEEPER", "COMMAND")]
         table += [(":%d" % r["port"], r["pids"], r["status"], str(r["keeper"] or "-"), r["holders"])
@@ -2341,6 +2342,13 @@ def cmd_overview(args):
     return EXIT_OK
 
 
+def _hint_held_by_root(backend):
+    """A user with nothing parked is told of their processes that a park run as root holds."""
+    if os.geteuid() != 0:
+        for pid, keeper in _held_by_root(backend)[:1]:
+            out("  pid %d of yours is held by a park run as root (keeper pid %d): sudo park list" % (pid, keeper))
+
+
 def cmd_list(args):
     backend = load_backend()
     errors = []
@@ -2350,6 +2358,7 @@ def cmd_list(args):
         out(json.dumps(rows, indent=1))
     elif not rows and not errors:
         out("nothing is parked")
+        _hint_held_by_root(backend)
     elif rows:
         _print_table(rows)
     if errors:  # the other ports were listed; the damaged file is the one error

@@ -4272,6 +4272,10 @@ class SecurityTest(TwoUsersTestCase):
         r = self.run_park("resume", port, user=self.a, home=self.home_a, expect=1)
         self.assertIn("sudo park resume %d" % port, r.stderr)
         self.assertIn("pid %d of yours is held by a park run as root" % theirs.pid, r.stderr)
+        for args in (("list",), ()):  # park list, and park with no arguments
+            r = self.run_park(*args, user=self.a, home=self.home_a, expect=0)
+            self.assertIn("pid %d of yours is held by a park run as root" % theirs.pid, r.stdout)
+            self.assertIn("sudo park list", r.stdout)
         self.run_park("resume", port, expect=0)
 
     def test_the_hand_over_cannot_be_reached_by_another_user(self):
