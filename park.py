@@ -1208,6 +1208,15 @@ def _run_then_resume(backend, record, command):
     return status
 
 
+def _wait_seconds(text):
+    """--wait's value: seconds, or a duration as --for takes it."""
+    import argparse
+    try:
+        return parse_duration(text)
+    except ParkError:
+        raise argparse.ArgumentTypeError("expected seconds or a duration (60, 90s, 2m), not %r" % text[:20])
+
+
 def parse_duration(text):
     """'30s', '5m', '1h30m', or a bare number of seconds, to seconds; a usage error otherwise."""
     import re
@@ -2873,7 +2882,7 @@ def build_parser():
     r = sub.add_parser("resume", prog="park resume", help="bring parked processes back",
                        usage="park resume PORT|PID [PORT|PID...] [--wait [SECONDS]] [--force]")
     r.add_argument("target", metavar="PORT|PID", nargs="+")
-    r.add_argument("--wait", nargs="?", type=float, const=60.0, default=0.0, metavar="SECONDS",
+    r.add_argument("--wait", nargs="?", type=_wait_seconds, const=60.0, default=0.0, metavar="SECONDS",
                    help="wait while the port is in use by someone else (default 60 s)")
     r.add_argument("--force", action="store_true", help="skip socket options that cannot be restored")
     ls = sub.add_parser("list", prog="park list", help="show what is parked",

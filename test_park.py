@@ -1470,6 +1470,11 @@ class CliTest(ParkTestCase):
                 self.assertEqual(r.stdout, "")
                 self.assertIn(fix, r.stderr.split("\n")[1])
                 self.assertNotIn("usage:", r.stderr)
+        said = {("resume", "3000", "--wait", "abc"): "expected seconds or a duration",
+                ("3000", "--for", "-5s"): "not a duration", ("70000",): "70000"}
+        for args, words in said.items():
+            with self.subTest(args=args):
+                self.assertIn(words, self.park(*args, expect=2).stderr.split("\n")[0])
 
     def test_help(self):
         r = self.park("help", expect=0)
