@@ -2836,8 +2836,13 @@ EPILOG = """exit codes: 0 ok, 1 failed (the target is left as it was), 2 usage e
 state: $PARK_HOME or ~/.park"""
 
 
-def build_parser():
+def build_parser(only=None):
+    """The command line parser; with only, just that command's subparser ("": none), since building all of
+    them took ~5 ms of every run."""
     import argparse
+
+    def wanted(name):
+        return only is None or only == name
 
     class Parser(argparse.ArgumentParser):
         """Usage errors as park's one line and fix (exit 2), never argparse's usage dump."""
@@ -2854,6 +2859,53 @@ def build_parser():
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version="park " + __version__)
     sub = p.add_subparsers(dest="command", metavar="{resume,list,release,swap,ui,help}")
+    if wanted("park"):
+        pk = _park_parser(sub)
+        if only is None:  # `park --help` explains the options of `park PORT` too (the command most people run)
+            import textwrap
+            explained = []
+            for a in pk._actions:
+                if a.option_strings and a.help != argparse.SUPPRESS and a.dest != "help":
+                    name = a.option_strings[0] + (" " + a.metavar if a.metavar else "")
+                    explained += textwrap.wrap(a.help, 79, initial_indent="  %-17s " % name,
+                                               subsequent_indent=" " * 20)
+            p.epilog = "options of park PORT:\n%s\n\n%s" % ("\n".join(explained), EPILOG)
+    if wanted("resume"):
+        r = sub.add_parser("resume", prog="park resume", help="bring parked processes back",
+                           usage="park resume PORT|PID [PORT|PID...] [--wait [SECONDS]] [--force]")
+        r.add_argument("target", metavar="PORT|PID", nargs="+")
+        r.add_argument("--wait", nargs="?", type=_wait_seconds, const=60.0, default=0.0, metavar="SECONDS",
+                       help="wait while the port is in use by someone else (default 60 s)")
+        r.add_argument("--force", action="store_true", help="skip socket options that cannot be restored")
+    if wanted("list"):
+        ls = sub.add_parser("list", prog="park list", help="show what is parked",
+                            usage="park list [--json] [--prune]")
+        ls.add_argument("--json", action="store_true", help="a JSON list of objects, for scripts")
+        ls.add_argument("--prune", action="store_true", help="forget entries whose processes are gone")
+    if wanted("swap"):
+        sw = sub.add_parser("swap", prog="park swap", help="swap the servers on two ports",
+                            usage="park swap PORT1 PORT2 [--force]")
+        sw.add_argument("port1", metavar="PORT1")
+        sw.add_argument("port2", metavar="PORT2")
+        sw.add_argument("--force", action="store_true", help="as for park")
+    if wanted("release"):
+        rl = sub.add_parser("release", prog="park release",
+                            help="continue without the listener, or end the process",
+                            usage="park release PORT|PID [--kill [--force]]")
+        rl.add_argument("target", metavar="PORT|PID")
+        rl.add_argument("--kill", action="store_true", help="send SIGTERM (delivered although it was stopped)")
+        rl.add_argument("--force", action="store_true", help="with --kill: SIGKILL")
+    if wanted("ui"):
+        sub.add_parser("ui", prog="park ui", help="live dashboard of parked and listening servers", usage="park ui")
+    if wanted("help"):
+        hp = sub.add_parser("help", prog="park help", help="this help, or a command's", usage="park help [COMMAND]")
+        hp.add_argument("topic", nargs="?", metavar="COMMAND")
+    return p
+
+
+def _park_parser(sub):
+    """`park PORT`'s subparser."""
+    import argparse
     pk = sub.add_parser("park", prog="park",
                         usage="park PORT [PORT...] [--for DURATION] [--hold] [--force] [-- COMMAND [ARGS...]]",
                         description="Pause every process holding a TCP listener on PORT and free the port. The "
@@ -2871,39 +2923,7 @@ def build_parser():
                     help="keep the port open meanwhile, so clients wait instead of being refused; this stays "
                          "in the foreground, and Ctrl+C (or park resume) hands the waiting clients over")
     pk.add_argument("--drain", type=float, default=2.0, metavar="S", help=argparse.SUPPRESS)
-    # `park --help` explains the options of `park PORT` too (the command most people run), from the same help
-    import textwrap
-    explained = []
-    for a in pk._actions:
-        if a.option_strings and a.help != argparse.SUPPRESS and a.dest != "help":
-            name = a.option_strings[0] + (" " + a.metavar if a.metavar else "")
-            explained += textwrap.wrap(a.help, 79, initial_indent="  %-17s " % name, subsequent_indent=" " * 20)
-    p.epilog = "options of park PORT:\n%s\n\n%s" % ("\n".join(explained), EPILOG)
-    r = sub.add_parser("resume", prog="park resume", help="bring parked processes back",
-                       usage="park resume PORT|PID [PORT|PID...] [--wait [SECONDS]] [--force]")
-    r.add_argument("target", metavar="PORT|PID", nargs="+")
-    r.add_argument("--wait", nargs="?", type=_wait_seconds, const=60.0, default=0.0, metavar="SECONDS",
-                   help="wait while the port is in use by someone else (default 60 s)")
-    r.add_argument("--force", action="store_true", help="skip socket options that cannot be restored")
-    ls = sub.add_parser("list", prog="park list", help="show what is parked",
-                        usage="park list [--json] [--prune]")
-    ls.add_argument("--json", action="store_true", help="a JSON list of objects, for scripts")
-    ls.add_argument("--prune", action="store_true", help="forget entries whose processes are gone")
-    sw = sub.add_parser("swap", prog="park swap", help="swap the servers on two ports",
-                        usage="park swap PORT1 PORT2 [--force]")
-    sw.add_argument("port1", metavar="PORT1")
-    sw.add_argument("port2", metavar="PORT2")
-    sw.add_argument("--force", action="store_true", help="as for park")
-    rl = sub.add_parser("release", prog="park release",
-                        help="continue without the listener, or end the process",
-                        usage="park release PORT|PID [--kill [--force]]")
-    rl.add_argument("target", metavar="PORT|PID")
-    rl.add_argument("--kill", action="store_true", help="send SIGTERM (delivered although it was stopped)")
-    rl.add_argument("--force", action="store_true", help="with --kill: SIGKILL")
-    sub.add_parser("ui", prog="park ui", help="live dashboard of parked and listening servers", usage="park ui")
-    hp = sub.add_parser("help", prog="park help", help="this help, or a command's", usage="park help [COMMAND]")
-    hp.add_argument("topic", nargs="?", metavar="COMMAND")
-    return p
+    return pk
 
 
 def _subparser(parser, name):
@@ -2966,7 +2986,9 @@ def main(argv=None):
         if not run_argv:
             sys.stderr.write("park: nothing to run after --\n  fix: park PORT -- COMMAND [ARGS...]\n")
             return EXIT_USAGE
-    parser = build_parser()
+    first = argv[0] if argv else ""
+    parser = build_parser(None if first in ("help", "-h", "--help") else first if first in COMMANDS + ("park",)
+                          else "")
     for i, a in enumerate(argv[:-1]):
         if a == "--for" and argv[i + 1].startswith("-"):
             argv[i:i + 2] = ["--for=" + argv[i + 1]]  # so that `--for -5s` is judged as a duration
