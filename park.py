@@ -991,7 +991,9 @@ def _prepare(backend, port, force, everywhere=False):
             raise ParkError("pid %s, parked on :%d, runs without its listener (%s)"
                             % (_pids(old), port, _why_running(old)), fix="park resume %d" % port)
         remove_state(old)  # its processes are gone, or serve again
+    started = time.perf_counter()
     found = backend.listeners(port, everywhere=True) if everywhere else backend.listeners(port)
+    debug("holders found in %.2f ms" % ((time.perf_counter() - started) * 1000))
     if not found:
         raise ParkError("nothing is listening on :%d" % port, fix=_listening_hint(backend, port))
     me = os.geteuid()

@@ -19,6 +19,10 @@ resumed (if parked) and killed by its PID at the end, also on errors, SIGTERM an
 
 Standard library only; Python 3.9+.
     python3 bench/bench_park.py [--rounds 20] [--python PATH] [--node /usr/bin/node] [--threads 10]
+        [--processes N [--processes-cgroup own|same]]
+
+With --processes N, N idle processes run meanwhile (in a cgroup of their own unless told otherwise), and the
+report shows how long park took to find the listener's holders among them.
 """
 
 import argparse
@@ -39,6 +43,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 PARK = os.path.join(os.path.dirname(HERE), "park.py")
 HELD_RE = re.compile(r"park: debug: threads held by ptrace ([0-9.]+) ms")
 MAIN_RE = re.compile(r"park: debug: main started at ([0-9.]+)")
+FOUND_RE = re.compile(r"park: debug: holders found in ([0-9.]+) ms")
 
 # The server: sizes libuv's threadpool so the whole process has --threads threads (the pool starts lazily and
 # reads UV_THREADPOOL_SIZE from the environment when it starts), starts the pool with a pbkdf2, then listens on
@@ -194,6 +199,15 @@ def port_free(port):
 # ---------------------------------------------------------------------------------------------------------
 # Statistics and report
 
+def cgroup2_root():
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            if right.split(" ", 1)[0] == "cgroup2":
+                return left.split()[4]
+    return None
+
+
 def held_ms(stderr, what):
     m = HELD_RE.search(stderr)
     if not m:
@@ -295,6 +309,9 @@ def report(r, info, server, rounds_done, args):
     row("resume / bare (per round)", r["resume_ratio"], "x", "≤ 2.00×", 2.0)
     row("threads held by ptrace in park (%s threads)" % server["threads"], r["held_park"], "ms", "≤ 2 ms", 2.0)
     row("threads held by ptrace in resume (%s threads)" % server["threads"], r["held_resume"], "ms", "≤ 2 ms", 2.0)
+    row("holder discovery, %d other processes%s" % (args.processes, " (in a cgroup of their own)" if
+        args.processes and args.processes_cgroup == "own" else " (in the server's cgroup)" if args.processes
+        else ""), r["discovery"], "ms", "—")
     row("resume start → first served request", r["first"], "ms", "< 30 ms", 30.0, strict=True)
     row("(park's main() starts → first served request)", r["first_from_main"], "ms", "—")
     row("(resume wall time while the client polls)", r["resume_polled"], "ms", "—")
@@ -328,7 +345,10 @@ class Bench:
         # The command that runs park: the interpreter with park.py, or (--launcher) an installed `park`.
         self.park_cmd = [args.launcher] if args.launcher else [self.python, PARK]
         self.results = {k: [] for k in ("bare", "park", "resume", "park_ratio", "resume_ratio", "held_park",
-                                        "held_resume", "first", "first_from_main", "resume_polled", "attempts")}
+                                        "held_resume", "first", "first_from_main", "resume_polled", "attempts",
+                                        "discovery")}
+        self.idle = []  # the --processes idle processes
+        self.cgroup = None  # the cgroup they run in (--processes-cgroup own)
 
     # -- server --
     def start_server(self):
@@ -394,6 +414,7 @@ class Bench:
             print("node pid %d stopped (exit status %s)" % (pid, self.node.returncode), flush=True)
 
     def cleanup(self):
+        self.stop_idle()
         old = signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
             self.stop_server()
@@ -443,6 +464,10 @@ class Bench:
         t_park, rc, out, err = run(self.park_cmd + [port], self.env)
         self.check_parked(rc, out, err, what)
         h_park = held_ms(err, "park")
+        m = FOUND_RE.search(err)
+        if not m:
+            raise BenchError("park printed no holder discovery time (PARK_DEBUG=1): %s" % err.strip()[-300:])
+        found = float(m.group(1))
         t_res, rc, out, err = run(self.park_cmd + ["resume", port], self.env)
         h_res = held_ms(err, "park resume")
         self.check_resumed(rc, out, err, what)
@@ -470,6 +495,45 @@ class Bench:
             r["first_from_main"].append(self.from_main * 1e3)
             r["resume_polled"].append(t_polled * 1e3)
             r["attempts"].append(attempts)
+            r["discovery"].append(found)
+
+    # -- idle processes --
+    def start_idle(self, n, where):
+        """n idle processes (sleep, each with 10 more fds open, as real programs have some), in a cgroup of
+        their own (where="own": other apps, as systemd runs them) or in the benchmark's ("same")."""
+        if not n:
+            return
+        if where == "own":
+            root = cgroup2_root()
+            if root is None or not os.access(root, os.W_OK):
+                raise BenchError("--processes-cgroup own needs root and a writable cgroup2 mount")
+            self.cgroup = os.path.join(root, "park-bench-%d" % os.getpid())
+            os.mkdir(self.cgroup)
+        null = [os.open(os.devnull, os.O_RDONLY) for _ in range(10)]
+        procs = os.path.join(self.cgroup, "cgroup.procs") if self.cgroup else None
+
+        def into_cgroup():
+            if procs:
+                with open(procs, "w") as f:
+                    f.write(str(os.getpid()))
+        try:
+            for _ in range(n):
+                self.idle.append(subprocess.Popen(["sleep", "3600"], stdin=subprocess.DEVNULL,
+                                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                                  pass_fds=null, preexec_fn=into_cgroup))
+        finally:
+            for fd in null:
+                os.close(fd)
+
+    def stop_idle(self):
+        for p in self.idle:
+            p.kill()
+        for p in self.idle:
+            p.wait()
+        self.idle = []
+        if self.cgroup:
+            os.rmdir(self.cgroup)
+            self.cgroup = None
 
     def measure_keeper(self):
         """Park, then read the keeper's CPU time and RSS across --keeper-idle idle seconds; resume."""
@@ -556,6 +620,11 @@ def main():
                          "PYTHONDONTWRITEBYTECODE unset) instead of inheriting the environment as it is")
     ap.add_argument("--max-seconds", type=float, default=100.0, help="stop taking rounds after this long")
     ap.add_argument("--keeper-idle", type=float, default=10.0, help="seconds the idle keeper is measured")
+    ap.add_argument("--processes", type=int, default=0, metavar="N",
+                    help="start N idle processes first (stopped by pid at the end)")
+    ap.add_argument("--processes-cgroup", choices=("own", "same"), default="own",
+                    help="run them in a cgroup of their own, as a desktop runs other apps (default), or in "
+                         "the benchmark's, as in a container")
     args = ap.parse_args()
     if args.python is None:
         args.python = os.path.realpath(sys.executable)
@@ -578,6 +647,7 @@ def main():
     start = time.monotonic()
     done = 0
     try:
+        bench.start_idle(args.processes, args.processes_cgroup)
         bench.start_server()
         for i in range(1, args.warmup + args.rounds + 1):
             if time.monotonic() - start > args.max_seconds:
