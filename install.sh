@@ -11,9 +11,9 @@ set -u
 BASE_URL="https://raw.githubusercontent.com/park-sh/park/main"
 
 # sha256 of each file at this release (test_park.py fails, printing these lines, when one differs).
-SHA256_park_py="e15b265f895250930b9a622fb3574fc93d5a4571fa6823a5ebb2158939409760"
+SHA256_park_py="04c677454dd7518693587a44b95c131297ba0663a477c5e151b3f76077dc730a"
 SHA256_park_darwin_arm64_py="35e04a52d80d7f0bec27951dd9d39527268a8dfc71ddaf28203861b6a83c51bd"
-SHA256_park_linux_x86_64_py="8ad78ff25befd7e8b24a9bf34443d6ad5ca2880b22f93995b8486a2828225b05"
+SHA256_park_linux_x86_64_py="c0fe2afe2fc504b6dad360f2f43af2adcdc8c893e2c104d22e7a4b2c6d2d338d"
 
 say() { printf 'park-install: %s\n' "$*"; }
 err() { printf 'park-install: error: %s\n' "$*" >&2; }

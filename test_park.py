@@ -273,6 +273,46 @@ ready(str(pid))
 os.wait()
 '''
 
+# Three workers, each with an epoll of its own watching the listener (EPOLLEXCLUSIVE, like nginx, unless
+# FIXTURE_EPOLL=plain), registered in the order 2, 0, 1: neither pid order nor its reverse. Each accepted
+# connection is logged to stderr, so a test can tell that nobody else's (park's probe) was served.
+PY_EPOLL_WORKERS = PY_COMMON + r'''
+import ctypes, select
+FLAGS = select.EPOLLIN | (0 if os.environ.get("FIXTURE_EPOLL") == "plain" else select.EPOLLEXCLUSIVE)
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", PORT))
+s.listen(128)
+s.setblocking(False)
+children, pipes = [], []
+for i in range(3):
+    go, done = os.pipe(), os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: never outlive the parent
+        os.read(go[0], 1)
+        ep = select.epoll()
+        ep.register(s.fileno(), FLAGS)
+        os.write(done[1], b"x")
+        while True:
+            ep.poll()
+            try:
+                conn, _ = s.accept()
+            except BlockingIOError:
+                continue  # another worker took it (plain registrations wake them all)
+            sys.stderr.write("accepted by %d\n" % os.getpid())
+            sys.stderr.flush()
+            handle(conn)
+    children.append(pid)
+    pipes.append((go[1], done[0]))
+for i in (2, 0, 1):
+    os.write(pipes[i][0], b"g")
+    os.read(pipes[i][1], 1)
+ready(" ".join(map(str, children)))
+for _ in children:
+    os.wait()
+'''
+
 PY_DUAL_STACK = PY_COMMON + r'''
 s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -2625,6 +2665,101 @@ class FidelityTest(LiveTestCase):
         self.wait_for(lambda: set(self.filter_lengths(pid).values()) == {0}, "the filter to be removed", 2)
         self.assert_running(pid)
         self.assertEqual(self.get_count("127.0.0.1", self.port), (pid, n + 1))
+
+    def start_epoll_workers(self, mode):
+        proc, words = self.start_python(PY_EPOLL_WORKERS, self.port, env=dict(os.environ, FIXTURE_EPOLL=mode))
+        workers = [int(w) for w in words]
+        for pid in workers:
+            self.addCleanup(self.kill_pid, pid)
+        self.wait_serving("127.0.0.1", self.port)
+        return proc, workers
+
+    def wake_order(self, workers):
+        """The workers in the order a new connection wakes their epolls, seen as park does it, but with
+        SIGSTOP: each epoll duplicated into one edge-triggered epoll here, then one connection (which a
+        worker accepts once continued)."""
+        inode, = listen_inodes(self.port)
+        dups, mine = {}, select.epoll()
+        for pid in workers:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            for pid in workers:
+                self.wait_for(lambda: proc_state(pid) == "T", "worker %d to stop" % pid)
+                for fd, link in _fd_links(pid).items():
+                    if link == "anon_inode:[eventpoll]" and "ino:%x" % inode in _read_text(
+                            "/proc/%d/fdinfo/%d" % (pid, fd)):
+                        dups[pidfd_getfd(pid, fd)] = pid
+            self.assertEqual(sorted(dups.values()), sorted(workers))
+            for d in dups:
+                mine.register(d, select.EPOLLIN | select.EPOLLET)
+            mine.poll(0)
+            with socket.create_connection(("127.0.0.1", self.port), timeout=5):
+                seen = []
+                deadline = time.monotonic() + 2
+                while len(seen) < len(workers) and time.monotonic() < deadline:
+                    seen += [dups[fd] for fd, _ in mine.poll(0.1) if dups[fd] not in seen]
+                for pid in workers:
+                    os.kill(pid, signal.SIGCONT)
+            return seen
+        finally:
+            for pid in workers:
+                os.kill(pid, signal.SIGCONT)
+            mine.close()
+            for d in dups:
+                os.close(d)
+
+    def served_by(self, n=50):
+        """{pid: how many of n sequential requests (a new connection each) it answered}; a short pause
+        between them lets the worker that served one wait in epoll again (else the next goes elsewhere)."""
+        out = {}
+        for _ in range(n):
+            pid = self.get_count("127.0.0.1", self.port)[0]
+            out[pid] = out.get(pid, 0) + 1
+            time.sleep(0.01)
+        return out
+
+    def accepts_logged(self, proc):
+        proc.log.flush()
+        proc.log.seek(0)
+        return proc.log.read().count("accepted by ")
+
+    def test_exclusive_epoll_workers_keep_the_traffic_across_cycles(self):
+        """EPOLLEXCLUSIVE: the first-registered idle worker gets every connection; after each of 5 park/resume
+        cycles it still does (park replays the registrations in the wake order it observed), and no worker
+        ever accepted park's own probe."""
+        proc, workers = self.start_epoll_workers("exclusive")
+        order = self.wake_order(workers)
+        self.assertEqual(order[0], workers[2], "the fixture registers worker 2 first")
+        share = self.served_by()
+        self.assertGreaterEqual(share.get(order[0], 0), 40, share)
+        made = 1 + 50 + 1  # wait_serving's request, the first wake_order's connection, served_by's
+        for cycle in range(5):
+            self.wait_quiet(self.port, allow_time_wait=True)
+            self.park(self.port, expect=0)
+            self.park("resume", self.port, expect=0)
+            share = self.served_by()
+            self.assertGreaterEqual(share.get(order[0], 0), 40, "cycle %d: %s" % (cycle, share))
+            self.assertEqual(self.wake_order(workers), order, "cycle %d" % cycle)
+            made += 50 + 1
+            self.wait_for(lambda: self.accepts_logged(proc) == made, "only the test's connections accepted")
+        for pid in workers:
+            self.assert_running(pid)
+
+    def test_plain_epoll_workers_keep_their_wake_order(self):
+        """Plain registrations: the last-registered epoll is woken first (all are); park restores that
+        order, and every request is still served."""
+        proc, workers = self.start_epoll_workers("plain")
+        order = self.wake_order(workers)
+        self.assertEqual(order, [workers[1], workers[0], workers[2]], "the fixture registers 2, 0, 1")
+        made = 1 + 1
+        for cycle in range(5):
+            self.wait_quiet(self.port, allow_time_wait=True)
+            self.park(self.port, expect=0)
+            self.park("resume", self.port, expect=0)
+            self.assertEqual(sum(self.served_by(20).values()), 20)
+            self.assertEqual(self.wake_order(workers), order, "cycle %d" % cycle)
+            made += 20 + 1
+            self.wait_for(lambda: self.accepts_logged(proc) == made, "only the test's connections accepted")
 
     def keeper_pid_of_record(self):
         try:
