@@ -1469,6 +1469,23 @@ class LinuxBackendLogicTest(unittest.TestCase):
                          [(6, 0x19, 0x7FD700000006, 0x1267), (3, 0x8000201D, 0xC000100008, -1)])
         self.assertEqual(self.b.parse_fdinfo_flags("pos:\t0\nflags:\t02004002\n"), 0o2004002)
 
+    def test_replay_order(self):
+        """Plain registrations are added in reverse wake order (each goes to the front of the listener's
+        wait queue), EPOLLEXCLUSIVE ones in wake order (each to the back); without ranks, as recorded."""
+        def reg(pid, wake, exclusive):
+            r = {"epfd": 3, "tfd": 4, "events": EPOLLIN | (EPOLLEXCLUSIVE if exclusive else 0), "data": pid}
+            if wake is not None:
+                r["wake"] = wake
+            return (pid, r)
+        regs = [reg(1, 2, True), reg(2, 0, True), reg(3, 1, True)]
+        self.assertEqual([p for p, _ in self.b._replay_order(regs)], [2, 3, 1])
+        regs = [reg(1, 1, False), reg(2, 2, False), reg(3, 0, False), reg(4, 4, True), reg(5, 3, True)]
+        self.assertEqual([p for p, _ in self.b._replay_order(regs)], [2, 1, 3, 5, 4])
+        regs = [reg(3, None, True), reg(1, None, True)]
+        self.assertEqual(self.b._replay_order(regs), regs)
+        self.assertEqual(len(self.b._syn_filter([])), 5 * 8)
+        self.assertEqual(len(self.b._syn_filter([4000, 4001])), 8 * 8)
+
     def test_sockaddr_and_option_bytes(self):
         b = self.b
         self.assertEqual(b._sockaddr(socket.AF_INET, ["127.0.0.1", 3000]),
@@ -2760,6 +2777,79 @@ class FidelityTest(LiveTestCase):
             self.assertEqual(self.wake_order(workers), order, "cycle %d" % cycle)
             made += 20 + 1
             self.wait_for(lambda: self.accepts_logged(proc) == made, "only the test's connections accepted")
+
+    def test_wake_order_probe_under_load_resets_nothing(self):
+        """The probe passes park's SYN filter while 4 clients open a connection per request through 10
+        cycles: none is reset, the order is kept, no filter is left and no worker accepted the probe."""
+        proc, workers = self.start_epoll_workers("exclusive")
+        order = self.wake_order(workers)
+        counts = {"ok": 0, "reset": 0, "refused": 0, "other": 0}
+        lock, stop = threading.Lock(), threading.Event()
+
+        def client():
+            while not stop.is_set():
+                try:
+                    with socket.create_connection(("127.0.0.1", self.port), timeout=10) as c:
+                        c.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+                        kind = "ok" if c.recv(4096).startswith(b"HTTP/1.1 200") else "other"
+                except ConnectionResetError:
+                    kind = "reset"
+                except ConnectionRefusedError:
+                    kind = "refused"
+                    time.sleep(0.01)
+                except OSError:
+                    kind = "other"
+                with lock:
+                    counts[kind] += 1
+
+        threads = [threading.Thread(target=client, daemon=True) for _ in range(4)]
+        for t in threads:
+            t.start()
+        try:
+            time.sleep(0.3)
+            for _ in range(10):
+                self.park(self.port, expect=0)
+                self.park("resume", self.port, expect=0)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(15)
+        self.assertEqual(counts["reset"], 0, counts)
+        self.assertEqual(counts["other"], 0, counts)
+        self.assertGreater(counts["ok"], 50, counts)
+        for pid in workers:
+            self.assertEqual(set(self.filter_lengths(pid).values()) - {0}, set(), "a filter was left")
+        served = 1 + 1 + counts["ok"]  # wait_serving's request and wake_order's connection too
+        self.wait_for(lambda: self.accepts_logged(proc) >= served, "the workers to log their accepts")
+        time.sleep(0.2)
+        self.assertEqual(self.accepts_logged(proc), served, counts)
+        self.assertEqual(self.wake_order(workers), order)
+
+    def test_syn_filter_lets_only_the_probe_ports_through(self):
+        """The guard's filter with an allowed source port: that port's connection completes, another one's
+        SYN is dropped (it stays in SYN_SENT)."""
+        b = load_module("park_linux_x86_64_under_test", BACKEND)
+        lsock = socket.socket()
+        self.addCleanup(lsock.close)
+        lsock.bind(("127.0.0.1", self.port))
+        lsock.listen(8)
+        lsock.settimeout(1)
+        probe, other = socket.socket(), socket.socket()
+        for c in (probe, other):
+            self.addCleanup(c.close)
+            c.bind(("127.0.0.1", 0))
+            c.setblocking(False)
+        code = b._syn_filter([probe.getsockname()[1]])
+        prog = ctypes.create_string_buffer(code, len(code))
+        fprog = struct.pack("=H6xQ", len(code) // 8, ctypes.addressof(prog))
+        lsock.setsockopt(socket.SOL_SOCKET, 26, fprog)  # SO_ATTACH_FILTER
+        other.connect_ex(("127.0.0.1", self.port))
+        probe.connect_ex(("127.0.0.1", self.port))
+        conn, peer = lsock.accept()
+        conn.close()
+        self.assertEqual(peer, probe.getsockname())
+        self.assertEqual(select.select([], [other], [], 0.3)[1], [], "the other SYN was not dropped")
+        self.assertRaises(socket.timeout, lsock.accept)
 
     def keeper_pid_of_record(self):
         try:
