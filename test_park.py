@@ -313,6 +313,46 @@ for _ in children:
     os.wait()
 '''
 
+# One epoll made by the parent before it forks, shared by workers 0 and 1 (and the parent), registered last;
+# worker 2 registers first, in an epoll of its own (EPOLLEXCLUSIVE) and in a second one (plain) that nobody
+# waits on. Worker 2 gets the connections; a replay in pid order would give them to 0 or 1.
+PY_EPOLL_SHARED = PY_COMMON + r'''
+import ctypes, select
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", PORT))
+s.listen(128)
+s.setblocking(False)
+shared = select.epoll()
+children = []
+go, done = os.pipe(), os.pipe()
+for i in range(3):
+    pid = os.fork()
+    if pid == 0:
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: never outlive the parent
+        ep = shared
+        if i == 2:
+            ep, idle = select.epoll(), select.epoll()
+            ep.register(s.fileno(), select.EPOLLIN | select.EPOLLEXCLUSIVE)
+            idle.register(s.fileno(), select.EPOLLIN)
+            os.write(done[1], b"x")
+        while True:
+            ep.poll()
+            try:
+                conn, _ = s.accept()
+            except BlockingIOError:
+                continue
+            sys.stderr.write("accepted by %d\n" % os.getpid())
+            sys.stderr.flush()
+            handle(conn)
+    children.append(pid)
+os.read(done[0], 1)
+shared.register(s.fileno(), select.EPOLLIN | select.EPOLLEXCLUSIVE)
+ready(" ".join(map(str, children)))
+for _ in children:
+    os.wait()
+'''
+
 PY_DUAL_STACK = PY_COMMON + r'''
 s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -2777,6 +2817,31 @@ class FidelityTest(LiveTestCase):
             self.assertEqual(self.wake_order(workers), order, "cycle %d" % cycle)
             made += 20 + 1
             self.wait_for(lambda: self.accepts_logged(proc) == made, "only the test's connections accepted")
+
+    def test_shared_epoll_and_two_epolls_in_one_worker(self):
+        """An epoll shared by three processes (made before the fork) counts once; a worker with two epolls on
+        the listener has both ranked; the worker that registered first keeps the connections."""
+        proc, workers = self.start_python(PY_EPOLL_SHARED, self.port)
+        workers = [int(w) for w in workers]
+        for pid in workers:
+            self.addCleanup(self.kill_pid, pid)
+        self.wait_serving("127.0.0.1", self.port)
+        share = self.served_by()
+        self.assertGreaterEqual(share.get(workers[2], 0), 40, share)
+        for cycle in range(3):
+            self.wait_quiet(self.port, allow_time_wait=True)
+            self.park(self.port, expect=0)
+            with open(os.path.join(self.home, "parked", "%d.json" % self.port)) as f:
+                holders = {h["pid"]: h for h in json.load(f)["listeners"][0]["holders"]}
+            ranks = {pid: sorted((r["events"] & EPOLLEXCLUSIVE != 0, r.get("wake", -1))
+                                 for r in holders[pid]["epoll"]) for pid in holders}
+            self.park("resume", self.port, expect=0)
+            share = self.served_by()
+            self.assertGreaterEqual(share.get(workers[2], 0), 40, "cycle %d: %s" % (cycle, share))
+            # the plain one is woken first (0), then worker 2's exclusive one (1), then the shared one (2),
+            # which worker 2 has inherited too
+            self.assertEqual(ranks, {proc.pid: [(True, 2)], workers[0]: [(True, 2)], workers[1]: [(True, 2)],
+                                     workers[2]: [(False, 0), (True, 1), (True, 2)]})
 
     def test_wake_order_probe_under_load_resets_nothing(self):
         """The probe passes park's SYN filter while 4 clients open a connection per request through 10
