@@ -11,9 +11,9 @@ set -u
 BASE_URL="https://raw.githubusercontent.com/park-sh/park/main"
 
 # sha256 of each file at this release (test_park.py fails, printing these lines, when one differs).
-SHA256_park_py="04c677454dd7518693587a44b95c131297ba0663a477c5e151b3f76077dc730a"
+SHA256_park_py="560dadb968c0ed24054c48de320f4c426ef13f089dbfc2aee5159deac435c3b3"
 SHA256_park_darwin_arm64_py="35e04a52d80d7f0bec27951dd9d39527268a8dfc71ddaf28203861b6a83c51bd"
-SHA256_park_linux_x86_64_py="c0fe2afe2fc504b6dad360f2f43af2adcdc8c893e2c104d22e7a4b2c6d2d338d"
+SHA256_park_linux_x86_64_py="3e68d997c053f3324aaa62268524f5e0bd9d157467f4f7e02a9bf008540903b6"
 
 say() { printf 'park-install: %s\n' "$*"; }
 err() { printf 'park-install: error: %s\n' "$*" >&2; }

@@ -1523,8 +1523,10 @@ class WakeProbe:
                             break
                     else:
                         groups.append([(h["pid"], r)])
-            if len(groups) < 2:
-                continue
+            if len(groups) < 2 or any(not r["events"] & EPOLLIN for g in groups for _, r in g):
+                continue  # nothing to order, or a registration no connection wakes (a fired EPOLLONESHOT)
+            if any(o is not l and o["family"] == l["family"] and o["address"] == l["address"] for o in plan):
+                continue  # a SO_REUSEPORT group: the kernel picks the socket a connection goes to, by hash
             ep, dups, sock = select.epoll(), {}, None
             try:
                 for i, g in enumerate(groups):

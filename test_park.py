@@ -1468,6 +1468,7 @@ def bad_records(good):
         v("epoll tfd not a recorded fd", lambda r: H(r)["epoll"][0].update(tfd=3)),
         v("epoll data over 64 bits", lambda r: H(r)["epoll"][0].update(data=1 << 64)),
         v("epoll events", lambda r: H(r)["epoll"][0].update(events=-1)),
+        v("epoll wake order", lambda r: H(r)["epoll"][0].update(wake="first")),
         v("keeper", lambda r: r.update(keeper={"pid": "x"})),
         v("hold", lambda r: r.update(hold={"pid": 5, "starttime": 1, "sockets": [{}]})),
         v("timer", lambda r: r.update(timer={"until": "soon"})),
