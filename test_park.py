@@ -2790,16 +2790,17 @@ class FidelityTest(LiveTestCase):
         self.assertEqual(order[0], workers[2], "the fixture registers worker 2 first")
         share = self.served_by()
         self.assertGreaterEqual(share.get(order[0], 0), 40, share)
-        made = 1 + 50 + 1  # wait_serving's request, the first wake_order's connection, served_by's
         for cycle in range(5):
-            self.wait_quiet(self.port, allow_time_wait=True)
+            self.wait_quiet(self.port, allow_time_wait=True)  # every connection so far accepted and closed
+            made = self.accepts_logged(proc)
             self.park(self.port, expect=0)
             self.park("resume", self.port, expect=0)
             share = self.served_by()
             self.assertGreaterEqual(share.get(order[0], 0), 40, "cycle %d: %s" % (cycle, share))
             self.assertEqual(self.wake_order(workers), order, "cycle %d" % cycle)
-            made += 50 + 1
-            self.wait_for(lambda: self.accepts_logged(proc) == made, "only the test's connections accepted")
+            self.wait_quiet(self.port, allow_time_wait=True)
+            self.assertEqual(self.accepts_logged(proc), made + 50 + 1, "cycle %d: only the test's connections "
+                             "(50 requests and wake_order's) are accepted" % cycle)
         for pid in workers:
             self.assert_running(pid)
 
@@ -2809,15 +2810,15 @@ class FidelityTest(LiveTestCase):
         proc, workers = self.start_epoll_workers("plain")
         order = self.wake_order(workers)
         self.assertEqual(order, [workers[1], workers[0], workers[2]], "the fixture registers 2, 0, 1")
-        made = 1 + 1
         for cycle in range(5):
-            self.wait_quiet(self.port, allow_time_wait=True)
+            self.wait_quiet(self.port, allow_time_wait=True)  # every connection so far accepted and closed
+            made = self.accepts_logged(proc)
             self.park(self.port, expect=0)
             self.park("resume", self.port, expect=0)
             self.assertEqual(sum(self.served_by(20).values()), 20)
             self.assertEqual(self.wake_order(workers), order, "cycle %d" % cycle)
-            made += 20 + 1
-            self.wait_for(lambda: self.accepts_logged(proc) == made, "only the test's connections accepted")
+            self.wait_quiet(self.port, allow_time_wait=True)
+            self.assertEqual(self.accepts_logged(proc), made + 20 + 1, "cycle %d" % cycle)
 
     def test_shared_epoll_and_two_epolls_in_one_worker(self):
         """An epoll shared by three processes (made before the fork) counts once; a worker with two epolls on
