@@ -37,7 +37,7 @@ BACKENDS = {("linux", "x86_64"): "park_linux_x86_64", ("darwin", "arm64"): "park
 BASE_URL = "https://raw.githubusercontent.com/park-sh/park/main"
 PINS = {
     "park_darwin_arm64": "35e04a52d80d7f0bec27951dd9d39527268a8dfc71ddaf28203861b6a83c51bd",
-    "park_linux_x86_64": "3e68d997c053f3324aaa62268524f5e0bd9d157467f4f7e02a9bf008540903b6",
+    "park_linux_x86_64": "7b3cd5dc61da2f39349d8bf76a939d76844459764ddcfbde8b0490719c736596",
 }
 SCHEMA = 1
 KIND = "park.parked"

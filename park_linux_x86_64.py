@@ -1509,7 +1509,10 @@ class WakeProbe:
     reset at once, and the close discards it from the accept queue: no holder runs meanwhile. Only a
     listener that two or more epoll instances watch is probed."""
 
-    WAIT = 0.05  # seconds the stopped holders wait at most for a probe that does not arrive (normally ~0)
+    # Seconds the stopped holders wait at most for the probe's wake-ups (normally they come before connect()
+    # returns; on a loaded machine the loopback softirq can run later, in ksoftirqd). A probe the kernel
+    # refuses (a reset: SO_BINDTODEVICE elsewhere) ends the wait at once; one a filter drops does not.
+    WAIT = 0.25
 
     def __init__(self, plan):
         self.items = []  # (listener, socket, park's epoll, {duplicate fd: group}, groups of (pid, reg))
@@ -1577,13 +1580,17 @@ class WakeProbe:
             # The listener queues a connection (and wakes anyone) only once data arrives (tcp_check_req).
             if not select.select([], [sock], [], self.WAIT)[1] or sock.send(b"\0") != 1:
                 return None
+        ep.register(sock.fileno(), select.EPOLLOUT | EPOLLET)  # connected, or refused
         seen = []
         while len(seen) < len(dups):
-            left = deadline - time.monotonic()
-            if left <= 0:
+            ready = ep.poll(max(0.0, deadline - time.monotonic()))
+            if not ready:
                 return None
-            for fd, _ in ep.poll(left):
-                if dups[fd] not in seen:
+            for fd, _ in ready:
+                if fd not in dups:
+                    if sock.getsockopt(SOL_SOCKET, socket.SO_ERROR):
+                        return None
+                elif dups[fd] not in seen:
                     seen.append(dups[fd])
         return seen
 

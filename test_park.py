@@ -2788,15 +2788,17 @@ class FidelityTest(LiveTestCase):
         proc, workers = self.start_epoll_workers("exclusive")
         order = self.wake_order(workers)
         self.assertEqual(order[0], workers[2], "the fixture registers worker 2 first")
+        # Most go to that worker (all of them on an idle machine: it is back in epoll_wait when the next one
+        # comes); before park kept the order, none did after a cycle.
         share = self.served_by()
-        self.assertGreaterEqual(share.get(order[0], 0), 40, share)
+        self.assertGreater(share.get(order[0], 0), 25, share)
         for cycle in range(5):
             self.wait_quiet(self.port, allow_time_wait=True)  # every connection so far accepted and closed
             made = self.accepts_logged(proc)
             self.park(self.port, expect=0)
             self.park("resume", self.port, expect=0)
             share = self.served_by()
-            self.assertGreaterEqual(share.get(order[0], 0), 40, "cycle %d: %s" % (cycle, share))
+            self.assertGreater(share.get(order[0], 0), 25, "cycle %d: %s" % (cycle, share))
             self.assertEqual(self.wake_order(workers), order, "cycle %d" % cycle)
             self.wait_quiet(self.port, allow_time_wait=True)
             self.assertEqual(self.accepts_logged(proc), made + 50 + 1, "cycle %d: only the test's connections "
@@ -2829,7 +2831,7 @@ class FidelityTest(LiveTestCase):
             self.addCleanup(self.kill_pid, pid)
         self.wait_serving("127.0.0.1", self.port)
         share = self.served_by()
-        self.assertGreaterEqual(share.get(workers[2], 0), 40, share)
+        self.assertGreater(share.get(workers[2], 0), 25, share)
         for cycle in range(3):
             self.wait_quiet(self.port, allow_time_wait=True)
             self.park(self.port, expect=0)
@@ -2839,7 +2841,7 @@ class FidelityTest(LiveTestCase):
                                  for r in holders[pid]["epoll"]) for pid in holders}
             self.park("resume", self.port, expect=0)
             share = self.served_by()
-            self.assertGreaterEqual(share.get(workers[2], 0), 40, "cycle %d: %s" % (cycle, share))
+            self.assertGreater(share.get(workers[2], 0), 25, "cycle %d: %s" % (cycle, share))
             # the plain one is woken first (0), then worker 2's exclusive one (1), then the shared one (2),
             # which worker 2 has inherited too
             self.assertEqual(ranks, {proc.pid: [(True, 2)], workers[0]: [(True, 2)], workers[1]: [(True, 2)],
