@@ -11,9 +11,9 @@ set -u
 BASE_URL="https://raw.githubusercontent.com/park-sh/park/main"
 
 # sha256 of each file at this release (test_park.py fails, printing these lines, when one differs).
-SHA256_park_py="3a81e3c3f3c2ad033936c1c269891e548feb73e0b6dac63c55477d0cfbdb79e8"
+SHA256_park_py="954fa608b7dccdc18611d101882537fdce901d3aab7f5e1d27470c4b51e830aa"
 SHA256_park_darwin_arm64_py="35e04a52d80d7f0bec27951dd9d39527268a8dfc71ddaf28203861b6a83c51bd"
-SHA256_park_linux_x86_64_py="7b3cd5dc61da2f39349d8bf76a939d76844459764ddcfbde8b0490719c736596"
+SHA256_park_linux_x86_64_py="bd66de04b46acd3177a6f39b54e1c40b149a3006b248b509074564b4e419e061"
 
 say() { printf 'park-install: %s\n' "$*"; }
 err() { printf 'park-install: error: %s\n' "$*" >&2; }

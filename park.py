@@ -13,7 +13,7 @@ The work on processes is done by one backend module per platform, loaded from th
   held(info, keeper)         True when park's keeper (a pid, or None when it is gone) holds that process
   signals(pid)               {pending, blocked, ignored, caught}: sets of signal numbers (Linux)
   inspect(listener, force)   the listener with everything needed to recreate it (JSON-serialisable)
-  park(plan, drain, suspend_seccomp)   close the listeners; {reset, held, tracer}: the tracer (Linux) keeps
+  park(plan, drain, suspend_seccomp)   close the listeners; {reset, held, tracer, notes}: the tracer (Linux) keeps
                                        every thread in a ptrace stop until it resumes or releases them
   resume(plan, force, suspend_seccomp, given, tracer)  recreate them (or hand over `given` fds), let them run
   swap(plan_a, plan_b, suspend_seccomp)         move each side's listeners to the other's port
@@ -37,7 +37,7 @@ BACKENDS = {("linux", "x86_64"): "park_linux_x86_64", ("darwin", "arm64"): "park
 BASE_URL = "https://raw.githubusercontent.com/park-sh/park/main"
 PINS = {
     "park_darwin_arm64": "35e04a52d80d7f0bec27951dd9d39527268a8dfc71ddaf28203861b6a83c51bd",
-    "park_linux_x86_64": "7b3cd5dc61da2f39349d8bf76a939d76844459764ddcfbde8b0490719c736596",
+    "park_linux_x86_64": "bd66de04b46acd3177a6f39b54e1c40b149a3006b248b509074564b4e419e061",
 }
 SCHEMA = 1
 KIND = "park.parked"
@@ -1471,6 +1471,8 @@ def _keeper(backend, record, plan, seccomp, drain, hold, report):
     if k.tracer is not None:  # before the CLI returns: a signal sent after that is news
         k.baseline = {pid: set(backend.signals(pid)["pending"]) for pid in k.tracer.pids()}
     k.log("parked pid %s" % _pids(record))
+    for note in result.get("notes", ()):
+        k.log(note)
     hold_error = None
     if hold:
         try:

@@ -1516,6 +1516,7 @@ class WakeProbe:
 
     def __init__(self, plan):
         self.items = []  # (listener, socket, park's epoll, {duplicate fd: group}, groups of (pid, reg))
+        self.notes = []  # one line per listener probed (or not), for the keeper's log
         for l in plan:
             groups = []  # one per epoll instance: every (pid, registration) of it
             for h in l["holders"]:
@@ -1539,12 +1540,13 @@ class WakeProbe:
                 sock = socket.socket(l["family"], socket.SOCK_STREAM)
                 sock.bind(("::" if l["family"] == socket.AF_INET6 else "0.0.0.0", 0))
                 sock.setblocking(False)
-            except OSError:
+            except OSError as e:
                 for d in dups:
                     os.close(d)
                 ep.close()
                 if sock is not None:
                     sock.close()
+                self.notes.append("wake order of %s not observed: %s" % (_where(l), e.strerror))
                 continue  # not probed: resume registers them in pid order, as before
             self.items.append((l, sock, ep, dups, groups))
 
@@ -1553,10 +1555,11 @@ class WakeProbe:
 
     def run(self):
         for l, sock, ep, dups, groups in self.items:
+            t0 = time.perf_counter()
             try:
-                order = self._order(l, sock, ep, dups)
-            except OSError:
-                order = None
+                order, why = self._order(l, sock, ep, dups)
+            except OSError as e:
+                order, why = None, e.strerror
             finally:
                 try:
                     sock.setsockopt(SOL_SOCKET, socket.SO_LINGER, struct.pack("=ii", 1, 0))  # close = RST
@@ -1566,33 +1569,38 @@ class WakeProbe:
             for rank, i in enumerate(order or ()):
                 for _, r in groups[i]:
                     r["wake"] = rank
+            self.notes.append("wake order of %s %s" % (_where(l), "not observed: " + why if why else
+                              "in %.2f ms: %s" % ((time.perf_counter() - t0) * 1000, ", ".join(
+                                  "pid %d fd %d" % (groups[i][0][0], groups[i][0][1]["epfd"]) for i in order))))
 
     def _order(self, l, sock, ep, dups):
-        """The groups' indexes in wake order, or None if not every one was seen in time."""
+        """(the groups' indexes in wake order, None), or (None, why not)."""
         ep.poll(0)  # whatever was ready already is not the probe's doing
         host, port = l["address"][0], l["address"][1]
         host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
         addr = (host, port) if l["family"] == socket.AF_INET else (host, port, 0, l["address"][3])
-        if sock.connect_ex(addr) not in (0, errno.EINPROGRESS):
-            return None
+        err = sock.connect_ex(addr)
+        if err not in (0, errno.EINPROGRESS):
+            return None, "connect: " + os.strerror(err)
         deadline = time.monotonic() + self.WAIT
         if any(o[1] == "TCP_DEFER_ACCEPT" and o[4] for o in l["options"]):
             # The listener queues a connection (and wakes anyone) only once data arrives (tcp_check_req).
             if not select.select([], [sock], [], self.WAIT)[1] or sock.send(b"\0") != 1:
-                return None
+                return None, "no connection within %g s" % self.WAIT
         ep.register(sock.fileno(), select.EPOLLOUT | EPOLLET)  # connected, or refused
         seen = []
         while len(seen) < len(dups):
             ready = ep.poll(max(0.0, deadline - time.monotonic()))
             if not ready:
-                return None
+                return None, "%d of %d epoll instances woken within %g s" % (len(seen), len(dups), self.WAIT)
             for fd, _ in ready:
                 if fd not in dups:
-                    if sock.getsockopt(SOL_SOCKET, socket.SO_ERROR):
-                        return None
+                    err = sock.getsockopt(SOL_SOCKET, socket.SO_ERROR)
+                    if err:
+                        return None, "connect: " + os.strerror(err)
                 elif dups[fd] not in seen:
                     seen.append(dups[fd])
-        return seen
+        return seen, None
 
     def close(self):
         for _, sock, ep, dups, _ in self.items:
@@ -1655,9 +1663,9 @@ def park(plan, drain=2.0, suspend_seccomp=False):
     """Stop every holder, close the listeners, and keep every thread in a ptrace stop: the caller is then
     the keeper of the park. plan: listeners from inspect().
 
-    Returns {"reset": n, "held": seconds, "tracer": the Tracer holding them}. On failure the target is left
-    running, as it was, unless the Error says parked=True (the listener could not be put back: the target
-    stays held by the Error's tracer)."""
+    Returns {"reset": n, "held": seconds, "tracer": the Tracer holding them, "notes": lines for the keeper's
+    log}. On failure the target is left running, as it was, unless the Error says parked=True (the listener
+    could not be put back: the target stays held by the Error's tracer)."""
     pids = sorted({h["pid"] for l in plan for h in l["holders"]})
     inodes = [l["inode"] for l in plan]
     families = {l["family"] for l in plan}
@@ -1689,7 +1697,9 @@ def park(plan, drain=2.0, suspend_seccomp=False):
                 reset = queued
                 break
             tracer.release()
-        return _park_held(tracer, plan, pids, reset, probe)
+        out = _park_held(tracer, plan, pids, reset, probe)
+        out["notes"] = probe.notes
+        return out
     finally:
         if guard is not None:
             guard.end()

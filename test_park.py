@@ -2776,6 +2776,14 @@ class FidelityTest(LiveTestCase):
             time.sleep(0.01)
         return out
 
+    def wake_notes(self):
+        """What the keepers logged about the wake order (for a failure message)."""
+        try:
+            with open(os.path.join(self.home, "keepers", "%d.log" % self.port)) as f:
+                return "".join(line for line in f if "wake order" in line)[-2000:]
+        except OSError as e:
+            return str(e)
+
     def accepts_logged(self, proc):
         proc.log.flush()
         proc.log.seek(0)
@@ -2799,7 +2807,7 @@ class FidelityTest(LiveTestCase):
             self.park("resume", self.port, expect=0)
             share = self.served_by()
             self.assertGreater(share.get(order[0], 0), 25, "cycle %d: %s" % (cycle, share))
-            self.assertEqual(self.wake_order(workers), order, "cycle %d" % cycle)
+            self.assertEqual(self.wake_order(workers), order, "cycle %d: %s" % (cycle, self.wake_notes()))
             self.wait_quiet(self.port, allow_time_wait=True)
             self.assertEqual(self.accepts_logged(proc), made + 50 + 1, "cycle %d: only the test's connections "
                              "(50 requests and wake_order's) are accepted" % cycle)
@@ -2818,7 +2826,7 @@ class FidelityTest(LiveTestCase):
             self.park(self.port, expect=0)
             self.park("resume", self.port, expect=0)
             self.assertEqual(sum(self.served_by(20).values()), 20)
-            self.assertEqual(self.wake_order(workers), order, "cycle %d" % cycle)
+            self.assertEqual(self.wake_order(workers), order, "cycle %d: %s" % (cycle, self.wake_notes()))
             self.wait_quiet(self.port, allow_time_wait=True)
             self.assertEqual(self.accepts_logged(proc), made + 20 + 1, "cycle %d" % cycle)
 
@@ -2892,7 +2900,10 @@ class FidelityTest(LiveTestCase):
         self.wait_for(lambda: self.accepts_logged(proc) >= served, "the workers to log their accepts")
         time.sleep(0.2)
         self.assertEqual(self.accepts_logged(proc), served, counts)
-        self.assertEqual(self.wake_order(workers), order)
+        self.assertEqual(self.wake_order(workers), order, self.wake_notes())
+        notes = self.wake_notes().splitlines()
+        self.assertEqual(len(notes), 10, notes)
+        self.assertTrue(all(" in " in n and "pid %d" % order[0] in n for n in notes), notes)
 
     def test_syn_filter_lets_only_the_probe_ports_through(self):
         """The guard's filter with an allowed source port: that port's connection completes, another one's
