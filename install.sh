@@ -11,9 +11,9 @@ set -u
 BASE_URL="https://raw.githubusercontent.com/park-sh/park/main"
 
 # sha256 of each file at this release (test_park.py fails, printing these lines, when one differs).
-SHA256_park_py="954fa608b7dccdc18611d101882537fdce901d3aab7f5e1d27470c4b51e830aa"
+SHA256_park_py="448588d49b2dec470cd571d0efbf1e84baaca356559ba43be595ad4a4e307ea2"
 SHA256_park_darwin_arm64_py="35e04a52d80d7f0bec27951dd9d39527268a8dfc71ddaf28203861b6a83c51bd"
-SHA256_park_linux_x86_64_py="bd66de04b46acd3177a6f39b54e1c40b149a3006b248b509074564b4e419e061"
+SHA256_park_linux_x86_64_py="22b9c73b6c8233c2e8db4dcd4ccaee1f917cb9fc9e8d2e99cd8fa0489e8277df"
 
 say() { printf 'park-install: %s\n' "$*"; }
 err() { printf 'park-install: error: %s\n' "$*" >&2; }

@@ -68,6 +68,7 @@ F_SETFD = 2
 FD_CLOEXEC = 1
 EPOLL_CTL_ADD = 1  # include/uapi/linux/eventpoll.h
 EPOLLIN = 0x001
+EPOLLOUT = 0x004
 EPOLLEXCLUSIVE = 1 << 28
 EPOLLET = 1 << 31
 KCMP_FILE = 0  # include/uapi/linux/kcmp.h
@@ -1587,7 +1588,7 @@ class WakeProbe:
             # The listener queues a connection (and wakes anyone) only once data arrives (tcp_check_req).
             if not select.select([], [sock], [], self.WAIT)[1] or sock.send(b"\0") != 1:
                 return None, "no connection within %g s" % self.WAIT
-        ep.register(sock.fileno(), select.EPOLLOUT | EPOLLET)  # connected, or refused
+        ep.register(sock.fileno(), EPOLLOUT | EPOLLET)  # connected, or refused
         seen = []
         while len(seen) < len(dups):
             ready = ep.poll(max(0.0, deadline - time.monotonic()))
