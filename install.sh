@@ -11,9 +11,9 @@ set -u
 BASE_URL="https://raw.githubusercontent.com/park-sh/park/main"
 
 # sha256 of each file at this release (test_park.py fails, printing these lines, when one differs).
-SHA256_park_py="448588d49b2dec470cd571d0efbf1e84baaca356559ba43be595ad4a4e307ea2"
+SHA256_park_py="078ae7f26a9ddda56c6cd0c814ed63cf94cff02ed63bf780b4fe232e225e2d89"
 SHA256_park_darwin_arm64_py="35e04a52d80d7f0bec27951dd9d39527268a8dfc71ddaf28203861b6a83c51bd"
-SHA256_park_linux_x86_64_py="22b9c73b6c8233c2e8db4dcd4ccaee1f917cb9fc9e8d2e99cd8fa0489e8277df"
+SHA256_park_linux_x86_64_py="af895d0a71e57088f656b59283537bfce413e48c5ba1f674a9cb68f6316a5505"
 
 say() { printf 'park-install: %s\n' "$*"; }
 err() { printf 'park-install: error: %s\n' "$*" >&2; }

@@ -37,7 +37,7 @@ BACKENDS = {("linux", "x86_64"): "park_linux_x86_64", ("darwin", "arm64"): "park
 BASE_URL = "https://raw.githubusercontent.com/park-sh/park/main"
 PINS = {
     "park_darwin_arm64": "35e04a52d80d7f0bec27951dd9d39527268a8dfc71ddaf28203861b6a83c51bd",
-    "park_linux_x86_64": "22b9c73b6c8233c2e8db4dcd4ccaee1f917cb9fc9e8d2e99cd8fa0489e8277df",
+    "park_linux_x86_64": "af895d0a71e57088f656b59283537bfce413e48c5ba1f674a9cb68f6316a5505",
 }
 SCHEMA = 1
 KIND = "park.parked"

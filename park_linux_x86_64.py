@@ -1518,7 +1518,8 @@ class WakeProbe:
     def __init__(self, plan):
         self.items = []  # (listener, socket, park's epoll, {duplicate fd: group}, groups of (pid, reg))
         self.notes = []  # one line per listener probed (or not), for the keeper's log
-        for l in plan:
+        live = [l for l in plan if l.get("listening", True)]  # a socket only bound (not listening) wakes no one
+        for l in live:
             groups = []  # one per epoll instance: every (pid, registration) of it
             for h in l["holders"]:
                 for r in h["epoll"]:
@@ -1530,7 +1531,7 @@ class WakeProbe:
                         groups.append([(h["pid"], r)])
             if len(groups) < 2 or any(not r["events"] & EPOLLIN for g in groups for _, r in g):
                 continue  # nothing to order, or a registration no connection wakes (a fired EPOLLONESHOT)
-            if any(o is not l and o["family"] == l["family"] and o["address"] == l["address"] for o in plan):
+            if any(o is not l and o["family"] == l["family"] and o["address"] == l["address"] for o in live):
                 continue  # a SO_REUSEPORT group: the kernel picks the socket a connection goes to, by hash
             ep, dups, sock = select.epoll(), {}, None
             try:
