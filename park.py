@@ -13,7 +13,7 @@ The work on processes is done by one backend module per platform, loaded from th
   held(info, keeper)         True when park's keeper (a pid, or None when it is gone) holds that process
   signals(pid)               {pending, blocked, ignored, caught}: sets of signal numbers (Linux)
   inspect(listener, force)   the listener with everything needed to recreate it (JSON-serialisable)
-  park(plan, drain, suspend_seccomp)   close the listeners; {reset, held, tracer}: the tracer (Linux) keeps
+  park(plan, drain, suspend_seccomp)   close the listeners; {reset, held, tracer, notes}: the tracer (Linux) keeps
                                        every thread in a ptrace stop until it resumes or releases them
   resume(plan, force, suspend_seccomp, given, tracer)  recreate them (or hand over `given` fds), let them run
   swap(plan_a, plan_b, suspend_seccomp)         move each side's listeners to the other's port
@@ -37,7 +37,7 @@ BACKENDS = {("linux", "x86_64"): "park_linux_x86_64", ("darwin", "arm64"): "park
 BASE_URL = "https://raw.githubusercontent.com/park-sh/park/main"
 PINS = {
     "park_darwin_arm64": "35e04a52d80d7f0bec27951dd9d39527268a8dfc71ddaf28203861b6a83c51bd",
-    "park_linux_x86_64": "8ad78ff25befd7e8b24a9bf34443d6ad5ca2880b22f93995b8486a2828225b05",
+    "park_linux_x86_64": "af895d0a71e57088f656b59283537bfce413e48c5ba1f674a9cb68f6316a5505",
 }
 SCHEMA = 1
 KIND = "park.parked"
@@ -700,7 +700,8 @@ def _check_listener(l, port, pids, is_int):
             fds.add(f["fd"])
         for r in h.get("epoll", []):
             if not isinstance(r, dict) or not is_int(r.get("epfd"), 0, 1 << 20) or r.get("tfd") not in fds or \
-                    not is_int(r.get("events"), 0, (1 << 32) - 1) or not is_int(r.get("data")):
+                    not is_int(r.get("events"), 0, (1 << 32) - 1) or not is_int(r.get("data")) or \
+                    not is_int(r.get("wake", 0), 0, 1 << 20):
                 return "the epoll registrations of pid %d" % h["pid"]
     return None
 
@@ -1466,9 +1467,12 @@ def _keeper(backend, record, plan, seccomp, drain, hold, report):
                        "fix": "run again with PARK_DEBUG=1 and report it"})
         return EXIT_FAIL
     k.tracer = result.get("tracer")
+    k.save()  # park may have added what it observed (each epoll registration's wake order)
     if k.tracer is not None:  # before the CLI returns: a signal sent after that is news
         k.baseline = {pid: set(backend.signals(pid)["pending"]) for pid in k.tracer.pids()}
     k.log("parked pid %s" % _pids(record))
+    for note in result.get("notes", ()):
+        k.log(note)
     hold_error = None
     if hold:
         try:

@@ -15,6 +15,7 @@ This module imports only the standard library and never imports park.
 import ctypes
 import errno
 import os
+import select
 import signal
 import socket
 import struct
@@ -50,6 +51,7 @@ NR_fcntl = 72
 NR_epoll_ctl = 233
 NR_pidfd_open = 434
 NR_pidfd_getfd = 438
+NR_kcmp = 312
 NR_connect = 42
 NR_recvmsg = 47
 NR_sendmsg = 46
@@ -65,6 +67,11 @@ O_CLOEXEC = 0o2000000
 F_SETFD = 2
 FD_CLOEXEC = 1
 EPOLL_CTL_ADD = 1  # include/uapi/linux/eventpoll.h
+EPOLLIN = 0x001
+EPOLLOUT = 0x004
+EPOLLEXCLUSIVE = 1 << 28
+EPOLLET = 1 << 31
+KCMP_FILE = 0  # include/uapi/linux/kcmp.h
 SOCK_STREAM = 1
 AF_UNIX = 1
 SO_PEERCRED = 17
@@ -1380,6 +1387,16 @@ _SYN_DROP = struct.pack("=HBBI HBBI HBBI HBBI HBBI",
                         0x06, 0, 0, 0xFFFFFFFF)   # ret #-1          (keep)
 
 
+def _syn_filter(allow):
+    """_SYN_DROP, preceded by a test that keeps every segment from one of the source ports in allow (park's
+    own wake-order probes, which must reach the listener while the guard holds everyone else off)."""
+    head = struct.pack("=HBBI", 0x28, 0, 0, 0) if allow else b""  # ldh [0] (BPF_LD|BPF_H|BPF_ABS: sport)
+    for i, port in enumerate(allow):
+        # jeq #port, to _SYN_DROP's last instruction (keep): over the other jeqs and its first four
+        head += struct.pack("=HBBI", 0x15, len(allow) - 1 - i + 4, 0, port)
+    return head + _SYN_DROP
+
+
 class SynGuard:
     """Holds new connections off the listeners of a plan while park drains them: the filter is attached
     through park's own duplicate of each listener (closed at once: it must not keep the port open) and is
@@ -1387,8 +1404,9 @@ class SynGuard:
     its pipe and detaches it through a fresh duplicate. A listener that has a filter of its own keeps it
     (park cannot read one back), and is drained as before."""
 
-    def __init__(self, plan):
+    def __init__(self, plan, allow=()):
         self.sockets = []  # (pid, fd, inode) of each listener that has park's filter
+        code = _syn_filter(allow)
         self.pipe = None
         self.watchdog = None
         for l in plan:
@@ -1402,8 +1420,8 @@ class SynGuard:
             try:
                 if os.fstat(dup).st_ino != l["inode"] or _filter_attached(dup):
                     continue
-                prog = ctypes.create_string_buffer(_SYN_DROP, len(_SYN_DROP))
-                fprog = struct.pack("=H6xQ", len(_SYN_DROP) // 8, ctypes.addressof(prog))
+                prog = ctypes.create_string_buffer(code, len(code))
+                fprog = struct.pack("=H6xQ", len(code) // 8, ctypes.addressof(prog))
                 if _libc.setsockopt(dup, SOL_SOCKET, SO_ATTACH_FILTER, fprog, len(fprog)) == 0:
                     self.sockets.append((pid, fd, l["inode"]))
             finally:
@@ -1476,6 +1494,135 @@ def _detach_filter(pidfd, fd, inode):
         os.close(dup)
 
 
+def _same_file(pid_a, fd_a, pid_b, fd_b):
+    """True when two processes' fds are one open file (kcmp(2) KCMP_FILE: an epoll made before a fork)."""
+    return (pid_a, fd_a) == (pid_b, fd_b) or _libc.syscall(NR_kcmp, pid_a, pid_b, KCMP_FILE, fd_a, fd_b) == 0
+
+
+class WakeProbe:
+    """The order in which a new connection wakes the epoll instances watching a listener, which /proc does
+    not show: each has one entry on the listener's wait queue, a plain one at the front and an EPOLLEXCLUSIVE
+    one at the back (ep_ptable_queue_proc, fs/eventpoll.c), and a connection wakes them from the front.
+    Made before the SynGuard (whose filter lets the probe's source port through); run() once every holder
+    thread is stopped, just before the close: park's own connection then wakes every holder's epoll (none
+    has a waiter) in queue order, each wakes park's edge-triggered epoll watching a duplicate of it, and
+    that lists them in the same order. run() records each registration's rank as "wake"; the connection is
+    reset at once, and the close discards it from the accept queue: no holder runs meanwhile. Only a
+    listener that two or more epoll instances watch is probed."""
+
+    # Seconds the stopped holders wait at most for the probe's wake-ups (normally they come before connect()
+    # returns; on a loaded machine the loopback softirq can run later, in ksoftirqd). A probe the kernel
+    # refuses (a reset: SO_BINDTODEVICE elsewhere) ends the wait at once; one a filter drops does not.
+    WAIT = 0.25
+
+    def __init__(self, plan):
+        self.items = []  # (listener, socket, park's epoll, {duplicate fd: group}, groups of (pid, reg))
+        self.notes = []  # one line per listener probed (or not), for the keeper's log
+        live = [l for l in plan if l.get("listening", True)]  # a socket only bound (not listening) wakes no one
+        for l in live:
+            groups = []  # one per epoll instance: every (pid, registration) of it
+            for h in l["holders"]:
+                for r in h["epoll"]:
+                    for g in groups:
+                        if _same_file(g[0][0], g[0][1]["epfd"], h["pid"], r["epfd"]):
+                            g.append((h["pid"], r))
+                            break
+                    else:
+                        groups.append([(h["pid"], r)])
+            if len(groups) < 2 or any(not r["events"] & EPOLLIN for g in groups for _, r in g):
+                continue  # nothing to order, or a registration no connection wakes (a fired EPOLLONESHOT)
+            if any(o is not l and o["family"] == l["family"] and o["address"] == l["address"] for o in live):
+                continue  # a SO_REUSEPORT group: the kernel picks the socket a connection goes to, by hash
+            ep, dups, sock = select.epoll(), {}, None
+            try:
+                for i, g in enumerate(groups):
+                    dups[_pidfd_getfd(g[0][0], g[0][1]["epfd"])] = i
+                for d in dups:
+                    ep.register(d, EPOLLIN | EPOLLET)
+                sock = socket.socket(l["family"], socket.SOCK_STREAM)
+                sock.bind(("::" if l["family"] == socket.AF_INET6 else "0.0.0.0", 0))
+                sock.setblocking(False)
+            except OSError as e:
+                for d in dups:
+                    os.close(d)
+                ep.close()
+                if sock is not None:
+                    sock.close()
+                self.notes.append("wake order of %s not observed: %s" % (_where(l), e.strerror))
+                continue  # not probed: resume registers them in pid order, as before
+            self.items.append((l, sock, ep, dups, groups))
+
+    def ports(self):
+        return [item[1].getsockname()[1] for item in self.items]
+
+    def run(self):
+        for l, sock, ep, dups, groups in self.items:
+            t0 = time.perf_counter()
+            try:
+                order, why = self._order(l, sock, ep, dups)
+            except OSError as e:
+                order, why = None, e.strerror
+            finally:
+                try:
+                    sock.setsockopt(SOL_SOCKET, socket.SO_LINGER, struct.pack("=ii", 1, 0))  # close = RST
+                except OSError:
+                    pass
+                sock.close()
+            for rank, i in enumerate(order or ()):
+                for _, r in groups[i]:
+                    r["wake"] = rank
+            self.notes.append("wake order of %s %s" % (_where(l), "not observed: " + why if why else
+                              "in %.2f ms: %s" % ((time.perf_counter() - t0) * 1000, ", ".join(
+                                  "pid %d fd %d" % (groups[i][0][0], groups[i][0][1]["epfd"]) for i in order))))
+
+    def _order(self, l, sock, ep, dups):
+        """(the groups' indexes in wake order, None), or (None, why not)."""
+        ep.poll(0)  # whatever was ready already is not the probe's doing
+        host, port = l["address"][0], l["address"][1]
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+        addr = (host, port) if l["family"] == socket.AF_INET else (host, port, 0, l["address"][3])
+        err = sock.connect_ex(addr)
+        if err not in (0, errno.EINPROGRESS):
+            return None, "connect: " + os.strerror(err)
+        deadline = time.monotonic() + self.WAIT
+        if any(o[1] == "TCP_DEFER_ACCEPT" and o[4] for o in l["options"]):
+            # The listener queues a connection (and wakes anyone) only once data arrives (tcp_check_req).
+            if not select.select([], [sock], [], self.WAIT)[1] or sock.send(b"\0") != 1:
+                return None, "no connection within %g s" % self.WAIT
+        ep.register(sock.fileno(), EPOLLOUT | EPOLLET)  # connected, or refused
+        seen = []
+        while len(seen) < len(dups):
+            ready = ep.poll(max(0.0, deadline - time.monotonic()))
+            if not ready:
+                return None, "%d of %d epoll instances woken within %g s" % (len(seen), len(dups), self.WAIT)
+            for fd, _ in ready:
+                if fd not in dups:
+                    err = sock.getsockopt(SOL_SOCKET, socket.SO_ERROR)
+                    if err:
+                        return None, "connect: " + os.strerror(err)
+                elif dups[fd] not in seen:
+                    seen.append(dups[fd])
+        return seen, None
+
+    def close(self):
+        for _, sock, ep, dups, _ in self.items:
+            sock.close()
+            ep.close()
+            for d in dups:
+                os.close(d)
+        self.items = []
+
+
+def _replay_order(regs):
+    """[(pid, registration)] in the order to add them again so that the wait queue is as WakeProbe saw it:
+    plain ones (each added goes to the front) in reverse wake order, EPOLLEXCLUSIVE ones (each to the back)
+    in wake order. Not probed: as recorded (pid order)."""
+    if not regs or not all("wake" in r for _, r in regs):
+        return regs
+    plain = sorted((x for x in regs if not x[1]["events"] & EPOLLEXCLUSIVE), key=lambda x: -x[1]["wake"])
+    return plain + sorted((x for x in regs if x[1]["events"] & EPOLLEXCLUSIVE), key=lambda x: x[1]["wake"])
+
+
 def _in_flight(inodes, families, port):
     """Connections that closing the listeners now would reset: queued for accept, or half open."""
     queued = sum(q[0] for q in queue_lengths(inodes, families).values())
@@ -1490,14 +1637,17 @@ def _in_flight(inodes, families, port):
     return queued
 
 
-def _close_listeners(tracer, plan, pids, closed):
+def _close_listeners(tracer, plan, pids, closed, probe=None):
     """With every thread stopped: check that nothing changed since inspect() and that resume will be able
-    to borrow scratch memory, then close every recorded fd (each is appended to closed)."""
+    to borrow scratch memory, observe the wake order (probe: a WakeProbe), then close every recorded fd
+    (each is appended to closed)."""
     _verify(plan, pids)
     for pid in pids:
         if not tracer.probe_scratch(pid):
             raise Error("pid %d runs on a stack park cannot use to resume it later (a small fiber stack?); "
                         "nothing was changed" % pid)
+    if probe is not None:
+        probe.run()
     for l in plan:
         for h in l["holders"]:
             for f in h["fds"]:
@@ -1515,9 +1665,9 @@ def park(plan, drain=2.0, suspend_seccomp=False):
     """Stop every holder, close the listeners, and keep every thread in a ptrace stop: the caller is then
     the keeper of the park. plan: listeners from inspect().
 
-    Returns {"reset": n, "held": seconds, "tracer": the Tracer holding them}. On failure the target is left
-    running, as it was, unless the Error says parked=True (the listener could not be put back: the target
-    stays held by the Error's tracer)."""
+    Returns {"reset": n, "held": seconds, "tracer": the Tracer holding them, "notes": lines for the keeper's
+    log}. On failure the target is left running, as it was, unless the Error says parked=True (the listener
+    could not be put back: the target stays held by the Error's tracer)."""
     pids = sorted({h["pid"] for l in plan for h in l["holders"]})
     inodes = [l["inode"] for l in plan]
     families = {l["family"] for l in plan}
@@ -1526,8 +1676,10 @@ def park(plan, drain=2.0, suspend_seccomp=False):
     deadline = time.monotonic() + drain
     reset = 0
     port = plan[0]["port"]
-    guard = SynGuard(plan) if drain else None
+    probe = WakeProbe(plan)
+    guard = None
     try:
+        guard = SynGuard(plan, probe.ports()) if drain else None
         while True:
             # Let the server accept what is queued while the guard holds new connections off, so that
             # closing resets nobody (bounded wait).
@@ -1547,18 +1699,21 @@ def park(plan, drain=2.0, suspend_seccomp=False):
                 reset = queued
                 break
             tracer.release()
-        return _park_held(tracer, plan, pids, reset)
+        out = _park_held(tracer, plan, pids, reset, probe)
+        out["notes"] = probe.notes
+        return out
     finally:
         if guard is not None:
             guard.end()
+        probe.close()
 
 
-def _park_held(tracer, plan, pids, reset):
+def _park_held(tracer, plan, pids, reset, probe=None):
     """park(), once every thread is stopped and the queues are drained."""
     try:
         closed = []
         try:
-            _close_listeners(tracer, plan, pids, closed)
+            _close_listeners(tracer, plan, pids, closed, probe)
         except BaseException as failure:
             if not closed:
                 raise
@@ -1977,15 +2132,14 @@ def _recreate_one(tracer, l, force, placed, given=None):
                 _place(tracer, h["pid"], got, True, h["fds"], placed)
         finally:
             os.close(local)
-    for h in l["holders"]:
-        for r in h["epoll"]:
-            ev = struct.pack("=IQ", r["events"], r["data"])  # packed on x86_64 (include/uapi/linux/eventpoll.h)
-            try:
-                tracer.syscall(h["pid"], NR_epoll_ctl, r["epfd"], EPOLL_CTL_ADD, r["tfd"],
-                               tracer.scratch(h["pid"], ev, reset=True))
-            except OSError as e:
-                if e.errno != errno.EEXIST:  # an epoll instance shared by several holders: already added
-                    raise Error("epoll_ctl failed in pid %d: %s" % (h["pid"], e.strerror))
+    for pid, r in _replay_order([(h["pid"], r) for h in l["holders"] for r in h["epoll"]]):
+        ev = struct.pack("=IQ", r["events"], r["data"])  # packed on x86_64 (include/uapi/linux/eventpoll.h)
+        try:
+            tracer.syscall(pid, NR_epoll_ctl, r["epfd"], EPOLL_CTL_ADD, r["tfd"],
+                           tracer.scratch(pid, ev, reset=True))
+        except OSError as e:
+            if e.errno != errno.EEXIST:  # an epoll instance shared by several holders: already added
+                raise Error("epoll_ctl failed in pid %d: %s" % (pid, e.strerror))
 
 
 def _place(tracer, pid, new, new_cloexec, fds, placed):

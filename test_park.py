@@ -273,6 +273,86 @@ ready(str(pid))
 os.wait()
 '''
 
+# Three workers, each with an epoll of its own watching the listener (EPOLLEXCLUSIVE, like nginx, unless
+# FIXTURE_EPOLL=plain), registered in the order 2, 0, 1: neither pid order nor its reverse. Each accepted
+# connection is logged to stderr, so a test can tell that nobody else's (park's probe) was served.
+PY_EPOLL_WORKERS = PY_COMMON + r'''
+import ctypes, select
+FLAGS = select.EPOLLIN | (0 if os.environ.get("FIXTURE_EPOLL") == "plain" else select.EPOLLEXCLUSIVE)
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", PORT))
+s.listen(128)
+s.setblocking(False)
+children, pipes = [], []
+for i in range(3):
+    go, done = os.pipe(), os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: never outlive the parent
+        os.read(go[0], 1)
+        ep = select.epoll()
+        ep.register(s.fileno(), FLAGS)
+        os.write(done[1], b"x")
+        while True:
+            ep.poll()
+            try:
+                conn, _ = s.accept()
+            except BlockingIOError:
+                continue  # another worker took it (plain registrations wake them all)
+            sys.stderr.write("accepted by %d\n" % os.getpid())
+            sys.stderr.flush()
+            handle(conn)
+    children.append(pid)
+    pipes.append((go[1], done[0]))
+for i in (2, 0, 1):
+    os.write(pipes[i][0], b"g")
+    os.read(pipes[i][1], 1)
+ready(" ".join(map(str, children)))
+for _ in children:
+    os.wait()
+'''
+
+# One epoll made by the parent before it forks, shared by workers 0 and 1 (and the parent), registered last;
+# worker 2 registers first, in an epoll of its own (EPOLLEXCLUSIVE) and in a second one (plain) that nobody
+# waits on. Worker 2 gets the connections; a replay in pid order would give them to 0 or 1.
+PY_EPOLL_SHARED = PY_COMMON + r'''
+import ctypes, select
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", PORT))
+s.listen(128)
+s.setblocking(False)
+shared = select.epoll()
+children = []
+go, done = os.pipe(), os.pipe()
+for i in range(3):
+    pid = os.fork()
+    if pid == 0:
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: never outlive the parent
+        ep = shared
+        if i == 2:
+            ep, idle = select.epoll(), select.epoll()
+            ep.register(s.fileno(), select.EPOLLIN | select.EPOLLEXCLUSIVE)
+            idle.register(s.fileno(), select.EPOLLIN)
+            os.write(done[1], b"x")
+        while True:
+            ep.poll()
+            try:
+                conn, _ = s.accept()
+            except BlockingIOError:
+                continue
+            sys.stderr.write("accepted by %d\n" % os.getpid())
+            sys.stderr.flush()
+            handle(conn)
+    children.append(pid)
+os.read(done[0], 1)
+shared.register(s.fileno(), select.EPOLLIN | select.EPOLLEXCLUSIVE)
+ready(" ".join(map(str, children)))
+for _ in children:
+    os.wait()
+'''
+
 PY_DUAL_STACK = PY_COMMON + r'''
 s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -1388,6 +1468,7 @@ def bad_records(good):
         v("epoll tfd not a recorded fd", lambda r: H(r)["epoll"][0].update(tfd=3)),
         v("epoll data over 64 bits", lambda r: H(r)["epoll"][0].update(data=1 << 64)),
         v("epoll events", lambda r: H(r)["epoll"][0].update(events=-1)),
+        v("epoll wake order", lambda r: H(r)["epoll"][0].update(wake="first")),
         v("keeper", lambda r: r.update(keeper={"pid": "x"})),
         v("hold", lambda r: r.update(hold={"pid": 5, "starttime": 1, "sockets": [{}]})),
         v("timer", lambda r: r.update(timer={"until": "soon"})),
@@ -1428,6 +1509,23 @@ class LinuxBackendLogicTest(unittest.TestCase):
         self.assertEqual(self.b.parse_fdinfo_epoll(text),
                          [(6, 0x19, 0x7FD700000006, 0x1267), (3, 0x8000201D, 0xC000100008, -1)])
         self.assertEqual(self.b.parse_fdinfo_flags("pos:\t0\nflags:\t02004002\n"), 0o2004002)
+
+    def test_replay_order(self):
+        """Plain registrations are added in reverse wake order (each goes to the front of the listener's
+        wait queue), EPOLLEXCLUSIVE ones in wake order (each to the back); without ranks, as recorded."""
+        def reg(pid, wake, exclusive):
+            r = {"epfd": 3, "tfd": 4, "events": EPOLLIN | (EPOLLEXCLUSIVE if exclusive else 0), "data": pid}
+            if wake is not None:
+                r["wake"] = wake
+            return (pid, r)
+        regs = [reg(1, 2, True), reg(2, 0, True), reg(3, 1, True)]
+        self.assertEqual([p for p, _ in self.b._replay_order(regs)], [2, 3, 1])
+        regs = [reg(1, 1, False), reg(2, 2, False), reg(3, 0, False), reg(4, 4, True), reg(5, 3, True)]
+        self.assertEqual([p for p, _ in self.b._replay_order(regs)], [2, 1, 3, 5, 4])
+        regs = [reg(3, None, True), reg(1, None, True)]
+        self.assertEqual(self.b._replay_order(regs), regs)
+        self.assertEqual(len(self.b._syn_filter([])), 5 * 8)
+        self.assertEqual(len(self.b._syn_filter([4000, 4001])), 8 * 8)
 
     def test_sockaddr_and_option_bytes(self):
         b = self.b
@@ -2625,6 +2723,213 @@ class FidelityTest(LiveTestCase):
         self.wait_for(lambda: set(self.filter_lengths(pid).values()) == {0}, "the filter to be removed", 2)
         self.assert_running(pid)
         self.assertEqual(self.get_count("127.0.0.1", self.port), (pid, n + 1))
+
+    def start_epoll_workers(self, mode):
+        proc, words = self.start_python(PY_EPOLL_WORKERS, self.port, env=dict(os.environ, FIXTURE_EPOLL=mode))
+        workers = [int(w) for w in words]
+        for pid in workers:
+            self.addCleanup(self.kill_pid, pid)
+        self.wait_serving("127.0.0.1", self.port)
+        return proc, workers
+
+    def wake_order(self, workers):
+        """The workers in the order a new connection wakes their epolls, seen as park does it, but with
+        SIGSTOP: each epoll duplicated into one edge-triggered epoll here, then one connection (which a
+        worker accepts once continued)."""
+        inode, = listen_inodes(self.port)
+        dups, mine = {}, select.epoll()
+        for pid in workers:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            for pid in workers:
+                self.wait_for(lambda: proc_state(pid) == "T", "worker %d to stop" % pid)
+                for fd, link in _fd_links(pid).items():
+                    if link == "anon_inode:[eventpoll]" and "ino:%x" % inode in _read_text(
+                            "/proc/%d/fdinfo/%d" % (pid, fd)):
+                        dups[pidfd_getfd(pid, fd)] = pid
+            self.assertEqual(sorted(dups.values()), sorted(workers))
+            for d in dups:
+                mine.register(d, select.EPOLLIN | select.EPOLLET)
+            mine.poll(0)
+            with socket.create_connection(("127.0.0.1", self.port), timeout=5):
+                seen = []
+                deadline = time.monotonic() + 2
+                while len(seen) < len(workers) and time.monotonic() < deadline:
+                    seen += [dups[fd] for fd, _ in mine.poll(0.1) if dups[fd] not in seen]
+                for pid in workers:
+                    os.kill(pid, signal.SIGCONT)
+            return seen
+        finally:
+            for pid in workers:
+                os.kill(pid, signal.SIGCONT)
+            mine.close()
+            for d in dups:
+                os.close(d)
+
+    def served_by(self, n=50):
+        """{pid: how many of n sequential requests (a new connection each) it answered}; a short pause
+        between them lets the worker that served one wait in epoll again (else the next goes elsewhere)."""
+        out = {}
+        for _ in range(n):
+            pid = self.get_count("127.0.0.1", self.port)[0]
+            out[pid] = out.get(pid, 0) + 1
+            time.sleep(0.01)
+        return out
+
+    def wake_notes(self):
+        """What the keepers logged about the wake order (for a failure message)."""
+        try:
+            with open(os.path.join(self.home, "keepers", "%d.log" % self.port)) as f:
+                return "".join(line for line in f if "wake order" in line)[-2000:]
+        except OSError as e:
+            return str(e)
+
+    def accepts_logged(self, proc):
+        proc.log.flush()
+        proc.log.seek(0)
+        return proc.log.read().count("accepted by ")
+
+    def test_exclusive_epoll_workers_keep_the_traffic_across_cycles(self):
+        """EPOLLEXCLUSIVE: the first-registered idle worker gets every connection; after each of 5 park/resume
+        cycles it still does (park replays the registrations in the wake order it observed), and no worker
+        ever accepted park's own probe."""
+        proc, workers = self.start_epoll_workers("exclusive")
+        order = self.wake_order(workers)
+        self.assertEqual(order[0], workers[2], "the fixture registers worker 2 first")
+        # Most go to that worker (all of them on an idle machine: it is back in epoll_wait when the next one
+        # comes); before park kept the order, none did after a cycle.
+        share = self.served_by()
+        self.assertGreater(share.get(order[0], 0), 25, share)
+        for cycle in range(5):
+            self.wait_quiet(self.port, allow_time_wait=True)  # every connection so far accepted and closed
+            made = self.accepts_logged(proc)
+            self.park(self.port, expect=0)
+            self.park("resume", self.port, expect=0)
+            share = self.served_by()
+            self.assertGreater(share.get(order[0], 0), 25, "cycle %d: %s" % (cycle, share))
+            self.assertEqual(self.wake_order(workers), order, "cycle %d: %s" % (cycle, self.wake_notes()))
+            self.wait_quiet(self.port, allow_time_wait=True)
+            self.assertEqual(self.accepts_logged(proc), made + 50 + 1, "cycle %d: only the test's connections "
+                             "(50 requests and wake_order's) are accepted" % cycle)
+        for pid in workers:
+            self.assert_running(pid)
+
+    def test_plain_epoll_workers_keep_their_wake_order(self):
+        """Plain registrations: the last-registered epoll is woken first (all are); park restores that
+        order, and every request is still served."""
+        proc, workers = self.start_epoll_workers("plain")
+        order = self.wake_order(workers)
+        self.assertEqual(order, [workers[1], workers[0], workers[2]], "the fixture registers 2, 0, 1")
+        for cycle in range(5):
+            self.wait_quiet(self.port, allow_time_wait=True)  # every connection so far accepted and closed
+            made = self.accepts_logged(proc)
+            self.park(self.port, expect=0)
+            self.park("resume", self.port, expect=0)
+            self.assertEqual(sum(self.served_by(20).values()), 20)
+            self.assertEqual(self.wake_order(workers), order, "cycle %d: %s" % (cycle, self.wake_notes()))
+            self.wait_quiet(self.port, allow_time_wait=True)
+            self.assertEqual(self.accepts_logged(proc), made + 20 + 1, "cycle %d" % cycle)
+
+    def test_shared_epoll_and_two_epolls_in_one_worker(self):
+        """An epoll shared by three processes (made before the fork) counts once; a worker with two epolls on
+        the listener has both ranked; the worker that registered first keeps the connections."""
+        proc, workers = self.start_python(PY_EPOLL_SHARED, self.port)
+        workers = [int(w) for w in workers]
+        for pid in workers:
+            self.addCleanup(self.kill_pid, pid)
+        self.wait_serving("127.0.0.1", self.port)
+        share = self.served_by()
+        self.assertGreater(share.get(workers[2], 0), 25, share)
+        for cycle in range(3):
+            self.wait_quiet(self.port, allow_time_wait=True)
+            self.park(self.port, expect=0)
+            with open(os.path.join(self.home, "parked", "%d.json" % self.port)) as f:
+                holders = {h["pid"]: h for h in json.load(f)["listeners"][0]["holders"]}
+            ranks = {pid: sorted((r["events"] & EPOLLEXCLUSIVE != 0, r.get("wake", -1))
+                                 for r in holders[pid]["epoll"]) for pid in holders}
+            self.park("resume", self.port, expect=0)
+            share = self.served_by()
+            self.assertGreater(share.get(workers[2], 0), 25, "cycle %d: %s" % (cycle, share))
+            # the plain one is woken first (0), then worker 2's exclusive one (1), then the shared one (2),
+            # which worker 2 has inherited too
+            self.assertEqual(ranks, {proc.pid: [(True, 2)], workers[0]: [(True, 2)], workers[1]: [(True, 2)],
+                                     workers[2]: [(False, 0), (True, 1), (True, 2)]})
+
+    def test_wake_order_probe_under_load_resets_nothing(self):
+        """The probe passes park's SYN filter while 4 clients open a connection per request through 10
+        cycles: none is reset, the order is kept, no filter is left and no worker accepted the probe."""
+        proc, workers = self.start_epoll_workers("exclusive")
+        order = self.wake_order(workers)
+        counts = {"ok": 0, "reset": 0, "refused": 0, "other": 0}
+        lock, stop = threading.Lock(), threading.Event()
+
+        def client():
+            while not stop.is_set():
+                try:
+                    with socket.create_connection(("127.0.0.1", self.port), timeout=10) as c:
+                        c.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+                        kind = "ok" if c.recv(4096).startswith(b"HTTP/1.1 200") else "other"
+                except ConnectionResetError:
+                    kind = "reset"
+                except ConnectionRefusedError:
+                    kind = "refused"
+                    time.sleep(0.01)
+                except OSError:
+                    kind = "other"
+                with lock:
+                    counts[kind] += 1
+
+        threads = [threading.Thread(target=client, daemon=True) for _ in range(4)]
+        for t in threads:
+            t.start()
+        try:
+            time.sleep(0.3)
+            for _ in range(10):
+                self.park(self.port, expect=0)
+                self.park("resume", self.port, expect=0)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(15)
+        self.assertEqual(counts["reset"], 0, counts)
+        self.assertEqual(counts["other"], 0, counts)
+        self.assertGreater(counts["ok"], 50, counts)
+        for pid in workers:
+            self.assertEqual(set(self.filter_lengths(pid).values()) - {0}, set(), "a filter was left")
+        served = 1 + 1 + counts["ok"]  # wait_serving's request and wake_order's connection too
+        self.wait_for(lambda: self.accepts_logged(proc) >= served, "the workers to log their accepts")
+        time.sleep(0.2)
+        self.assertEqual(self.accepts_logged(proc), served, counts)
+        self.assertEqual(self.wake_order(workers), order, self.wake_notes())
+        notes = self.wake_notes().splitlines()
+        self.assertEqual(len(notes), 10, notes)
+        self.assertTrue(all(" in " in n and "pid %d" % order[0] in n for n in notes), notes)
+
+    def test_syn_filter_lets_only_the_probe_ports_through(self):
+        """The guard's filter with an allowed source port: that port's connection completes, another one's
+        SYN is dropped (it stays in SYN_SENT)."""
+        b = load_module("park_linux_x86_64_under_test", BACKEND)
+        lsock = socket.socket()
+        self.addCleanup(lsock.close)
+        lsock.bind(("127.0.0.1", self.port))
+        lsock.listen(8)
+        lsock.settimeout(1)
+        probe, other = socket.socket(), socket.socket()
+        for c in (probe, other):
+            self.addCleanup(c.close)
+            c.bind(("127.0.0.1", 0))
+            c.setblocking(False)
+        code = b._syn_filter([probe.getsockname()[1]])
+        prog = ctypes.create_string_buffer(code, len(code))
+        fprog = struct.pack("=H6xQ", len(code) // 8, ctypes.addressof(prog))
+        lsock.setsockopt(socket.SOL_SOCKET, 26, fprog)  # SO_ATTACH_FILTER
+        other.connect_ex(("127.0.0.1", self.port))
+        probe.connect_ex(("127.0.0.1", self.port))
+        conn, peer = lsock.accept()
+        conn.close()
+        self.assertEqual(peer, probe.getsockname())
+        self.assertEqual(select.select([], [other], [], 0.3)[1], [], "the other SYN was not dropped")
+        self.assertRaises(socket.timeout, lsock.accept)
 
     def keeper_pid_of_record(self):
         try:
