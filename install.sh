@@ -11,9 +11,9 @@ set -u
 BASE_URL="https://raw.githubusercontent.com/park-sh/park/main"
 
 # sha256 of each file at this release (test_park.py fails, printing these lines, when one differs).
-SHA256_park_py="190ca2ec54fc3dfdacdc67afb3a3bfe06c05e6cc21514e962d83f59912c23617"
+SHA256_park_py="91f761fca1e97a37da36b4a122d605e9a94141122ebed9c51208653153dac9a0"
 SHA256_park_darwin_arm64_py="35e04a52d80d7f0bec27951dd9d39527268a8dfc71ddaf28203861b6a83c51bd"
-SHA256_park_linux_x86_64_py="27ab0454563790613a7445d8eeb56385598579cb1045390e89a859e7101b0b83"
+SHA256_park_linux_x86_64_py="3a3d3c41e835021371a69b3880c472f6ba6a32ac6ccbb50a7ae9914b99737e89"
 
 say() { printf 'park-install: %s\n' "$*"; }
 err() { printf 'park-install: error: %s\n' "$*" >&2; }

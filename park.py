@@ -37,7 +37,7 @@ BACKENDS = {("linux", "x86_64"): "park_linux_x86_64", ("darwin", "arm64"): "park
 BASE_URL = "https://raw.githubusercontent.com/park-sh/park/main"
 PINS = {
     "park_darwin_arm64": "35e04a52d80d7f0bec27951dd9d39527268a8dfc71ddaf28203861b6a83c51bd",
-    "park_linux_x86_64": "27ab0454563790613a7445d8eeb56385598579cb1045390e89a859e7101b0b83",
+    "park_linux_x86_64": "3a3d3c41e835021371a69b3880c472f6ba6a32ac6ccbb50a7ae9914b99737e89",
 }
 SCHEMA = 1
 KIND = "park.parked"
