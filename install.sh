@@ -11,9 +11,9 @@ set -u
 BASE_URL="https://raw.githubusercontent.com/park-sh/park/main"
 
 # sha256 of each file at this release (test_park.py fails, printing these lines, when one differs).
-SHA256_park_py="91f761fca1e97a37da36b4a122d605e9a94141122ebed9c51208653153dac9a0"
+SHA256_park_py="e3896aec5c2584e83ffd3f837ec78fa179ab9af604d914387858ed9b7e2204f9"
 SHA256_park_darwin_arm64_py="35e04a52d80d7f0bec27951dd9d39527268a8dfc71ddaf28203861b6a83c51bd"
-SHA256_park_linux_x86_64_py="3a3d3c41e835021371a69b3880c472f6ba6a32ac6ccbb50a7ae9914b99737e89"
+SHA256_park_linux_x86_64_py="53ad6cf68d3deb12ffbd429b2a182f98ebd85ef8f80451e6ece31a87200da4f5"
 
 say() { printf 'park-install: %s\n' "$*"; }
 err() { printf 'park-install: error: %s\n' "$*" >&2; }

@@ -675,6 +675,7 @@ def _scratch_base(regs):
 
 
 SCRATCH_SIZE = 1024
+JOURNAL = True  # park.py passes resume(journal=..., recover=...) and park(journal=...)
 
 
 def queue_lengths(inodes, families):
@@ -743,17 +744,6 @@ def _vdso_base(pid):
         if key == 33:
             return value
     return None
-
-
-def _own(regs):
-    """A thread's registers stopped on the way out of a system call, set to carry on as the kernel would:
-    a call it must restart is entered again (arch/x86/kernel/signal.c); orig_rax = -1 stops any later fix-up."""
-    regs = user_regs_struct.from_buffer_copy(regs)
-    if _signed(regs.orig_rax) >= 0 and _signed(regs.rax) in _RESTARTS:
-        regs.rax = 219 if _signed(regs.rax) == -516 else regs.orig_rax  # __NR_restart_syscall
-        regs.rip -= 2
-    regs.orig_rax = 2 ** 64 - 1
-    return regs
 
 
 class _Proc:
@@ -925,11 +915,18 @@ class Tracer:
         tid, regs = self.choose(p)
         if regs.cs != 0x33:
             raise Error("pid %d is not a 64-bit process; park handles x86_64 processes only" % p.pid)
-        p.tid, p.at, p.queued, p.synth = tid, "event", False, None
-        if _signed(regs.orig_rax) in _EPOLL_WAITS and _signed(regs.rax) == -errno.EINTR:
-            # The interrupt made epoll_wait return EINTR; set it to be entered again, as if it had said nothing.
-            regs.rax, regs.rip = regs.orig_rax, regs.rip - 2
-            _ptrace(PTRACE_SETREGS, tid, 0, ctypes.addressof(regs))
+        p.tid, p.at, p.queued, p.synth, p.back = tid, "event", False, None, None
+        # A thread stopped in a call it will restart keeps these registers as its own (its call's number
+        # and restart code): the kernel then restarts it, or returns EINTR to a handler that runs first,
+        # exactly as after SIGSTOP/SIGCONT (arch/x86/kernel/signal.c). The interrupt made epoll_wait return
+        # EINTR: it gets -ERESTARTNOHAND instead, so that it is entered again, as if nothing had happened.
+        origin = None
+        if _signed(regs.orig_rax) >= 0 and (_signed(regs.rax) in _RESTARTS or (
+                _signed(regs.orig_rax) in _EPOLL_WAITS and _signed(regs.rax) == -errno.EINTR)):
+            origin = user_regs_struct.from_buffer_copy(regs)
+            if _signed(regs.rax) == -errno.EINTR:
+                origin.rax = (-514) & (2 ** 64 - 1)
+                _ptrace(PTRACE_SETREGS, tid, 0, ctypes.addressof(origin))
         _failpoint("pause", "seek")
         try:
             self._run_to_entry(p, SEEK_SECONDS, None)
@@ -941,8 +938,11 @@ class Tracer:
             regs = self._regs(tid)
             p.synth = user_regs_struct.from_buffer_copy(regs)
             p.synth.rip, p.synth.rax, p.synth.orig_rax = self._gadget(p.pid, tid), NR_getpid, 2 ** 64 - 1
-            p.site, p.back = p.synth.rip, _own(regs)
+            p.site, p.back = p.synth.rip, regs
             self._run_to_entry(p, SYSCALL_DEADLINE)
+        if origin is not None and p.synth is None and p.entry.rip == origin.rip and \
+                p.entry.orig_rax in (origin.orig_rax, 219):  # 219: __NR_restart_syscall
+            p.back = origin  # it entered that call again
         base = _scratch_base(p.back)
         p.scratch_orig = self._read_mem(p.pid, base, SCRATCH_SIZE)
         p.scratch = base if p.scratch_orig is not None else None
@@ -979,9 +979,11 @@ class Tracer:
         word = self._peek(p.tid, regs.rip - 2)
         if word is None or word & 0xFFFF != 0x050F:
             return False
+        if p.back is None or p.synth is not None or p.site != regs.rip - 2:
+            # Its own registers, about to enter this call (a handler run first then enters it afterwards).
+            p.back = user_regs_struct.from_buffer_copy(regs)
+            p.back.rip, p.back.rax, p.back.orig_rax = regs.rip - 2, regs.orig_rax, 2 ** 64 - 1
         p.entry, p.at, p.synth, p.site = regs, "entry", None, regs.rip - 2
-        p.back = user_regs_struct.from_buffer_copy(regs)
-        p.back.rip, p.back.rax, p.back.orig_rax = regs.rip - 2, regs.orig_rax, 2 ** 64 - 1
         return True
 
     def _wait(self, p, end, late=None):
@@ -1282,7 +1284,9 @@ class Tracer:
             if p.at == "entry":
                 # Leave its own syscall unentered: orig_rax = -1 at the entry stop skips it; R enters it later.
                 self._queue_stop(p)
-                _ptrace(PTRACE_SETREGS, p.tid, 0, ctypes.addressof(p.back))
+                skip = user_regs_struct.from_buffer_copy(p.entry)
+                skip.orig_rax = 2 ** 64 - 1
+                _ptrace(PTRACE_SETREGS, p.tid, 0, ctypes.addressof(skip))
                 _ptrace(PTRACE_SYSCALL, p.tid, 0, 0)
                 status = self._wait(p, end, stuck)
                 p.at = "exit" if os.WSTOPSIG(status) == SYSCALL_STOP else "event"
@@ -1902,8 +1906,10 @@ def _recover(tracer, plan, entries):
                 pass
     for pid, p in tracer.procs.items():
         mine = [e for e in entries if e.get("pid") == pid and "back" in e]
-        if p.group and mine and not mine[0]["group"]:
-            os.kill(pid, signal.SIGCONT)  # park's SIGSTOP stopped it; nothing else had
+        if mine and not mine[0]["group"] and (p.group or _stop_pending(pid, p.tids)):
+            # park's SIGSTOP stopped it, or is still queued (a SIGCONT takes it off every queue,
+            # kernel/signal.c prepare_signal); nothing else had stopped it.
+            os.kill(pid, signal.SIGCONT)
             p.group = False
     for e in entries:
         if "fd" in e and e["pid"] in tracer.procs and e.get("link") and \
@@ -1921,6 +1927,16 @@ def _recover(tracer, plan, entries):
                 tracer.syscall(pid, NR_close, fd)
             except OSError:
                 pass
+
+
+def _stop_pending(pid, tids):
+    """True when a SIGSTOP is queued for pid or one of its threads."""
+    bit = 1 << (signal.SIGSTOP - 1)
+    for tid in tids:
+        f = _status_fields(pid, tid)
+        if (int(f.get("SigPnd", "0").strip() or "0", 16) | int(f.get("ShdPnd", "0").strip() or "0", 16)) & bit:
+            return True
+    return False
 
 
 def _recreate(tracer, plan, force, given=None):

@@ -3313,6 +3313,111 @@ class KeeperTest(LiveTestCase):
         self.wait_for(lambda: proc_state(keeper) in (None, "Z"), "the keeper to exit after resume")
 
 
+
+KILL_STEPS = ("seek", "entry", "queued", "injected", "running", "exit", "restored", "back", "delivery", "settle")
+
+
+class KillTest(LiveTestCase):
+    """SIGKILL of the keeper inside each step of an injected call (PARK_FAILPOINT=pause:STEP:N pauses it
+    there and writes its pid to PARK_FAILPOINT_FILE), during park and during resume: the target never dies,
+    never runs with injected registers, and the next `park resume` (the interrupted one itself, for a kill
+    during resume) brings it back whole: same pid, counter going on, the same listener, no fd left over.
+    By default the steps of the first call of park and of the first two and the last call of resume are
+    tried; PARK_KILL_MATRIX=1 tries every step of every call."""
+
+    def test_sigkill_at_each_injected_step_is_recovered(self):
+        proc = self.start_node(self.port)
+        self.run_matrix(proc.pid)
+
+    def test_sigkill_in_a_single_threaded_epoll_server_is_recovered(self):
+        proc = self.start_asyncio(self.port)
+        self.run_matrix(proc.pid, steps=("entry", "injected", "exit", "restored", "delivery"))
+
+    def run_matrix(self, pid, steps=KILL_STEPS):
+        full = os.environ.get("PARK_KILL_MATRIX") == "1"
+        self.wait_quiet(self.port)
+        before, fds = snapshot(self.port), sorted(os.listdir("/proc/%d/fd" % pid))
+        results = []
+        for step in steps:
+            for n in range(1, 64):
+                if not full and 3 < n < 9 and step not in ("seek", "settle"):
+                    continue  # the middle calls of resume: only with PARK_KILL_MATRIX=1
+                where = self.kill_at(pid, step, n, before, fds)
+                if where is None:
+                    break
+                results.append((step, n, where))
+        sys.stderr.write("\n  killed the keeper at %d points (%d in park, %d in resume); all recovered\n"
+                         % (len(results), sum(w == "park" for _, _, w in results),
+                            sum(w == "resume" for _, _, w in results)))
+        self.assertTrue(any(w == "park" for _, _, w in results) and any(w == "resume" for _, _, w in results))
+
+    def kill_at(self, pid, step, n, before, fds):
+        """One kill at the nth time the keeper reaches step; None when it never got there (the whole park
+        and resume ran). Returns "park" or "resume", after checking the recovery."""
+        _, count = self.get_count("127.0.0.1", self.port)
+        self.wait_quiet(self.port)
+        mark = os.path.join(self.tmp, "failpoint")
+        if os.path.exists(mark):
+            os.unlink(mark)
+        env = dict(self.env, PARK_FAILPOINT="pause:%s:%d" % (step, n), PARK_FAILPOINT_FILE=mark)
+        what = "%s:%d" % (step, n)
+        cli = subprocess.Popen([sys.executable, PARK, str(self.port)], stdin=subprocess.DEVNULL, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+        where = "park"
+        keeper = self.wait_mark(mark, cli)
+        if keeper is None:
+            out, err = cli.communicate(timeout=CHILD_TIMEOUT)
+            self.assertEqual(cli.returncode, 0, "%s: %s" % (what, err))
+            cli = subprocess.Popen([sys.executable, PARK, "resume", str(self.port)], stdin=subprocess.DEVNULL,
+                                   env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   universal_newlines=True)
+            where = "resume"
+            keeper = self.wait_mark(mark, cli)
+            if keeper is None:
+                out, err = cli.communicate(timeout=CHILD_TIMEOUT)
+                self.assertEqual(cli.returncode, 0, "%s: %s" % (what, err))
+                self.assertEqual(self.get_count("127.0.0.1", self.port), (pid, count + 1))
+                return None
+        os.kill(keeper, signal.SIGKILL)
+        out, err = cli.communicate(timeout=CHILD_TIMEOUT)
+        self.assertNotIn("Traceback", err, what)
+        self.assertNotIn(proc_state(pid), (None, "Z", "X"), "%s: the server died" % what)
+        if where == "park":
+            self.assertEqual(cli.returncode, 1, "%s: %s" % (what, err))
+            self.wait_for(lambda: proc_state(keeper) in (None, "Z"), "the keeper to be gone")
+            time.sleep(0.2)
+            self.assertNotIn(proc_state(pid), (None, "Z", "X"), "%s: the server died" % what)
+            listed = self.park("list", expect=0).stdout
+            self.assertIn("park resume %d" % self.port, listed + err, what)
+            r = self.park("resume", self.port, expect=0)
+        else:
+            self.assertEqual(cli.returncode, 0, "%s: the interrupted resume did not recover: %s" % (what, err))
+        self.assertNotIn(proc_state(pid), ("T", "t", "Z", "X", None), "%s: %s" % (what, thread_states(pid)))
+        self.assertEqual(int(_read_text("/proc/%d/status" % pid).split("TracerPid:")[1].split()[0]), 0)
+        self.assertEqual(self.get_count("127.0.0.1", self.port), (pid, count + 1), what)
+        self.wait_quiet(self.port)
+        self.assertEqual(snapshot(self.port), before, what)
+        self.assertEqual(sorted(os.listdir("/proc/%d/fd" % pid)), fds, "%s: fds left over" % what)
+        self.assertEqual(self.park_list(), [], what)
+        return where
+
+    def wait_mark(self, mark, cli, timeout=CHILD_TIMEOUT):
+        """The pid of the park process paused at the failpoint, or None once cli has exited without it."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with open(mark) as f:
+                    text = f.read()
+                if text.endswith("\n"):
+                    return int(text.split()[0])
+            except (OSError, ValueError):
+                pass
+            if cli.poll() is not None and not os.path.exists(mark):
+                return None
+            time.sleep(0.01)
+        self.fail("park neither paused nor ended")
+
+
 def users_python():
     """A python3 that the test users can run: this one, unless it lives in a private directory (pyenv in
     /root), then the system's."""
