@@ -37,7 +37,7 @@ BACKENDS = {("linux", "x86_64"): "park_linux_x86_64", ("darwin", "arm64"): "park
 BASE_URL = "https://raw.githubusercontent.com/park-sh/park/main"
 PINS = {
     "park_darwin_arm64": "35e04a52d80d7f0bec27951dd9d39527268a8dfc71ddaf28203861b6a83c51bd",
-    "park_linux_x86_64": "53ad6cf68d3deb12ffbd429b2a182f98ebd85ef8f80451e6ece31a87200da4f5",
+    "park_linux_x86_64": "259ff2050cfe15607a5267014932c7bb380d40d66dd6cc34ea6850643c97bbc7",
 }
 SCHEMA = 1
 KIND = "park.parked"

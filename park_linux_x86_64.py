@@ -3,12 +3,13 @@
 Discovery reads /proc/net/tcp{,6}, /proc/PID/fd and fdinfo, and NETLINK_SOCK_DIAG (backlog, accept queue).
 Socket options are read from a pidfd_getfd(2) duplicate that is closed again before anything changes.
 Every thread of every holder is stopped with PTRACE_SEIZE + PTRACE_INTERRUPT before a listener is touched;
-system calls are then run in one stopped thread by pointing rip at an existing `syscall` instruction in the
-target's vdso and single-stepping it. No code is written into the target; the only memory written (a small
-scratch area below a stack pointer, on resume) and every register are put back after each batch of calls,
-and the thread is then settled into a plain ptrace stop, so a tracer that dies at any later moment leaves
-every thread with its own registers (the process then runs on, as after SIGCONT). A parked process is held
-in those ptrace stops by park's keeper, never by SIGSTOP: its shell sees no stopped job.
+system calls are then run by one thread in place of a system call of its own (PTRACE_SYSCALL to its next
+syscall-entry stop), with a SIGSTOP queued for it whenever its registers are not its own: a tracer killed at
+any moment leaves every thread running with its own registers, or the process stopped, never running
+injected code; a journal (written before the first change) lets the next resume undo what was left.
+No code is written into the target and no signal mask changed; the only memory written is a small scratch
+area below a stack pointer (on resume), put back after each batch. A parked process is held in ptrace
+stops by park's keeper, never by SIGSTOP: its shell sees no stopped job.
 This module imports only the standard library and never imports park.
 """
 
@@ -861,11 +862,15 @@ class Tracer:
     # A call is run by the chosen thread itself, in place of a system call of its own: PTRACE_SYSCALL takes it
     # to its next syscall-entry stop (regs E, its `syscall` instruction at S = E.rip - 2), and each call then
     # goes: tgkill(SIGSTOP); E with the call's number and arguments; PTRACE_SYSCALL to the exit stop (the
-    # result); R = E entering its own call again (rip = S, orig_rax = -1); PTRACE_SYSCALL to the delivery stop
-    # of that SIGSTOP, which the next PTRACE_SYSCALL discards. So whenever the thread holds registers that are
-    # not its own, a SIGSTOP is queued: if park dies then, the process stops (kernel/signal.c do_signal_stop)
-    # instead of running injected registers, and the journal says how to put it back. Nothing single-steps,
-    # no signal mask is changed, and no code or data is written but the scratch area below the stack.
+    # result); R, its own registers (those it was stopped with, if it was stopped in the call it entered again,
+    # so that the kernel restarts it or returns EINTR to a handler as after SIGSTOP/SIGCONT; else E entering
+    # the call again: rip = S, orig_rax = -1); PTRACE_SYSCALL to the delivery stop of that SIGSTOP, which the
+    # next PTRACE_SYSCALL discards. So whenever the thread holds registers that are not its own, a SIGSTOP is
+    # queued: if park dies then, the process stops (kernel/signal.c do_signal_stop) instead of running
+    # injected registers, and the journal says how to put it back. Injected calls run with that SIGSTOP
+    # pending: one that would sleep returns EINTR at once (none of park's does, when all is well). Signals
+    # the thread gets meanwhile are kept from it and sent again afterwards; a SIGCONT sent meanwhile drops
+    # park's SIGSTOP (kernel/signal.c prepare_signal). Nothing single-steps and no signal mask is changed.
     def choose(self, p):
         """(tid, regs) of the thread to inject into: the first, leader first, that sits in a system call (it
         enters it again at once); only if none is in a syscall is the leader taken, to run to its next one."""
