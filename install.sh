@@ -11,9 +11,9 @@ set -u
 BASE_URL="https://raw.githubusercontent.com/park-sh/park/main"
 
 # sha256 of each file at this release (test_park.py fails, printing these lines, when one differs).
-SHA256_park_py="cdeaeeef0b0b27e5ad3f5f6ef662c429dd9e8943a99b7c97f650136c1529efa3"
+SHA256_park_py="29f234c95971a89619278e5a72fdfa7f999c07f8beeb5b3ed88643d21462ea89"
 SHA256_park_darwin_arm64_py="35e04a52d80d7f0bec27951dd9d39527268a8dfc71ddaf28203861b6a83c51bd"
-SHA256_park_linux_x86_64_py="259ff2050cfe15607a5267014932c7bb380d40d66dd6cc34ea6850643c97bbc7"
+SHA256_park_linux_x86_64_py="bdf9b1f92936beb267bb4449c7da773c930c709fcf63587c9749fd990f9799f2"
 
 say() { printf 'park-install: %s\n' "$*"; }
 err() { printf 'park-install: error: %s\n' "$*" >&2; }

@@ -37,7 +37,7 @@ BACKENDS = {("linux", "x86_64"): "park_linux_x86_64", ("darwin", "arm64"): "park
 BASE_URL = "https://raw.githubusercontent.com/park-sh/park/main"
 PINS = {
     "park_darwin_arm64": "35e04a52d80d7f0bec27951dd9d39527268a8dfc71ddaf28203861b6a83c51bd",
-    "park_linux_x86_64": "259ff2050cfe15607a5267014932c7bb380d40d66dd6cc34ea6850643c97bbc7",
+    "park_linux_x86_64": "bdf9b1f92936beb267bb4449c7da773c930c709fcf63587c9749fd990f9799f2",
 }
 SCHEMA = 1
 KIND = "park.parked"
@@ -1928,6 +1928,11 @@ def cmd_release(args):
                                 fix="park list; then kill %d" % record["keeper"]["pid"])
             live = [h for h in live if h["pid"] in reply.get("pids", [])]  # the keeper's own, not the file's
         else:
+            if live and journal_left(port) and sig != signal.SIGKILL:
+                # Continued as it is, a thread could run with an injected call's registers.
+                raise ParkError("the keeper of :%d was killed while it changed pid %s; letting it go as it was "
+                                "left is not safe" % (port, _pids(record)),
+                                fix="park resume %d  (undoes what was left and brings the listener back)" % port)
             if live:
                 recheck(backend, record)
             unhold = getattr(backend, "release", None)  # macOS: park's thread_suspend holds outlive the keeper

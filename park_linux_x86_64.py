@@ -696,26 +696,30 @@ def _signed(v):
 
 
 def _next_status(tid, timeout, late):
-    """tid's next wait status (0 once it is gone), polled without blocking so that a thread that never
-    stops cannot hang park: a stop takes microseconds, so the first polls only yield the CPU, later ones
-    back off to 5 ms. Past `timeout` seconds, late() is called, and raises."""
+    """tid's next wait status (0 once it is gone). Between looks (waitpid WNOHANG) park sleeps in
+    sigtimedwait for the SIGCHLD that every ptrace stop sends the tracer (kernel/signal.c
+    do_notify_parent_cldstop), so the stop wakes it at once (polling with sched_yield hands the CPU to
+    whatever else runs, which on a busy machine cost milliseconds per stop), and a thread that never stops
+    cannot hang park. Past `timeout` seconds, late() is called, and raises."""
     deadline = time.monotonic() + timeout
-    polls, pause = 0, 0.00005
-    while True:
-        try:
-            got, status = os.waitpid(tid, WALL | os.WNOHANG)
-        except ChildProcessError:
-            return 0
-        if got:
-            return status
-        if time.monotonic() > deadline:
-            late()
-        polls += 1
-        if polls < 200:
-            os.sched_yield()
-        else:
-            time.sleep(pause)
-            pause = min(pause * 2, 0.005)
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})  # sigtimedwait needs it blocked
+    try:
+        while True:
+            try:
+                got, status = os.waitpid(tid, WALL | os.WNOHANG)
+            except ChildProcessError:
+                return 0
+            if got:
+                return status
+            left = deadline - time.monotonic()
+            if left <= 0:
+                late()
+                deadline = time.monotonic() + 3600  # late() returned: wait on
+                continue
+            signal.sigtimedwait({signal.SIGCHLD}, min(left, 0.05))  # a SIGCHLD for another child: look again
+    finally:
+        if signal.SIGCHLD not in old:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 _VDSO = []
