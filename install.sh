@@ -11,9 +11,9 @@ set -u
 BASE_URL="https://raw.githubusercontent.com/park-sh/park/main"
 
 # sha256 of each file at this release (test_park.py fails, printing these lines, when one differs).
-SHA256_park_py="29f234c95971a89619278e5a72fdfa7f999c07f8beeb5b3ed88643d21462ea89"
+SHA256_park_py="b4ec6f98c790c3394bf207527378154aa0f8b601cf245d6045faae05a6b3a32c"
 SHA256_park_darwin_arm64_py="35e04a52d80d7f0bec27951dd9d39527268a8dfc71ddaf28203861b6a83c51bd"
-SHA256_park_linux_x86_64_py="bdf9b1f92936beb267bb4449c7da773c930c709fcf63587c9749fd990f9799f2"
+SHA256_park_linux_x86_64_py="2c118d3702bed9a5ded94e12b90fe972379d5ee08ee14745444cf5c1c905cef1"
 
 say() { printf 'park-install: %s\n' "$*"; }
 err() { printf 'park-install: error: %s\n' "$*" >&2; }

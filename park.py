@@ -37,7 +37,7 @@ BACKENDS = {("linux", "x86_64"): "park_linux_x86_64", ("darwin", "arm64"): "park
 BASE_URL = "https://raw.githubusercontent.com/park-sh/park/main"
 PINS = {
     "park_darwin_arm64": "35e04a52d80d7f0bec27951dd9d39527268a8dfc71ddaf28203861b6a83c51bd",
-    "park_linux_x86_64": "bdf9b1f92936beb267bb4449c7da773c930c709fcf63587c9749fd990f9799f2",
+    "park_linux_x86_64": "2c118d3702bed9a5ded94e12b90fe972379d5ee08ee14745444cf5c1c905cef1",
 }
 SCHEMA = 1
 KIND = "park.parked"

@@ -696,30 +696,26 @@ def _signed(v):
 
 
 def _next_status(tid, timeout, late):
-    """tid's next wait status (0 once it is gone). Between looks (waitpid WNOHANG) park sleeps in
-    sigtimedwait for the SIGCHLD that every ptrace stop sends the tracer (kernel/signal.c
-    do_notify_parent_cldstop), so the stop wakes it at once (polling with sched_yield hands the CPU to
-    whatever else runs, which on a busy machine cost milliseconds per stop), and a thread that never stops
-    cannot hang park. Past `timeout` seconds, late() is called, and raises."""
+    """tid's next wait status (0 once it is gone), polled without blocking so that a thread that never
+    stops cannot hang park: a stop takes microseconds, so the first polls only yield the CPU, later ones
+    back off to 5 ms. Past `timeout` seconds, late() is called, and raises."""
     deadline = time.monotonic() + timeout
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})  # sigtimedwait needs it blocked
-    try:
-        while True:
-            try:
-                got, status = os.waitpid(tid, WALL | os.WNOHANG)
-            except ChildProcessError:
-                return 0
-            if got:
-                return status
-            left = deadline - time.monotonic()
-            if left <= 0:
-                late()
-                deadline = time.monotonic() + 3600  # late() returned: wait on
-                continue
-            signal.sigtimedwait({signal.SIGCHLD}, min(left, 0.05))  # a SIGCHLD for another child: look again
-    finally:
-        if signal.SIGCHLD not in old:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    polls, pause = 0, 0.00005
+    while True:
+        try:
+            got, status = os.waitpid(tid, WALL | os.WNOHANG)
+        except ChildProcessError:
+            return 0
+        if got:
+            return status
+        if time.monotonic() > deadline:
+            late()
+        polls += 1
+        if polls < 200:
+            os.sched_yield()
+        else:
+            time.sleep(pause)
+            pause = min(pause * 2, 0.005)
 
 
 _VDSO = []
@@ -985,9 +981,10 @@ class Tracer:
 
     def _take_entry(self, p, regs):
         """At a syscall-entry stop of the thread's own: True (and p set up) if it entered by `syscall`."""
-        word = self._peek(p.tid, regs.rip - 2)
-        if word is None or word & 0xFFFF != 0x050F:
-            return False
+        if p.site != regs.rip - 2 or p.synth is not None:  # a new site: is it `syscall` (not int 0x80)?
+            word = self._peek(p.tid, regs.rip - 2)
+            if word is None or word & 0xFFFF != 0x050F:
+                return False
         if p.back is None or p.synth is not None or p.site != regs.rip - 2:
             # Its own registers, about to enter this call (a handler run first then enters it afterwards).
             p.back = user_regs_struct.from_buffer_copy(regs)
@@ -2110,7 +2107,11 @@ def _failpoint(kind, name=None):
     PARK_FAILPOINT=pause:drain:N makes park sleep at the Nth drain, for a test to kill it there (and write
     its pid to PARK_FAILPOINT_FILE, if set); pause:STEP:N the same at the Nth time it reaches one step of an
     injected call (seek, entry, queued, injected, running, exit, restored, back, delivery, settle)."""
-    spec = os.environ.get("PARK_FAILPOINT", "").split(":")
+    if not _SPEC:
+        _SPEC.append(os.environ.get("PARK_FAILPOINT", "").split(":"))  # read once: it is on every call's path
+    spec = _SPEC[0]
+    if len(spec) < 2:
+        return False
     key = [kind] + ([name] if name else [])
     if spec[:-1] != key:
         return False
@@ -2129,6 +2130,7 @@ def _failpoint(kind, name=None):
 
 
 _FAILS = {}
+_SPEC = []
 
 
 def _recreate_one(tracer, l, force, placed, given=None):
