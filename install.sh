@@ -11,9 +11,9 @@ set -u
 BASE_URL="https://raw.githubusercontent.com/park-sh/park/main"
 
 # sha256 of each file at this release (test_park.py fails, printing these lines, when one differs).
-SHA256_park_py="b4ec6f98c790c3394bf207527378154aa0f8b601cf245d6045faae05a6b3a32c"
+SHA256_park_py="ec43d80ef9c1214e8639a77a9ecee928c13d57e6db6761383d1a11d802e0e55b"
 SHA256_park_darwin_arm64_py="35e04a52d80d7f0bec27951dd9d39527268a8dfc71ddaf28203861b6a83c51bd"
-SHA256_park_linux_x86_64_py="2c118d3702bed9a5ded94e12b90fe972379d5ee08ee14745444cf5c1c905cef1"
+SHA256_park_linux_x86_64_py="9f8975f9a66987eb653d8ad899b49766e6ecda27067f255a3b43718c31c6d4d4"
 
 say() { printf 'park-install: %s\n' "$*"; }
 err() { printf 'park-install: error: %s\n' "$*" >&2; }

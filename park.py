@@ -37,7 +37,7 @@ BACKENDS = {("linux", "x86_64"): "park_linux_x86_64", ("darwin", "arm64"): "park
 BASE_URL = "https://raw.githubusercontent.com/park-sh/park/main"
 PINS = {
     "park_darwin_arm64": "35e04a52d80d7f0bec27951dd9d39527268a8dfc71ddaf28203861b6a83c51bd",
-    "park_linux_x86_64": "2c118d3702bed9a5ded94e12b90fe972379d5ee08ee14745444cf5c1c905cef1",
+    "park_linux_x86_64": "9f8975f9a66987eb653d8ad899b49766e6ecda27067f255a3b43718c31c6d4d4",
 }
 SCHEMA = 1
 KIND = "park.parked"

@@ -1778,6 +1778,7 @@ def _park_held(tracer, plan, pids, reset):
                 # Cannot put the listener back now: keep the processes parked, with their state, rather
                 # than let them run without it.
                 tracer.restore()
+                tracer.journal = None
                 e = Error("%s; the processes stay parked" % failure,
                           fix="park release %d  (continue them; restart the server if it does not serve)"
                           % plan[0]["port"], parked=True)
@@ -1792,6 +1793,7 @@ def _park_held(tracer, plan, pids, reset):
         tracer.release()
         raise
     tracer.restore()
+    tracer.journal = None  # the caller closes it; the keeper's later calls get their own
     return {"reset": reset, "held": tracer.held, "tracer": tracer}
 
 
@@ -1871,6 +1873,7 @@ def resume(plan, force=False, suspend_seccomp=False, given=None, tracer=None, jo
             tracer.release()
         else:
             tracer.restore()
+            tracer.journal = None  # the caller closes it
         raise
     tracer.release()
     return {"held": tracer.held}
@@ -2106,10 +2109,15 @@ def _failpoint(kind, name=None):
     EADDRINUSE; PARK_FAILPOINT=hang:NAME:N turns the Nth injected NAME() into a call that never returns;
     PARK_FAILPOINT=pause:drain:N makes park sleep at the Nth drain, for a test to kill it there (and write
     its pid to PARK_FAILPOINT_FILE, if set); pause:STEP:N the same at the Nth time it reaches one step of an
-    injected call (seek, entry, queued, injected, running, exit, restored, back, delivery, settle)."""
+    injected call (seek, entry, queued, injected, running, exit, restored, back, delivery, settle);
+    slow:US makes each of those steps US microseconds longer, for kills at random moments."""
     if not _SPEC:
         _SPEC.append(os.environ.get("PARK_FAILPOINT", "").split(":"))  # read once: it is on every call's path
     spec = _SPEC[0]
+    if spec[0] == "slow" and len(spec) == 2:
+        if kind == "pause":
+            time.sleep(int(spec[1]) / 1e6)  # slow:US: every step takes US microseconds more
+        return False
     if len(spec) < 2:
         return False
     key = [kind] + ([name] if name else [])
