@@ -11,7 +11,7 @@ set -u
 BASE_URL="https://raw.githubusercontent.com/park-sh/park/main"
 
 # sha256 of each file at this release (test_park.py fails, printing these lines, when one differs).
-SHA256_park_py="ec43d80ef9c1214e8639a77a9ecee928c13d57e6db6761383d1a11d802e0e55b"
+SHA256_park_py="f5e18214d439165a7ea4a8d3b46f38f959fe12a513a9ab225ef72ba83cdf1627"
 SHA256_park_darwin_arm64_py="35e04a52d80d7f0bec27951dd9d39527268a8dfc71ddaf28203861b6a83c51bd"
 SHA256_park_linux_x86_64_py="9f8975f9a66987eb653d8ad899b49766e6ecda27067f255a3b43718c31c6d4d4"
 

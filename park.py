@@ -618,11 +618,13 @@ def remove_state(record):
 # fds it makes), written before the first change; a park or resume killed halfway leaves it, and the next
 # `park resume` undoes from it. Only backends with JOURNAL = True (Linux) keep one.
 
-def open_journal(backend, port):
-    """An fd to append the journal of port to, or None when the backend keeps none."""
+def open_journal(backend, port, fresh=False):
+    """An fd to append the journal of port to (fresh: emptied first, for a new park), or None when the
+    backend keeps none."""
     if not getattr(backend, "JOURNAL", False):
         return None
-    return parked_dir().open_file("%d.journal" % port, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    return parked_dir().open_file("%d.journal" % port, os.O_WRONLY | os.O_CREAT | os.O_APPEND |
+                                  (os.O_TRUNC if fresh else 0))
 
 
 def read_journal(port):
@@ -1155,7 +1157,9 @@ def _spawn_keeper(backend, record, plan, seccomp, drain, hold):
         return json.loads(data.decode())
     except ValueError:
         status, _ = record_status(backend, record)
-        if not state_exists(record["port"]) or (status == "running" and not journal_left(record["port"])):
+        # Nothing changed only if every listener is still there and no journal says a change was under way.
+        intact = {l["inode"] for l in record["listeners"]} <= {l["inode"] for l in backend.listeners(record["port"])}
+        if not state_exists(record["port"]) or (status == "running" and intact and not journal_left(record["port"])):
             remove_state(record)
             return {"ok": False, "error": "park's keeper died before it could park :%d; the server runs as it "
                                           "was" % record["port"], "fix": "park %d  (again)" % record["port"]}
@@ -1248,7 +1252,7 @@ def _keeper(backend, record, plan, seccomp, drain, hold, report):
     record["keeper"] = {"pid": os.getpid(), "starttime": me["start"] if me else 0}
     k.save()
     k.log("keeper started (pid %d)" % os.getpid())
-    journal = open_journal(backend, port)
+    journal = open_journal(backend, port, fresh=True)  # a resume killed just after its work may leave one
     try:
         kw = {"journal": journal} if journal is not None else {}
         result = backend.park(plan, drain=drain, suspend_seccomp=seccomp, **kw)
