@@ -4396,7 +4396,9 @@ class UiTest(LiveTestCase):
         lines = self.select_port(self.port, "LISTENING")
         self.assertIn(str(proc.pid), lines[self.row_of(lines, self.port, "LISTENING")].split())
         self.press("p")
-        self.wait_until(lambda: proc_state(proc.pid) == "t" and self.keeper_of(proc.pid), "p did not park pid %d" % proc.pid)
+        # The process shows "t" as soon as the keeper has stopped it, a moment before the listener closes.
+        self.wait_until(lambda: proc_state(proc.pid) == "t" and self.keeper_of(proc.pid) and
+                        not listen_inodes(self.port), "p did not park pid %d" % proc.pid)
         self.assert_parked(proc.pid)
         self.assertEqual(listen_inodes(self.port), set())
         lines = self.wait_screen(lambda l: self.row_of(l, self.port, "PARKED") in self.selected(l),
