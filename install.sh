@@ -11,9 +11,9 @@ set -u
 BASE_URL="https://raw.githubusercontent.com/park-sh/park/main"
 
 # sha256 of each file at this release (test_park.py fails, printing these lines, when one differs).
-SHA256_park_py="078ae7f26a9ddda56c6cd0c814ed63cf94cff02ed63bf780b4fe232e225e2d89"
+SHA256_park_py="3fadcb0a8271a891f13e270e1652f66f3d417c4752a45f69fa8c3434d910984c"
 SHA256_park_darwin_arm64_py="35e04a52d80d7f0bec27951dd9d39527268a8dfc71ddaf28203861b6a83c51bd"
-SHA256_park_linux_x86_64_py="af895d0a71e57088f656b59283537bfce413e48c5ba1f674a9cb68f6316a5505"
+SHA256_park_linux_x86_64_py="ee4223275171d3b793dfc0243fda07d51e9576ddb4722f6a068ef192367b98b7"
 
 say() { printf 'park-install: %s\n' "$*"; }
 err() { printf 'park-install: error: %s\n' "$*" >&2; }

@@ -37,7 +37,7 @@ BACKENDS = {("linux", "x86_64"): "park_linux_x86_64", ("darwin", "arm64"): "park
 BASE_URL = "https://raw.githubusercontent.com/park-sh/park/main"
 PINS = {
     "park_darwin_arm64": "35e04a52d80d7f0bec27951dd9d39527268a8dfc71ddaf28203861b6a83c51bd",
-    "park_linux_x86_64": "af895d0a71e57088f656b59283537bfce413e48c5ba1f674a9cb68f6316a5505",
+    "park_linux_x86_64": "ee4223275171d3b793dfc0243fda07d51e9576ddb4722f6a068ef192367b98b7",
 }
 SCHEMA = 1
 KIND = "park.parked"
@@ -728,6 +728,69 @@ def all_states(errors=None):
 
 def remove_state(record):
     parked_dir().unlink("%d.json" % record["port"])
+    clear_journal(record["port"])
+
+
+# The journal: what the backend is about to inject into a port's processes (the registers to give back, the
+# fds it makes), written before the first change; a park or resume killed halfway leaves it, and the next
+# `park resume` undoes from it. Only backends with JOURNAL = True (Linux) keep one.
+
+def open_journal(backend, port, fresh=False):
+    """An fd to append the journal of port to (fresh: emptied first, for a new park), or None when the
+    backend keeps none."""
+    if not getattr(backend, "JOURNAL", False):
+        return None
+    return parked_dir().open_file("%d.journal" % port, os.O_WRONLY | os.O_CREAT | os.O_APPEND |
+                                  (os.O_TRUNC if fresh else 0))
+
+
+def read_journal(port):
+    """The entries a killed park or resume left for port ([] when none), each one checked for its types."""
+    import json
+    try:
+        data = parked_dir().read("%d.journal" % port)
+    except (OSError, ParkError):
+        return []
+    out = []
+    for line in data.decode("utf-8", "replace").splitlines():
+        try:
+            e = json.loads(line)
+        except ValueError:
+            continue
+        if _journal_entry_ok(e):
+            out.append(e)
+    return out
+
+
+def _journal_entry_ok(e):
+    def word(v, hi=(1 << 64) - 1):
+        return isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= hi
+    if not isinstance(e, dict) or not word(e.get("pid"), (1 << 31) - 1):
+        return False
+    if "back" in e:
+        scratch = e.get("scratch")
+        return (word(e.get("tid"), (1 << 31) - 1) and word(e.get("site")) and isinstance(e.get("group"), bool)
+                and isinstance(e["back"], list) and len(e["back"]) == 27 and all(word(v) for v in e["back"])
+                and (scratch is None or (isinstance(scratch, list) and len(scratch) == 2 and word(scratch[0])
+                                         and isinstance(scratch[1], str) and len(scratch[1]) <= 4096)))
+    return word(e.get("fd"), (1 << 31) - 1) and (e.get("link") is None or isinstance(e.get("link"), str))
+
+
+def journal_left(port):
+    """True when a park or resume of port was killed while it changed the processes."""
+    try:
+        return os.stat("%d.journal" % port, dir_fd=parked_dir().fd, follow_symlinks=False).st_size > 0
+    except OSError:
+        return False
+
+
+def clear_journal(port):
+    parked_dir().unlink("%d.journal" % port)
+
+
+def _close_fd(fd):
+    if fd is not None:
+        os.close(fd)
 
 
 # After `park release`, the process runs on without its port. So that it does not vanish from view, a note of
@@ -1057,6 +1120,9 @@ def recheck(backend, record):
     me = os.geteuid()
     table = getattr(backend, "fds", None)
     port = record["port"]
+    # A park or resume killed halfway may have left a listener fd not yet closed, or one it had made (the
+    # fd of a call in flight is in no journal): the backend undoes them, and checks the fds after that.
+    journal = journal_left(port)
     for h in record["holders"]:
         info = recorded(backend, h)
         if info is None:
@@ -1076,7 +1142,7 @@ def recheck(backend, record):
                 if lh["pid"] != h["pid"]:
                     continue
                 for f in lh["fds"]:
-                    if f["fd"] in open_fds:
+                    if f["fd"] in open_fds and not journal:
                         raise ParkError("pid %d has fd %d open, where park closed its listener: it is not (or no "
                                         "longer) parked as the state says" % (h["pid"], f["fd"]),
                                         fix="park release %d  (forget it; the process is left as it is)" % port)
@@ -1100,6 +1166,9 @@ def _why_running(record):
     ended = record.get("ended")
     if ended:
         return ended["reason"]
+    if journal_left(record["port"]):
+        return ("its keeper, pid %s, was killed while it changed the process (it may be stopped, and may hold "
+                "a half-made listener)" % (record.get("keeper") or {}).get("pid", "?"))
     return "its keeper, pid %s, is gone" % (record.get("keeper") or {}).get("pid", "?")
 
 
@@ -1354,12 +1423,15 @@ def _spawn_keeper(backend, record, plan, seccomp, drain, hold):
         return json.loads(data.decode())
     except ValueError:
         status, _ = record_status(backend, record)
-        if status == "running" or not state_exists(record["port"]):
+        # Nothing changed only if every listener is still there and no journal says a change was under way.
+        intact = {l["inode"] for l in record["listeners"]} <= {l["inode"] for l in backend.listeners(record["port"])}
+        if not state_exists(record["port"]) or (status == "running" and intact and not journal_left(record["port"])):
             remove_state(record)
             return {"ok": False, "error": "park's keeper died before it could park :%d; the server runs as it "
                                           "was" % record["port"], "fix": "park %d  (again)" % record["port"]}
-        return {"ok": False, "error": "park's keeper died while it parked :%d" % record["port"],
-                "fix": "park resume %d" % record["port"]}
+        return {"ok": False, "error": "park's keeper died while it parked :%d; the process may be stopped or "
+                                      "without its listener" % record["port"],
+                "fix": "park resume %d  (undoes what it left and brings the listener back)" % record["port"]}
 
 
 class _Keeper:
@@ -1447,9 +1519,14 @@ def _keeper(backend, record, plan, seccomp, drain, hold, report):
     record["keeper"] = {"pid": os.getpid(), "starttime": me["start"] if me else 0}
     k.save()
     k.log("keeper started (pid %d)" % os.getpid())
+    journal = open_journal(backend, port, fresh=True)  # a resume killed just after its work may leave one
     try:
-        result = backend.park(plan, drain=drain, suspend_seccomp=seccomp)
+        kw = {"journal": journal} if journal is not None else {}
+        result = backend.park(plan, drain=drain, suspend_seccomp=seccomp, **kw)
+        clear_journal(port)  # all put back cleanly: nothing to undo
     except backend.Error as e:
+        clear_journal(port)
+        _close_fd(journal)
         err = _from_backend(backend, e, port, "park")
         if not e.parked:
             remove_state(record)
@@ -1461,11 +1538,13 @@ def _keeper(backend, record, plan, seccomp, drain, hold, report):
         k.send_report({"ok": False, "error": str(err), "fix": err.fix})
         return _keeper_loop(k)
     except BaseException as e:
+        _close_fd(journal)
         remove_state(record)
         k.close()
         k.send_report({"ok": False, "error": "unexpected error: %s: %s" % (type(e).__name__, e),
                        "fix": "run again with PARK_DEBUG=1 and report it"})
         return EXIT_FAIL
+    _close_fd(journal)
     k.tracer = result.get("tracer")
     k.save()  # park may have added what it observed (each epoll registration's wake order)
     if k.tracer is not None:  # before the CLI returns: a signal sent after that is news
@@ -2081,6 +2160,9 @@ def _resume_target(backend, target, args):
                 break
             with PortLock(port):
                 reply = _ask_keeper(port, {"op": "resume", "force": args.force}, keeper)
+            gone = time.monotonic() + 2.0
+            while reply is None and keeper_alive(backend, record) and time.monotonic() < gone:
+                time.sleep(0.02)  # it closed the connection: dying (its fds go before it is a zombie)?
             if reply is None and not keeper_alive(backend, record):
                 if not state_exists(port):  # it ended the park meanwhile (a signal, its timer)
                     raise ParkError(":%d was resumed or ended meanwhile, by its keeper" % port, fix="park list")
@@ -2134,6 +2216,11 @@ def _resume_once(backend, record, plan, force, given=None, tracer=None):
     keeper's, which holds the processes. Raises PortBusy while the port is in use."""
     port = record["port"]
     kw = {"tracer": tracer} if tracer is not None else {}
+    journal = open_journal(backend, port)
+    if journal is not None:
+        kw["journal"] = journal
+        if tracer is None:
+            kw["recover"] = read_journal(port)  # a park or resume killed halfway: undone first
     try:
         with Critical():
             result = backend.resume(plan, force=force, suspend_seccomp=bool(record.get("seccomp")), given=given,
@@ -2144,6 +2231,8 @@ def _resume_once(backend, record, plan, force, given=None, tracer=None):
         if e.errno != EADDRINUSE or given is not None:
             raise _from_backend(backend, e, port, "resume")
         why = getattr(e, "time_wait", None)
+    finally:
+        _close_fd(journal)
     # No listener, yet the address is in use: TIME_WAIT entries that the backend could not clear (that needs
     # root, and Linux 6.0) and that a listener without SO_REUSEADDR cannot bind over.
     tw = [t for l in plan for t in backend.time_wait(l)]
@@ -2159,7 +2248,7 @@ def _resume_plan(backend, record, plan, force, wait, line):
     import time
     deadline = time.monotonic() + wait
     while True:
-        if not backend.listeners(record["port"]):
+        if not _others_listening(backend, record):
             try:
                 return _resume_once(backend, record, plan, force)
             except PortBusy:
@@ -2173,6 +2262,16 @@ def _resume_plan(backend, record, plan, force, wait, line):
             raise _busy(backend, record)
         line.show(backend)
         time.sleep(0.1)
+
+
+def _others_listening(backend, record):
+    """The listeners on the record's port, but (when a killed park or resume left a journal) those that only
+    its own processes hold: a listener it had not closed yet, or one it had half made, which resume undoes."""
+    found = backend.listeners(record["port"])
+    if found and journal_left(record["port"]):
+        mine = {h["pid"] for h in record["holders"]}
+        found = [l for l in found if not set(l["holders"]) <= mine]
+    return found
 
 
 def _live_plan(backend, record):
@@ -2248,6 +2347,11 @@ def cmd_release(args):
                                 fix="park list; then kill %d" % record["keeper"]["pid"])
             live = [h for h in live if h["pid"] in reply.get("pids", [])]  # the keeper's own, not the file's
         else:
+            if live and journal_left(port) and sig != signal.SIGKILL:
+                # Continued as it is, a thread could run with an injected call's registers.
+                raise ParkError("the keeper of :%d was killed while it changed pid %s; letting it go as it was "
+                                "left is not safe" % (port, _pids(record)),
+                                fix="park resume %d  (undoes what was left and brings the listener back)" % port)
             if live:
                 recheck(backend, record)
             unhold = getattr(backend, "release", None)  # macOS: park's thread_suspend holds outlive the keeper

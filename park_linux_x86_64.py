@@ -3,17 +3,19 @@
 Discovery reads /proc/net/tcp{,6}, /proc/PID/fd and fdinfo, and NETLINK_SOCK_DIAG (backlog, accept queue).
 Socket options are read from a pidfd_getfd(2) duplicate that is closed again before anything changes.
 Every thread of every holder is stopped with PTRACE_SEIZE + PTRACE_INTERRUPT before a listener is touched;
-system calls are then run in one stopped thread by pointing rip at an existing `syscall` instruction in the
-target's vdso and single-stepping it. No code is written into the target; the only memory written (a small
-scratch area below a stack pointer, on resume) and every register are put back after each batch of calls,
-and the thread is then settled into a plain ptrace stop, so a tracer that dies at any later moment leaves
-every thread with its own registers (the process then runs on, as after SIGCONT). A parked process is held
-in those ptrace stops by park's keeper, never by SIGSTOP: its shell sees no stopped job.
+system calls are then run by one thread in place of a system call of its own (PTRACE_SYSCALL to its next
+syscall-entry stop), with a SIGSTOP queued for it whenever its registers are not its own: a tracer killed at
+any moment leaves every thread running with its own registers, or the process stopped, never running
+injected code; a journal (written before the first change) lets the next resume undo what was left.
+No code is written into the target and no signal mask changed; the only memory written is a small scratch
+area below a stack pointer (on resume), put back after each batch. A parked process is held in ptrace
+stops by park's keeper, never by SIGSTOP: its shell sees no stopped job.
 This module imports only the standard library and never imports park.
 """
 
 import ctypes
 import errno
+import json
 import os
 import select
 import signal
@@ -30,14 +32,16 @@ PTRACE_GETREGS = 12
 PTRACE_SETREGS = 13
 PTRACE_CONT = 7
 PTRACE_DETACH = 17
-PTRACE_SINGLESTEP = 9
+PTRACE_SYSCALL = 24
 PTRACE_SEIZE = 0x4206
 PTRACE_INTERRUPT = 0x4207
 PTRACE_LISTEN = 0x4208
 PTRACE_GETSIGMASK = 0x420A
 PTRACE_SETSIGMASK = 0x420B
 PTRACE_EVENT_STOP = 128
+PTRACE_O_TRACESYSGOOD = 1
 PTRACE_O_SUSPEND_SECCOMP = 1 << 21
+SYSCALL_STOP = signal.SIGTRAP | 0x80  # WSTOPSIG of a syscall stop under PTRACE_O_TRACESYSGOOD (ptrace(2))
 WALL = 0x40000000  # __WALL, include/uapi/linux/wait.h (renamed: a class body would mangle __WALL)
 
 # arch/x86/entry/syscalls/syscall_64.tbl
@@ -57,10 +61,14 @@ NR_recvmsg = 47
 NR_sendmsg = 46
 NR_pause = 34
 NR_tgkill = 234
+NR_getpid = 39
+_EPOLL_WAITS = (232, 281, 441)  # epoll_wait, epoll_pwait, epoll_pwait2
+_RESTARTS = (-512, -513, -514, -516)  # -ERESTARTSYS ... -ERESTART_RESTARTBLOCK, include/linux/errno.h
 _NAMES = {NR_close: "close", NR_dup3: "dup3", NR_socket: "socket", NR_bind: "bind", NR_listen: "listen",
           NR_setsockopt: "setsockopt", NR_fcntl: "fcntl", NR_epoll_ctl: "epoll_ctl", NR_connect: "connect",
           NR_recvmsg: "recvmsg"}
 SYSCALL_DEADLINE = 3.0  # seconds an injected call may take; none of park's calls ever blocks when all is well
+SEEK_SECONDS = 0.2  # how long the chosen thread may run user code before it makes a system call of its own
 
 O_NONBLOCK = 0o4000  # include/uapi/asm-generic/fcntl.h
 O_CLOEXEC = 0o2000000
@@ -757,6 +765,7 @@ def _scratch_base(regs):
 
 
 SCRATCH_SIZE = 1024
+JOURNAL = True  # park.py passes resume(journal=..., recover=...) and park(journal=...)
 
 
 def queue_lengths(inodes, families):
@@ -828,29 +837,47 @@ def _vdso_base(pid):
 
 
 class _Proc:
-    """One traced process: its stopped threads and the injection state of the thread chosen to run syscalls."""
+    """One traced process: its stopped threads and the injection state of the thread chosen to run syscalls.
+
+    at says where that thread is: "event" (a plain ptrace stop), "entry" (its own syscall-entry stop, its own
+    registers), "injected" (at that entry stop with an injected call's registers), "exit" (the injected call's
+    exit stop) or "delivery" (the signal-delivery stop of park's SIGSTOP, its own registers again)."""
 
     def __init__(self, pid):
         self.pid = pid
         self.tids = []
+        self.group = False  # it was stopped by job control (SIGSTOP, Ctrl+Z) when park stopped it
         self.tid = None
-        self.saved = None
-        self.mask = None
-        self.gadget = None
+        self.entry = None  # the registers at its own syscall-entry stop
+        self.back = None  # its own registers between injected calls: that syscall, to be entered again
+        self.synth = None  # fallback only: the registers that enter the vdso's syscall instruction
+        self.site = None  # the address of the syscall instruction it runs
+        self.at = None
+        self.queued = False  # park's SIGSTOP is queued for the thread
+        self.taken = []  # signals the thread got meanwhile, kept from it and sent again afterwards
         self.scratch = None
         self.scratch_orig = None
         self.used = 0
         self.listening = []  # threads job control stopped, waiting in PTRACE_LISTEN for SIGCONT
 
 
-class Tracer:
-    """Stops every thread of a set of processes and runs system calls in them; release() undoes it all."""
+class _Late(Exception):
+    pass
 
-    def __init__(self, suspend_seccomp=False):
+
+class Tracer:
+    """Stops every thread of a set of processes and runs system calls in them; release() undoes it all.
+
+    journal: an fd (a file opened for appending) where, before the first change, the registers each injected
+    thread must end with are written (one JSON line per process, fsynced once), and after every call that
+    makes an fd, that fd; resume(recover=...) reads them back after a park that was killed."""
+
+    def __init__(self, suspend_seccomp=False, journal=None):
         self.procs = {}
-        self.options = PTRACE_O_SUSPEND_SECCOMP if suspend_seccomp else 0
+        self.options = PTRACE_O_TRACESYSGOOD | (PTRACE_O_SUSPEND_SECCOMP if suspend_seccomp else 0)
         self.stopped_at = None
         self.held = 0.0
+        self.journal = journal
 
     # -- stopping --
     def stop(self, pids):
@@ -875,8 +902,11 @@ class Tracer:
                     except OSError:
                         pass
                 for tid in seized:
-                    if not self._wait_stopped(tid):
+                    sig = self._wait_stopped(tid)
+                    if not sig:
                         p.tids.remove(tid)
+                    elif sig != signal.SIGTRAP:
+                        p.group = True  # the event stop of a group-stopped task reports its stop signal
             else:
                 raise Error("pid %d keeps creating threads; try again" % pid)
             if not p.tids:
@@ -890,16 +920,17 @@ class Tracer:
         except OSError as e:
             if e.errno == errno.ESRCH:
                 return False
-            if self.options and e.errno in (errno.EPERM, errno.EINVAL):
+            if self.options & PTRACE_O_SUSPEND_SECCOMP and e.errno in (errno.EPERM, errno.EINVAL):
                 # PTRACE_O_SUSPEND_SECCOMP needs CAP_SYS_ADMIN and CONFIG_CHECKPOINT_RESTORE: go on without it.
-                self.options = 0
+                self.options &= ~PTRACE_O_SUSPEND_SECCOMP
                 return self._seize(pid, tid)
             raise Error("cannot stop pid %d (ptrace: %s)" % (pid, os.strerror(e.errno)), errno=e.errno,
                         attach=True)
 
     def _wait_stopped(self, tid, timeout=3.0):
-        """Wait until tid is in a ptrace stop; False if it exited. Signals that arrive first are delivered.
-        A thread that never stops (uninterruptible sleep: NFS, FUSE, vfork) is an Error after timeout."""
+        """Wait until tid is in a ptrace event stop; return its stop signal (SIGTRAP, or the stop signal of a
+        group-stopped task), 0 if it exited. Signals that arrive first are delivered. A thread that never
+        stops (uninterruptible sleep: NFS, FUSE, vfork) is an Error after timeout."""
         def late():
             raise Error("thread %d does not stop (it may be in an uninterruptible wait); nothing was changed"
                         % tid, fix="try again in a moment")
@@ -907,21 +938,32 @@ class Tracer:
         while True:
             status = _next_status(tid, end - time.monotonic(), late)
             if not os.WIFSTOPPED(status):
-                return False
+                return 0
             sig, event = os.WSTOPSIG(status), status >> 16
-            if event == PTRACE_EVENT_STOP or sig == signal.SIGTRAP:
-                return True
+            if event == PTRACE_EVENT_STOP:
+                return sig
             # A signal-delivery-stop: let the thread have its signal (as CRIU does); the interrupt stays pending.
             try:
-                _ptrace(PTRACE_CONT, tid, 0, sig)
+                _ptrace(PTRACE_CONT, tid, 0, 0 if sig == SYSCALL_STOP else sig)
             except OSError:
-                return False
+                return 0
 
     # -- injecting --
+    # A call is run by the chosen thread itself, in place of a system call of its own: PTRACE_SYSCALL takes it
+    # to its next syscall-entry stop (regs E, its `syscall` instruction at S = E.rip - 2), and each call then
+    # goes: tgkill(SIGSTOP); E with the call's number and arguments; PTRACE_SYSCALL to the exit stop (the
+    # result); R, its own registers (those it was stopped with, if it was stopped in the call it entered again,
+    # so that the kernel restarts it or returns EINTR to a handler as after SIGSTOP/SIGCONT; else E entering
+    # the call again: rip = S, orig_rax = -1); PTRACE_SYSCALL to the delivery stop of that SIGSTOP, which the
+    # next PTRACE_SYSCALL discards. So whenever the thread holds registers that are not its own, a SIGSTOP is
+    # queued: if park dies then, the process stops (kernel/signal.c do_signal_stop) instead of running
+    # injected registers, and the journal says how to put it back. Injected calls run with that SIGSTOP
+    # pending: one that would sleep returns EINTR at once (none of park's does, when all is well). Signals
+    # the thread gets meanwhile are kept from it and sent again afterwards; a SIGCONT sent meanwhile drops
+    # park's SIGSTOP (kernel/signal.c prepare_signal). Nothing single-steps and no signal mask is changed.
     def choose(self, p):
-        """(tid, regs) of the thread to inject into: the first, leader first, that sits in a system call.
-        A thread stopped in user mode could be inside an rseq critical section, which an injected syscall's
-        return would disarm (kernel/rseq.c); only if none is in a syscall is the leader taken."""
+        """(tid, regs) of the thread to inject into: the first, leader first, that sits in a system call (it
+        enters it again at once); only if none is in a syscall is the leader taken, to run to its next one."""
         first = None
         for tid in ([p.pid] if p.pid in p.tids else []) + sorted(t for t in p.tids if t != p.pid):
             regs = user_regs_struct()
@@ -936,19 +978,147 @@ class Tracer:
             raise Error("cannot read the registers of pid %d" % p.pid)
         return first
 
-    def _prepare(self, p):
-        if p.tid is not None:
+    def _ready(self):
+        """Before the first injected call: take the chosen thread of every process to a syscall-entry stop,
+        and journal what each must be given back (one fsync)."""
+        todo = [p for p in self.procs.values() if p.tid is None]
+        if not todo:
             return
+        for p in todo:
+            self._prepare(p)
+        if self.journal is not None:
+            for p in todo:
+                self._journal_proc(p)
+            try:
+                os.fsync(self.journal)
+            except OSError:
+                pass
+
+    def _journal_proc(self, p):
+        self._note({"pid": p.pid, "tid": p.tid, "site": p.site, "group": p.group,
+                    "back": [getattr(p.back, n) for n, _ in user_regs_struct._fields_],
+                    "scratch": [p.scratch, p.scratch_orig.hex()] if p.scratch_orig else None})
+
+    def _note(self, entry):
+        if self.journal is not None:
+            try:
+                os.write(self.journal, (json.dumps(entry, sort_keys=True) + "\n").encode())
+            except OSError:
+                pass
+
+    def _prepare(self, p):
         tid, regs = self.choose(p)
         if regs.cs != 0x33:
             raise Error("pid %d is not a 64-bit process; park handles x86_64 processes only" % p.pid)
-        p.gadget = self._gadget(p.pid, tid)
-        mask = ctypes.c_uint64()
-        _ptrace(PTRACE_GETSIGMASK, tid, 8, ctypes.addressof(mask))
-        # Block every signal but SIGTRAP while injecting (CRIU does the same): no handler runs in between.
-        block = ctypes.c_uint64(~(1 << (signal.SIGTRAP - 1)) & (2 ** 64 - 1))
-        _ptrace(PTRACE_SETSIGMASK, tid, 8, ctypes.addressof(block))
-        p.tid, p.saved, p.mask = tid, regs, mask
+        p.tid, p.at, p.queued, p.synth, p.back = tid, "event", False, None, None
+        # A thread stopped in a call it will restart keeps these registers as its own (its call's number
+        # and restart code): the kernel then restarts it, or returns EINTR to a handler that runs first,
+        # exactly as after SIGSTOP/SIGCONT (arch/x86/kernel/signal.c). The interrupt made epoll_wait return
+        # EINTR: it gets -ERESTARTNOHAND instead, so that it is entered again, as if nothing had happened.
+        origin = None
+        if _signed(regs.orig_rax) >= 0 and (_signed(regs.rax) in _RESTARTS or (
+                _signed(regs.orig_rax) in _EPOLL_WAITS and _signed(regs.rax) == -errno.EINTR)):
+            origin = user_regs_struct.from_buffer_copy(regs)
+            if _signed(regs.rax) == -errno.EINTR:
+                origin.rax = (-514) & (2 ** 64 - 1)
+                _ptrace(PTRACE_SETREGS, tid, 0, ctypes.addressof(origin))
+        _failpoint("pause", "seek")
+        try:
+            self._run_to_entry(p, SEEK_SECONDS, None)
+        except _Late:
+            # No system call of its own in time (a thread busy in user code): it enters the vdso's `syscall`
+            # instead, its own registers kept to come back to. Until it reaches that entry stop (a few
+            # microseconds, once per call) a park killed there would leave it running the vdso's code.
+            self._interrupt_to_event(p)
+            regs = self._regs(tid)
+            p.synth = user_regs_struct.from_buffer_copy(regs)
+            p.synth.rip, p.synth.rax, p.synth.orig_rax = self._gadget(p.pid, tid), NR_getpid, 2 ** 64 - 1
+            p.site, p.back = p.synth.rip, regs
+            self._run_to_entry(p, SYSCALL_DEADLINE)
+        if origin is not None and p.synth is None and p.entry.rip == origin.rip and \
+                p.entry.orig_rax in (origin.orig_rax, 219):  # 219: __NR_restart_syscall
+            p.back = origin  # it entered that call again
+        base = _scratch_base(p.back)
+        p.scratch_orig = self._read_mem(p.pid, base, SCRATCH_SIZE)
+        p.scratch = base if p.scratch_orig is not None else None
+        p.used = 0
+
+    def _run_to_entry(self, p, timeout, late=False):
+        """From an event or delivery stop, let the thread run to a syscall-entry stop of its own `syscall`
+        instruction (an `int 0x80` entry is let through); sets p.entry and, for its own call, p.back.
+        late=None: past timeout, raise _Late."""
+        end = time.monotonic() + timeout
+        late = self._stuck(p, "enter a system call") if late is False else late
+        sig = 0
+        while True:
+            if p.synth is not None:
+                _ptrace(PTRACE_SETREGS, p.tid, 0, ctypes.addressof(p.synth))
+            _ptrace(PTRACE_SYSCALL, p.tid, 0, sig)
+            sig = 0
+            status = self._wait(p, end, late)
+            if os.WSTOPSIG(status) != SYSCALL_STOP:
+                if status >> 16 != PTRACE_EVENT_STOP:
+                    sig = self._signal_stop(p, status, deliver=p.at == "event" and p.synth is None)
+                continue
+            regs = self._regs(p.tid)
+            if p.synth is not None:
+                p.entry, p.at = regs, "entry"
+                return
+            if self._take_entry(p, regs):
+                return
+            _ptrace(PTRACE_SYSCALL, p.tid, 0, 0)  # int 0x80 (or sysenter): to its exit stop, then on
+            self._wait(p, end, late)
+
+    def _take_entry(self, p, regs):
+        """At a syscall-entry stop of the thread's own: True (and p set up) if it entered by `syscall`."""
+        if p.site != regs.rip - 2 or p.synth is not None:  # a new site: is it `syscall` (not int 0x80)?
+            word = self._peek(p.tid, regs.rip - 2)
+            if word is None or word & 0xFFFF != 0x050F:
+                return False
+        if p.back is None or p.synth is not None or p.site != regs.rip - 2:
+            # Its own registers, about to enter this call (a handler run first then enters it afterwards).
+            p.back = user_regs_struct.from_buffer_copy(regs)
+            p.back.rip, p.back.rax, p.back.orig_rax = regs.rip - 2, regs.orig_rax, 2 ** 64 - 1
+        p.entry, p.at, p.synth, p.site = regs, "entry", None, regs.rip - 2
+        return True
+
+    def _wait(self, p, end, late=None):
+        def raise_late():
+            raise _Late()
+        status = _next_status(p.tid, max(0.0, end - time.monotonic()), late or raise_late)
+        if not os.WIFSTOPPED(status):
+            raise Error("pid %d died while park was working on it" % p.pid)
+        return status
+
+    def _signal_stop(self, p, status, deliver):
+        """A signal-delivery stop of the chosen thread: park's own SIGSTOP is discarded; another signal is
+        delivered before the first change (deliver=True), else kept and sent again when park is done, so that
+        no handler runs between two injected calls. Returns the signal to resume with."""
+        sig = os.WSTOPSIG(status)
+        if sig == signal.SIGSTOP and p.queued:
+            p.queued = False
+            return 0
+        if deliver:
+            return sig
+        p.taken.append(sig)
+        return 0
+
+    def _interrupt_to_event(self, p):
+        """Stop the running thread in a plain event stop (a syscall it makes meanwhile runs, as its own)."""
+        _ptrace(PTRACE_INTERRUPT, p.tid)
+        end = time.monotonic() + SYSCALL_DEADLINE
+        while True:
+            status = self._wait(p, end, self._stuck(p, "stop"))
+            if status >> 16 == PTRACE_EVENT_STOP:
+                p.at = "event"
+                return
+            sig = 0 if os.WSTOPSIG(status) == SYSCALL_STOP else self._signal_stop(p, status, deliver=True)
+            _ptrace(PTRACE_SYSCALL, p.tid, 0, sig)
+
+    def _stuck(self, p, what):
+        def late():
+            raise Error("thread %d of pid %d did not %s" % (p.tid, p.pid, what))
+        return late
 
     def _gadget(self, pid, tid):
         off = _vdso_syscall_offset()
@@ -984,56 +1154,144 @@ class Tracer:
     def syscall(self, pid, nr, *args):
         """Run one system call in pid; return its result, or raise OSError with the target's errno. A call
         that has not returned after SYSCALL_DEADLINE is interrupted, and is an Error naming it."""
+        self._ready()
         p = self.procs[pid]
-        self._prepare(p)
         name = _NAMES.get(nr, "system call %d" % nr)
-        if _failpoint("hang", name):
-            nr = NR_pause  # test hook: a call that never returns until park interrupts it
-        regs = user_regs_struct.from_buffer_copy(p.saved)
-        regs.rip, regs.rax, regs.orig_rax = p.gadget, nr, 2 ** 64 - 1
+        hang = _failpoint("hang", name)
+        if hang:
+            nr = NR_pause  # test hook: a call that never returns until park interrupts it (no SIGSTOP queued)
+        if p.at != "entry":
+            _failpoint("pause", "delivery")
+            self._run_to_entry(p, SYSCALL_DEADLINE)
+        _failpoint("pause", "entry")
+        if not hang:
+            self._queue_stop(p)
+            _failpoint("pause", "queued")
+        regs = user_regs_struct.from_buffer_copy(p.entry)
+        regs.orig_rax = nr
         for reg, value in zip(("rdi", "rsi", "rdx", "r10", "r8", "r9"), args):
             setattr(regs, reg, value & (2 ** 64 - 1))
         _ptrace(PTRACE_SETREGS, p.tid, 0, ctypes.addressof(regs))
+        p.at = "injected"
+        _failpoint("pause", "injected")
+        _ptrace(PTRACE_SYSCALL, p.tid, 0, 0)
+        _failpoint("pause", "running")
+        status = self._wait(p, time.monotonic() + SYSCALL_DEADLINE, self._late_call(p, name))
+        if os.WSTOPSIG(status) != SYSCALL_STOP:
+            raise Error("pid %d did not run the injected %s()" % (pid, name))
+        p.at = "exit"
         out = user_regs_struct()
-        for _ in range(50):
-            _ptrace(PTRACE_SINGLESTEP, p.tid)
-            status = self._wait_step(p, name)
-            if not os.WIFSTOPPED(status):
-                raise Error("pid %d died while park was working on it" % pid)
-            _ptrace(PTRACE_GETREGS, p.tid, 0, ctypes.addressof(out))
-            if out.rip == p.gadget + 2:
-                result = _signed(out.rax)
-                if -4096 < result < 0:
-                    raise OSError(-result, os.strerror(-result))
-                return result
-            # A pending event stop (seizing a group-stopped task) can land before the step: step again.
-        raise Error("pid %d did not run the injected system call" % pid)
+        _ptrace(PTRACE_GETREGS, p.tid, 0, ctypes.addressof(out))
+        result = _signed(out.rax)
+        _failpoint("pause", "exit")
+        if result >= 0 and nr in (NR_socket, NR_dup3):
+            self._made(p, result)
+        elif result >= 0 and nr == NR_recvmsg:
+            got = self._received_fd(p, args[1])
+            if got is not None:
+                self._made(p, got)
+        self._back(p)
+        if hang and result in _RESTARTS:
+            self._hung(p, name)
+        if -4096 < result < 0:
+            if result in _RESTARTS:
+                result = -errno.EINTR
+            raise OSError(-result, os.strerror(-result))
+        return result
 
-    def _wait_step(self, p, name):
-        """The wait status after a single step; past the deadline the call is interrupted (a blocking call
-        returns at once, -EINTR or a restart code, and the thread stops) and that is an Error."""
+    def _queue_stop(self, p):
+        if not p.queued:
+            _check(_libc.syscall(NR_tgkill, p.pid, p.tid, signal.SIGSTOP), "tgkill")
+            p.queued = True
+
+    def _made(self, p, fd):
+        """Journal an fd that an injected call made, before the thread gets its own registers back."""
+        if self.journal is not None:
+            try:
+                link = os.readlink("/proc/%d/fd/%d" % (p.pid, fd))
+            except OSError:
+                link = None
+            self._note({"pid": p.pid, "fd": fd, "link": link})
+
+    def _received_fd(self, p, msg):
+        """The fd an injected recvmsg() got with SCM_RIGHTS: msg_control of its struct msghdr, then the cmsg."""
+        head = self._read_mem(p.pid, msg, 56)
+        if head is None:
+            return None
+        control, length = struct.unpack_from("=QQ", head, 32)
+        cmsg = self._read_mem(p.pid, control, 24) if length >= 24 else None
+        if cmsg is None:
+            return None
+        clen, level, kind, fd = struct.unpack("=QiiI4x", cmsg)
+        return fd if level == SOL_SOCKET and kind == SCM_RIGHTS and clen >= 20 else None
+
+    def _back(self, p):
+        """From the exit stop: the thread's own registers back, then on to the delivery stop of park's SIGSTOP
+        (or, when none is queued, to an event stop or its own syscall-entry stop)."""
+        _ptrace(PTRACE_SETREGS, p.tid, 0, ctypes.addressof(p.back))
+        _failpoint("pause", "restored")
+        _ptrace(PTRACE_SYSCALL, p.tid, 0, 0)
+        _failpoint("pause", "back")
+        end = time.monotonic() + SYSCALL_DEADLINE
+        while True:
+            status = self._wait(p, end, self._stuck(p, "come back from an injected call"))
+            sig = os.WSTOPSIG(status)
+            if sig == SYSCALL_STOP:
+                # No SIGSTOP was left (none queued, or a SIGCONT dropped it): it entered a syscall of its own.
+                p.queued = False
+                synth = p.synth
+                if self._take_entry(p, self._regs(p.tid)):
+                    if synth is not None:
+                        self._journal_proc(p)  # from now on it uses its own syscall instruction
+                    return
+                _ptrace(PTRACE_SYSCALL, p.tid, 0, 0)  # int 0x80: to its exit stop, then on
+                self._wait(p, end, self._stuck(p, "come back from an injected call"))
+                _ptrace(PTRACE_SYSCALL, p.tid, 0, 0)
+                continue
+            if status >> 16 == PTRACE_EVENT_STOP:
+                if not p.queued:
+                    p.at = "event"
+                    return
+                _ptrace(PTRACE_SYSCALL, p.tid, 0, 0)
+                continue
+            was = p.queued
+            resume = self._signal_stop(p, status, deliver=False)
+            if was and not p.queued:
+                p.at = "delivery"
+                return
+            _ptrace(PTRACE_SYSCALL, p.tid, 0, resume)
+
+    def _regs(self, tid):
+        regs = user_regs_struct()
+        _ptrace(PTRACE_GETREGS, tid, 0, ctypes.addressof(regs))
+        return regs
+
+    def _late_call(self, p, name):
+        """Past the deadline: interrupt the call (a sleeping call returns at once, to its exit stop)."""
         def late():
             try:
                 _ptrace(PTRACE_INTERRUPT, p.tid)
-                self._wait_stopped(p.tid)
+                status = self._wait(p, time.monotonic() + 1.0, self._stuck(p, "return"))
+                if os.WSTOPSIG(status) == SYSCALL_STOP:
+                    p.at = "exit"
+                    self._back(p)
             except (OSError, Error):
                 pass
-            raise Error("the injected %s() in pid %d did not return within %g s; park interrupted it"
-                        % (name, p.pid, SYSCALL_DEADLINE), fix="look at what pid %d is doing "
-                        "(cat /proc/%d/task/%d/stack), then try again" % (p.pid, p.pid, p.tid))
-        return _next_status(p.tid, SYSCALL_DEADLINE, late)
+            self._hung(p, name)
+        return late
+
+    def _hung(self, p, name):
+        raise Error("the injected %s() in pid %d did not return within %g s; park interrupted it"
+                    % (name, p.pid, SYSCALL_DEADLINE), fix="look at what pid %d is doing "
+                    "(cat /proc/%d/task/%d/stack), then try again" % (p.pid, p.pid, p.tid))
 
     def scratch(self, pid, data, reset=False):
         """Copy data into the target's scratch area and return its address there (valid until release).
         reset=True starts a new sequence, reusing the area from its start."""
+        self._ready()
         p = self.procs[pid]
-        self._prepare(p)
         if p.scratch is None:
-            base = _scratch_base(p.saved)
-            orig = self._read_mem(pid, base, SCRATCH_SIZE)
-            if orig is None:
-                raise Error("cannot use the stack of pid %d for scratch memory" % pid)
-            p.scratch, p.scratch_orig = base, orig
+            raise Error("cannot use the stack of pid %d for scratch memory" % pid)
         if reset:
             p.used = 0
         if p.used + len(data) > SCRATCH_SIZE:
@@ -1080,18 +1338,15 @@ class Tracer:
 
     # -- putting back --
     def restore(self):
-        """Put back the registers, signal mask and scratch memory of every thread injected into, and settle
-        each into a plain ptrace stop; every thread stays stopped. The saved registers go back unchanged: the
-        thread is still inside the kernel's signal path (get_signal), which applies the syscall-restart rules
-        itself when it finally runs, so an interrupted call restarts, or returns EINTR to a handler, exactly as
-        after a plain SIGSTOP/SIGCONT."""
+        """Give every thread injected into its own registers and the scratch memory back, and settle each into
+        a plain ptrace stop with no SIGSTOP of park's left queued; every thread stays stopped. Its registers
+        enter its own system call again when it runs (as after a signal handler), and signals it got meanwhile
+        are sent again."""
         first = None
         for p in self.procs.values():
             if p.tid is not None:
                 try:
-                    _ptrace(PTRACE_SETREGS, p.tid, 0, ctypes.addressof(p.saved))
-                    _ptrace(PTRACE_SETSIGMASK, p.tid, 8, ctypes.addressof(p.mask))
-                    self._settle(p.tid)
+                    self._settle(p)
                 except (OSError, Error) as e:
                     first = first or e
             if p.scratch is not None:
@@ -1099,22 +1354,61 @@ class Tracer:
                     self._write_mem(p.pid, p.scratch, p.scratch_orig)
                 except Error as e:
                     first = first or e
-            p.tid = p.saved = p.mask = p.scratch = p.scratch_orig = None
-            p.used = 0
+            for sig in p.taken:
+                try:
+                    os.kill(p.pid, sig)
+                except OSError:
+                    pass
+            p.tid = p.entry = p.back = p.synth = p.site = p.scratch = p.scratch_orig = p.at = None
+            p.used, p.taken, p.queued = 0, [], False
         if self.stopped_at is not None:
             self.held = time.perf_counter() - self.stopped_at
         if first is not None:
             raise Error("could not restore the state of the process cleanly: %s" % first, parked=True)
 
-    def _settle(self, tid):
-        """From the stop after a single-step into a plain ptrace event stop, without running user code: only a
-        resume request clears the single-step flag (kernel/ptrace.c ptrace_resume), and a thread that keeps it
-        dies of SIGTRAP if its tracer dies. The pending INTERRUPT traps the thread again inside get_signal,
-        which checks traps before it would return to user mode (kernel/signal.c)."""
-        _ptrace(PTRACE_INTERRUPT, tid)
-        _ptrace(PTRACE_CONT, tid, 0, 0)
-        if not self._wait_stopped(tid):
-            raise Error("thread %d exited while park settled it" % tid)
+    def _settle(self, p):
+        """From wherever the injection left the chosen thread into a plain ptrace event stop with its own
+        registers and no SIGSTOP of park's queued, without running user code: a pending PTRACE_INTERRUPT traps
+        it inside get_signal, which checks traps before it would return to user mode (kernel/signal.c)."""
+        _failpoint("pause", "settle")
+        end = time.monotonic() + SYSCALL_DEADLINE
+        stuck = self._stuck(p, "settle")
+        while p.at != "event" or p.queued:
+            if p.at == "injected":
+                _ptrace(PTRACE_SETREGS, p.tid, 0, ctypes.addressof(p.entry))
+                p.at = "entry"
+            if p.at == "entry":
+                # Leave its own syscall unentered: orig_rax = -1 at the entry stop skips it; R enters it later.
+                self._queue_stop(p)
+                skip = user_regs_struct.from_buffer_copy(p.entry)
+                skip.orig_rax = 2 ** 64 - 1
+                _ptrace(PTRACE_SETREGS, p.tid, 0, ctypes.addressof(skip))
+                _ptrace(PTRACE_SYSCALL, p.tid, 0, 0)
+                status = self._wait(p, end, stuck)
+                p.at = "exit" if os.WSTOPSIG(status) == SYSCALL_STOP else "event"
+            if p.at == "exit":
+                self._back(p)
+            elif p.at == "delivery":
+                break
+            elif p.at == "event" and p.queued:  # an event stop came first: on to the SIGSTOP
+                _ptrace(PTRACE_SYSCALL, p.tid, 0, 0)
+                status = self._wait(p, end, stuck)
+                if os.WSTOPSIG(status) == SYSCALL_STOP:
+                    p.queued = False
+                    self._take_entry(p, self._regs(p.tid)) or self._stuck(p, "settle")()
+                elif status >> 16 != PTRACE_EVENT_STOP:
+                    self._signal_stop(p, status, deliver=False)
+                    if not p.queued:
+                        p.at = "delivery"
+        _ptrace(PTRACE_INTERRUPT, p.tid)
+        _ptrace(PTRACE_CONT, p.tid, 0, 0)
+        while True:
+            status = self._wait(p, end, stuck)
+            if status >> 16 == PTRACE_EVENT_STOP:
+                p.at = "event"
+                return
+            self._signal_stop(p, status, deliver=False)
+            _ptrace(PTRACE_CONT, p.tid, 0, 0)
 
     def release(self):
         """restore(), then detach every thread: each runs on from where it was stopped (a process that was
@@ -1661,7 +1955,7 @@ def _close_listeners(tracer, plan, pids, closed, probe=None):
                        "an fd in flight, or a holder park cannot see"), errno=errno.EBUSY)
 
 
-def park(plan, drain=2.0, suspend_seccomp=False):
+def park(plan, drain=2.0, suspend_seccomp=False, journal=None):
     """Stop every holder, close the listeners, and keep every thread in a ptrace stop: the caller is then
     the keeper of the park. plan: listeners from inspect().
 
@@ -1688,7 +1982,7 @@ def park(plan, drain=2.0, suspend_seccomp=False):
                 if not _in_flight(inodes, families, port):
                     break
                 time.sleep(0.002)
-            tracer = Tracer(suspend_seccomp)
+            tracer = Tracer(suspend_seccomp, journal)
             try:
                 tracer.stop(pids)
             except BaseException:
@@ -1725,6 +2019,7 @@ def _park_held(tracer, plan, pids, reset, probe=None):
                 # Cannot put the listener back now: keep the processes parked, with their state, rather
                 # than let them run without it.
                 tracer.restore()
+                tracer.journal = None
                 e = Error("%s; the processes stay parked" % failure,
                           fix="park release %d  (continue them; restart the server if it does not serve)"
                           % plan[0]["port"], parked=True)
@@ -1742,6 +2037,7 @@ def _park_held(tracer, plan, pids, reset, probe=None):
         tracer.release()
         raise
     tracer.restore()
+    tracer.journal = None  # the caller closes it; the keeper's later calls get their own
     return {"reset": reset, "held": tracer.held, "tracer": tracer}
 
 
@@ -1808,18 +2104,22 @@ def _on_port(l, port):
     return out
 
 
-def resume(plan, force=False, suspend_seccomp=False, given=None, tracer=None):
+def resume(plan, force=False, suspend_seccomp=False, given=None, tracer=None, journal=None, recover=None):
     """Recreate each listener in its holders and let them run on. tracer: the keeper's Tracer, which holds
     them; without one (the keeper is gone and they run without their listener) they are stopped first. On
     failure they stay as they were: held by the keeper, or running. given: park's own listening fds (from
-    hold_socket), one per listener, to hand over instead."""
+    hold_socket), one per listener, to hand over instead. journal: an fd to journal the injection to (see
+    Tracer). recover: the journal of a park or resume that was killed, to undo first (see _recover)."""
     pids = sorted({h["pid"] for l in plan for h in l["holders"]})
     own = tracer is None
     try:
         if own:
-            tracer = Tracer(suspend_seccomp)
+            tracer = Tracer(suspend_seccomp, journal)
             tracer.stop(pids)
+            if recover:
+                _recover(tracer, plan, recover)
         else:
+            tracer.journal = journal
             gone = sorted(set(pids) - set(tracer.pids()))
             if gone:
                 raise Error("pid %d has exited while parked" % gone[0])
@@ -1839,9 +2139,79 @@ def resume(plan, force=False, suspend_seccomp=False, given=None, tracer=None):
             tracer.release()
         else:
             tracer.restore()
+            tracer.journal = None  # the caller closes it
         raise
     tracer.release()
     return {"held": tracer.held}
+
+
+_INJECTED = set(_NAMES) | {NR_pause}
+
+
+def _recover(tracer, plan, entries):
+    """Undo what a killed park or resume left, with every thread stopped: the process is then as if parked.
+    A thread stopped (by park's SIGSTOP) with an injected call's registers (at its syscall instruction + 2,
+    its stack and callee-saved registers as journaled, an injected call's number in orig_rax) gets its own
+    registers and scratch memory back, and the fd that call made is closed; fds the journal says were made
+    are closed if they are still the same socket; the listener fds not closed yet are closed; and a process
+    that park's SIGSTOP stopped is continued (SIGCONT) before anything is injected."""
+    close = {}
+    done = set()
+    for e in reversed([e for e in entries if "back" in e]):
+        p = tracer.procs.get(e["pid"])
+        if p is None or e["tid"] not in p.tids or e["tid"] in done:
+            continue
+        regs = tracer._regs(e["tid"])
+        back = user_regs_struct(*e["back"])
+        if regs.rip != e["site"] + 2 or _signed(regs.orig_rax) not in _INJECTED or any(
+                getattr(regs, n) != getattr(back, n) for n in ("rsp", "rbp", "rbx", "r12", "r13", "r14", "r15")):
+            continue
+        done.add(e["tid"])
+        nr, result = _signed(regs.orig_rax), _signed(regs.rax)
+        made = result if nr in (NR_socket, NR_dup3) else None
+        if nr == NR_recvmsg and result >= 0:
+            made = tracer._received_fd(p, regs.rsi)
+        if made is not None and made >= 0:
+            close.setdefault(p.pid, set()).add(made)
+        _ptrace(PTRACE_SETREGS, e["tid"], 0, ctypes.addressof(back))
+        if e.get("scratch"):
+            try:
+                tracer._write_mem(p.pid, e["scratch"][0], bytes.fromhex(e["scratch"][1]))
+            except Error:
+                pass
+    for pid, p in tracer.procs.items():
+        mine = [e for e in entries if e.get("pid") == pid and "back" in e]
+        if mine and not mine[0]["group"] and (p.group or _stop_pending(pid, p.tids)):
+            # park's SIGSTOP stopped it, or is still queued (a SIGCONT takes it off every queue,
+            # kernel/signal.c prepare_signal); nothing else had stopped it.
+            os.kill(pid, signal.SIGCONT)
+            p.group = False
+    for e in entries:
+        if "fd" in e and e["pid"] in tracer.procs and e.get("link") and \
+                _proc_fds(e["pid"]).get(e["fd"]) == e["link"]:
+            close.setdefault(e["pid"], set()).add(e["fd"])
+    for l in plan:
+        for h in l["holders"]:
+            links = _proc_fds(h["pid"])
+            for f in h["fds"]:
+                if links.get(f["fd"]) == "socket:[%d]" % l["inode"]:
+                    close.setdefault(h["pid"], set()).add(f["fd"])
+    for pid in sorted(close):
+        for fd in sorted(close[pid]):
+            try:
+                tracer.syscall(pid, NR_close, fd)
+            except OSError:
+                pass
+
+
+def _stop_pending(pid, tids):
+    """True when a SIGSTOP is queued for pid or one of its threads."""
+    bit = 1 << (signal.SIGSTOP - 1)
+    for tid in tids:
+        f = _status_fields(pid, tid)
+        if (int(f.get("SigPnd", "0").strip() or "0", 16) | int(f.get("ShdPnd", "0").strip() or "0", 16)) & bit:
+            return True
+    return False
 
 
 def _recreate(tracer, plan, force, given=None):
@@ -2077,8 +2447,19 @@ def _dup(pid, fd, tracer=None):
 def _failpoint(kind, name=None):
     """Test hooks, for tests that prove rollbacks: PARK_FAILPOINT=bind:N makes the Nth rebind fail as
     EADDRINUSE; PARK_FAILPOINT=hang:NAME:N turns the Nth injected NAME() into a call that never returns;
-    PARK_FAILPOINT=pause:drain:N makes park sleep at the Nth drain, for a test to kill it there."""
-    spec = os.environ.get("PARK_FAILPOINT", "").split(":")
+    PARK_FAILPOINT=pause:drain:N makes park sleep at the Nth drain, for a test to kill it there (and write
+    its pid to PARK_FAILPOINT_FILE, if set); pause:STEP:N the same at the Nth time it reaches one step of an
+    injected call (seek, entry, queued, injected, running, exit, restored, back, delivery, settle);
+    slow:US makes each of those steps US microseconds longer, for kills at random moments."""
+    if not _SPEC:
+        _SPEC.append(os.environ.get("PARK_FAILPOINT", "").split(":"))  # read once: it is on every call's path
+    spec = _SPEC[0]
+    if spec[0] == "slow" and len(spec) == 2:
+        if kind == "pause":
+            time.sleep(int(spec[1]) / 1e6)  # slow:US: every step takes US microseconds more
+        return False
+    if len(spec) < 2:
+        return False
     key = [kind] + ([name] if name else [])
     if spec[:-1] != key:
         return False
@@ -2088,11 +2469,16 @@ def _failpoint(kind, name=None):
     if kind == "bind":
         raise OSError(errno.EADDRINUSE, os.strerror(errno.EADDRINUSE) + " (PARK_FAILPOINT)")
     if kind == "pause":
+        mark = os.environ.get("PARK_FAILPOINT_FILE")
+        if mark:
+            with open(mark, "w") as f:
+                f.write("%d %s\n" % (os.getpid(), name))
         time.sleep(3600)  # until the test kills park here
     return True
 
 
 _FAILS = {}
+_SPEC = []
 
 
 def _recreate_one(tracer, l, force, placed, given=None):
