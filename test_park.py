@@ -3653,6 +3653,10 @@ class Terminal:
         self.pid, self.fd = pty.fork()
         if self.pid == 0:
             try:
+                # A login terminal starts with every signal at its default. The test runner may have been
+                # started in the background of a script, which ignores SIGINT and SIGQUIT: not inherited.
+                for signo in (signal.SIGINT, signal.SIGQUIT):
+                    signal.signal(signo, signal.SIG_DFL)
                 os.chdir(cwd or test.tmp)
                 os.execve(exe, [exe] + self.SHELLS[shell][1:], env)
             finally:
