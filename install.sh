@@ -11,7 +11,7 @@ set -u
 BASE_URL="https://raw.githubusercontent.com/park-sh/park/main"
 
 # sha256 of each file at this release (test_park.py fails, printing these lines, when one differs).
-SHA256_park_py="3fadcb0a8271a891f13e270e1652f66f3d417c4752a45f69fa8c3434d910984c"
+SHA256_park_py="73fb9efea73413f5db03fdf48f830cf46a21e78c44306800faf213427512548d"
 SHA256_park_darwin_arm64_py="35e04a52d80d7f0bec27951dd9d39527268a8dfc71ddaf28203861b6a83c51bd"
 SHA256_park_linux_x86_64_py="ee4223275171d3b793dfc0243fda07d51e9576ddb4722f6a068ef192367b98b7"
 

@@ -185,7 +185,8 @@ def _cached_code(lib, name, pin):
         data = lib.read(_code_name(name, pin))
     except OSError:
         return None
-    head, digest, body = data[:len(CODE_MAGIC)], data[len(CODE_MAGIC):len(CODE_MAGIC) + 32], data[len(CODE_MAGIC) + 32:]
+    n = len(CODE_MAGIC)
+    head, digest, body = data[:n], data[n:n + 32], data[n + 32:]
     if head != CODE_MAGIC or hashlib.sha256(body).digest() != digest:
         return None
     try:
