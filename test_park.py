@@ -127,6 +127,30 @@ def ready(extra=""):
     sys.stdout.flush()
 
 
+def loopback_listener():
+    """The epoll fixtures' listener: 127.0.0.1:PORT, SO_REUSEADDR, backlog 128, non-blocking."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("127.0.0.1", PORT))
+    s.listen(128)
+    s.setblocking(False)
+    return s
+
+
+def serve_from(ep, lsock):
+    """Wait in epoll ep and serve what lsock accepts, each accept logged to stderr (so a test can tell that
+    nobody else's connection, park's probe, was served); a connection another worker took is no error."""
+    while True:
+        ep.poll()
+        try:
+            conn, _ = lsock.accept()
+        except OSError:
+            continue
+        sys.stderr.write("accepted by %d\n" % os.getpid())
+        sys.stderr.flush()
+        handle(conn)
+
+
 if os.environ.get("FIXTURE_TERM_EXIT"):
     # Proves SIGTERM was delivered *and* the process ran its handler (it was continued).
     signal.signal(signal.SIGTERM, lambda *a: os._exit(int(os.environ["FIXTURE_TERM_EXIT"])))
@@ -279,11 +303,7 @@ os.wait()
 PY_EPOLL_WORKERS = PY_COMMON + r'''
 import ctypes, select
 FLAGS = select.EPOLLIN | (0 if os.environ.get("FIXTURE_EPOLL") == "plain" else select.EPOLLEXCLUSIVE)
-s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("127.0.0.1", PORT))
-s.listen(128)
-s.setblocking(False)
+s = loopback_listener()
 children, pipes = [], []
 for i in range(3):
     go, done = os.pipe(), os.pipe()
@@ -294,15 +314,7 @@ for i in range(3):
         ep = select.epoll()
         ep.register(s.fileno(), FLAGS)
         os.write(done[1], b"x")
-        while True:
-            ep.poll()
-            try:
-                conn, _ = s.accept()
-            except BlockingIOError:
-                continue  # another worker took it (plain registrations wake them all)
-            sys.stderr.write("accepted by %d\n" % os.getpid())
-            sys.stderr.flush()
-            handle(conn)
+        serve_from(ep, s)
     children.append(pid)
     pipes.append((go[1], done[0]))
 for i in (2, 0, 1):
@@ -318,11 +330,7 @@ for _ in children:
 # waits on. Worker 2 gets the connections; a replay in pid order would give them to 0 or 1.
 PY_EPOLL_SHARED = PY_COMMON + r'''
 import ctypes, select
-s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("127.0.0.1", PORT))
-s.listen(128)
-s.setblocking(False)
+s = loopback_listener()
 shared = select.epoll()
 children = []
 go, done = os.pipe(), os.pipe()
@@ -336,15 +344,7 @@ for i in range(3):
             ep.register(s.fileno(), select.EPOLLIN | select.EPOLLEXCLUSIVE)
             idle.register(s.fileno(), select.EPOLLIN)
             os.write(done[1], b"x")
-        while True:
-            ep.poll()
-            try:
-                conn, _ = s.accept()
-            except BlockingIOError:
-                continue
-            sys.stderr.write("accepted by %d\n" % os.getpid())
-            sys.stderr.flush()
-            handle(conn)
+        serve_from(ep, s)
     children.append(pid)
 os.read(done[0], 1)
 shared.register(s.fileno(), select.EPOLLIN | select.EPOLLEXCLUSIVE)
@@ -356,11 +356,7 @@ for _ in children:
 PY_PREFORK_EPOLL = PY_COMMON + r'''
 # Like nginx: a master and two workers that wait in epoll on the shared listener (worker 1 under fd 9).
 import ctypes, select
-s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("127.0.0.1", PORT))
-s.listen(128)
-s.setblocking(False)
+s = loopback_listener()
 os.dup2(s.fileno(), 9)
 children = []
 for i in range(2):
@@ -370,13 +366,7 @@ for i in range(2):
         lsock = s if i == 0 else socket.socket(fileno=9)
         ep = select.epoll()
         ep.register(lsock.fileno(), select.EPOLLIN)
-        while True:
-            for _ in ep.poll():
-                try:
-                    conn, _ = lsock.accept()
-                except OSError:
-                    continue
-                handle(conn)
+        serve_from(ep, lsock)
     children.append(pid)
 ready(" ".join(map(str, children)))
 for _ in children:
