@@ -1,5 +1,5 @@
 #!/bin/sh
-# Install park: download park.py and the backend for this platform, check each against the sha256 pinned
+# Install park: download park.py and the backend files for this platform, check each against the sha256 pinned
 # below, put them in one directory and a `park` launcher on your PATH. Nothing runs unless it matched.
 #
 #   curl -fsSL <base-url>/install.sh | sh
@@ -11,9 +11,11 @@ set -u
 BASE_URL="https://raw.githubusercontent.com/park-sh/park/main"
 
 # sha256 of each file at this release (test_park.py fails, printing these lines, when one differs).
-SHA256_park_py="73fb9efea73413f5db03fdf48f830cf46a21e78c44306800faf213427512548d"
+SHA256_park_py="dbb81386878a12d1c013492e53c9d7915223910fa3c85d520ec91cb4b395cd6b"
 SHA256_park_darwin_arm64_py="35e04a52d80d7f0bec27951dd9d39527268a8dfc71ddaf28203861b6a83c51bd"
-SHA256_park_linux_x86_64_py="ee4223275171d3b793dfc0243fda07d51e9576ddb4722f6a068ef192367b98b7"
+SHA256_park_linux_py="9842f9f687f8786b96a4090cc6048a9986440bc3b30d44feab40c8afee51fa8c"
+SHA256_park_linux_aarch64_py="91c22682f56567e815b7982716d574b9900ca62fce5b1f7e194d1cf10b75efd6"
+SHA256_park_linux_x86_64_py="c7d3395f84f43b931c8c7a0050d642bc16895c816f21526d609ca80c550a032b"
 
 say() { printf 'park-install: %s\n' "$*"; }
 err() { printf 'park-install: error: %s\n' "$*" >&2; }
@@ -52,9 +54,10 @@ download() {  # URL FILE
     esac
 }
 
-backend_for() {  # the backend file for `uname -s` `uname -m`, or nothing
+backend_for() {  # the backend files for `uname -s` `uname -m` (the Linux engine and its architecture's), or nothing
     case "$1 $2" in
-        "Linux x86_64" | "Linux amd64") echo park_linux_x86_64.py ;;
+        "Linux x86_64" | "Linux amd64") echo park_linux.py park_linux_x86_64.py ;;
+        "Linux aarch64" | "Linux arm64") echo park_linux.py park_linux_aarch64.py ;;
         "Darwin arm64") echo park_darwin_arm64.py ;;
         *) ;;
     esac
@@ -63,7 +66,9 @@ backend_for() {  # the backend file for `uname -s` `uname -m`, or nothing
 pin_of() {  # FILE -> its pinned sha256
     case "$1" in
         park.py) echo "$SHA256_park_py" ;;
+        park_linux.py) echo "$SHA256_park_linux_py" ;;
         park_linux_x86_64.py) echo "$SHA256_park_linux_x86_64_py" ;;
+        park_linux_aarch64.py) echo "$SHA256_park_linux_aarch64_py" ;;
         park_darwin_arm64.py) echo "$SHA256_park_darwin_arm64_py" ;;
         *) ;;
     esac
@@ -85,7 +90,7 @@ uninstall() {  # PREFIX BIN_DIR
     if [ -f "$2/park" ] && grep -q 'installed by park install.sh' "$2/park" 2>/dev/null; then
         rm -f "$2/park" && removed=1
     fi
-    for f in park.py park_linux_x86_64.py park_darwin_arm64.py; do
+    for f in park.py park_linux.py park_linux_x86_64.py park_linux_aarch64.py park_darwin_arm64.py; do
         if [ -f "$1/$f" ]; then rm -f "$1/$f" && removed=1; fi
     done
     rm -rf "$1/__pycache__"
@@ -125,7 +130,7 @@ main() {
 
     backend=$(backend_for "$(uname -s)" "$(uname -m)")
     if [ -z "$backend" ]; then
-        err "park does not support $(uname -s) $(uname -m) yet (it runs on Linux x86_64 and macOS arm64)"
+        err "park does not support $(uname -s) $(uname -m) yet (it runs on Linux x86_64 and aarch64, and macOS arm64)"
         return 1
     fi
     check_python || return 1
@@ -137,7 +142,7 @@ main() {
 
     tmp=$(mktemp -d 2>/dev/null || mktemp -d -t park) || { err "cannot create a temporary directory"; return 1; }
     trap 'rm -rf "$tmp"' EXIT INT TERM
-    for f in park.py "$backend"; do
+    for f in park.py $backend; do  # word splitting meant: a list of plain file names
         if ! download "$base_url/$f" "$tmp/$f"; then
             err "cannot download $base_url/$f"
             return 1
@@ -151,7 +156,7 @@ main() {
     done
 
     mkdir -p "$prefix" "$bin_dir" || { err "cannot create $prefix or $bin_dir"; return 1; }
-    for f in park.py "$backend"; do
+    for f in park.py $backend; do  # word splitting meant: a list of plain file names
         if ! { cp "$tmp/$f" "$prefix/$f.new" && chmod 0644 "$prefix/$f.new" && mv -f "$prefix/$f.new" "$prefix/$f"; }
         then
             err "cannot write $prefix/$f"

@@ -29,7 +29,11 @@ import sys
 
 __version__ = "0.1.0"
 
-BACKENDS = {("linux", "x86_64"): "park_linux_x86_64", ("darwin", "arm64"): "park_darwin_arm64"}
+# The modules each platform runs, in load order; the last is the backend. The Linux engine imports its
+# architecture's module, loaded first.
+BACKENDS = {("linux", "x86_64"): ("park_linux_x86_64", "park_linux"),
+            ("linux", "aarch64"): ("park_linux_aarch64", "park_linux"),
+            ("darwin", "arm64"): ("park_darwin_arm64",)}
 
 # Where park.py and its backends are published. In stdin mode (`curl -fsSL BASE_URL/park.py | python3 - 3000`)
 # the backend is fetched from here (PARK_BASE_URL overrides) and must match its sha256 below; test_park.py
@@ -37,7 +41,9 @@ BACKENDS = {("linux", "x86_64"): "park_linux_x86_64", ("darwin", "arm64"): "park
 BASE_URL = "https://raw.githubusercontent.com/park-sh/park/main"
 PINS = {
     "park_darwin_arm64": "35e04a52d80d7f0bec27951dd9d39527268a8dfc71ddaf28203861b6a83c51bd",
-    "park_linux_x86_64": "ee4223275171d3b793dfc0243fda07d51e9576ddb4722f6a068ef192367b98b7",
+    "park_linux": "9842f9f687f8786b96a4090cc6048a9986440bc3b30d44feab40c8afee51fa8c",
+    "park_linux_aarch64": "91c22682f56567e815b7982716d574b9900ca62fce5b1f7e194d1cf10b75efd6",
+    "park_linux_x86_64": "c7d3395f84f43b931c8c7a0050d642bc16895c816f21526d609ca80c550a032b",
 }
 SCHEMA = 1
 KIND = "park.parked"
@@ -67,24 +73,27 @@ def load_backend():
     machine = os.uname().machine.lower()  # platform.machine() says the same, but importing platform costs ~1.4 ms
     system = "linux" if sys.platform.startswith("linux") else sys.platform
     key = (system, "arm64" if machine == "aarch64" and system == "darwin" else machine)
-    name = BACKENDS.get(key)
-    if name is None or name not in PINS:
+    names = BACKENDS.get(key)
+    if names is None or not all(n in PINS for n in names):
         hint = ""
         if key == ("darwin", "x86_64"):
             hint = " (an Intel python3 under Rosetta? run /usr/bin/python3 instead)"
         raise ParkError("park does not support %s %s yet%s" % (key[0], key[1], hint),
-                        fix="park runs on %s" % " and ".join("%s %s" % k for k, n in sorted(BACKENDS.items())
-                                                            if n in PINS))
-    if name in sys.modules:
-        return sys.modules[name]
+                        fix="park runs on %s" % ", ".join("%s %s" % k for k in sorted(BACKENDS)))
     here = script_dir()
-    if here is None:
-        return _load_pinned(name)
-    path = os.path.join(here, name + ".py")
-    if not os.path.exists(path):
-        raise ParkError("the backend %s.py is missing next to %s" % (name, os.path.join(here, "park.py")),
-                        fix="copy %s.py into %s (park.py and its backend go together)" % (name, here))
-    return _exec_module(name, path)
+    for name in names:
+        if name in sys.modules:
+            continue
+        if here is None:
+            _load_pinned(name)
+            continue
+        path = os.path.join(here, name + ".py")
+        if not os.path.exists(path):
+            raise ParkError("the backend %s.py is missing next to %s" % (name, os.path.join(here, "park.py")),
+                            fix="copy %s into %s (park.py and its backend go together)"
+                            % (" and ".join(n + ".py" for n in names), here))
+        _exec_module(name, path)
+    return sys.modules[names[-1]]
 
 
 def script_dir():

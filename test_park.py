@@ -19,7 +19,6 @@ import importlib.util
 import io
 import json
 import os
-import platform
 import random
 import re
 import select
@@ -36,9 +35,14 @@ import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PARK = os.path.join(HERE, "park.py")
-BACKEND = os.path.join(HERE, "park_linux_x86_64.py")
+BACKEND = os.path.join(HERE, "park_linux.py")  # the Linux engine
+MACHINE = os.uname().machine
+LINUX = sys.platform.startswith("linux") and MACHINE in ("x86_64", "aarch64")
+ARCH = "park_linux_%s.py" % MACHINE  # its architecture's module
+BACKEND_FILES = ("park_linux.py", ARCH)
+BACKEND_PATHS = tuple(os.path.join(HERE, n) for n in BACKEND_FILES)
 
-SYS_pidfd_getfd = 438  # arch/x86/entry/syscalls/syscall_64.tbl
+SYS_pidfd_getfd = 438  # the same on x86_64 and aarch64
 O_NONBLOCK = 0o4000  # include/uapi/asm-generic/fcntl.h (octal, as in fdinfo)
 O_CLOEXEC = 0o2000000
 EPOLLIN = 0x001  # include/uapi/linux/eventpoll.h
@@ -47,7 +51,8 @@ EPOLLET = 1 << 31
 TCP_LISTEN = "0A"  # include/net/tcp_states.h, as printed in /proc/net/tcp
 TCP_TIME_WAIT = "06"
 IP_FREEBIND = 15  # include/uapi/linux/in.h (not in every Python's socket module)
-SYSCALL_ACCEPT, SYSCALL_ACCEPT4 = 43, 288  # x86_64 syscall numbers, as in /proc/PID/task/TID/syscall
+# accept, accept4 as in /proc/PID/task/TID/syscall: syscall_64.tbl, asm-generic/unistd.h
+SYSCALL_ACCEPT, SYSCALL_ACCEPT4 = (202, 242) if MACHINE == "aarch64" else (43, 288)
 
 
 def _time_scale():
@@ -644,8 +649,9 @@ OLD_KERNEL = r'''
 # Runs the command in argv[1:] as on a kernel older than 5.3/5.6: pidfd_open and pidfd_getfd fail with
 # ENOSYS, through a seccomp filter (inherited by the keeper park forks).
 import ctypes, os, struct, sys
-ENOSYS, NR_pidfd_open, NR_pidfd_getfd = 38, 434, 438
-prog = [(0x20, 0, 0, 4), (0x15, 0, 3, 0xC000003E), (0x20, 0, 0, 0), (0x15, 2, 0, NR_pidfd_open),
+ENOSYS, NR_pidfd_open, NR_pidfd_getfd = 38, 434, 438  # the same numbers on x86_64 and aarch64
+AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}[os.uname().machine]  # include/uapi/linux/audit.h
+prog = [(0x20, 0, 0, 4), (0x15, 0, 3, AUDIT_ARCH), (0x20, 0, 0, 0), (0x15, 2, 0, NR_pidfd_open),
         (0x15, 1, 0, NR_pidfd_getfd), (0x06, 0, 0, 0x7FFF0000), (0x06, 0, 0, 0x00050000 | ENOSYS)]
 code = b"".join(struct.pack("=HBBI", *insn) for insn in prog)
 buf = ctypes.create_string_buffer(code, len(code))
@@ -1235,8 +1241,8 @@ class StaticTest(ParkTestCase):
     """Checks that need no live process."""
 
     def test_modules_parse_as_python_3_9(self):
-        paths = [os.path.abspath(__file__), PARK, BACKEND, os.path.join(HERE, "park_darwin_arm64.py"),
-                 os.path.join(HERE, "bench", "bench_park.py")]
+        paths = [os.path.abspath(__file__), PARK, os.path.join(HERE, "park_darwin_arm64.py"),
+                 os.path.join(HERE, "bench", "bench_park.py")] + sorted(glob.glob(os.path.join(HERE, "park_linux*.py")))
         for path in paths:
             with self.subTest(path=os.path.basename(path)):
                 if not os.path.exists(path):
@@ -1497,19 +1503,92 @@ def bad_records(good):
     ]
 
 
-@unittest.skipUnless(sys.platform.startswith("linux") and platform.machine() == "x86_64", "Linux x86_64 backend")
+class ArchTest(unittest.TestCase):
+    """The per-architecture modules of the Linux engine, on made-up registers (they load on any machine)."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.x86 = load_module("park_linux_x86_64_under_test", os.path.join(HERE, "park_linux_x86_64.py"))
+        cls.arm = load_module("park_linux_aarch64_under_test", os.path.join(HERE, "park_linux_aarch64.py"))
+
+    def test_both_offer_the_same_names(self):
+        names = [{n for n in vars(m) if not n.startswith("_") and n not in ("ctypes", "errno")}
+                 for m in (self.x86, self.arm)]
+        self.assertEqual(names[0] ^ names[1], set() if "PTRACE_GETREGS" not in names[0] else
+                         {"PTRACE_GETREGS", "PTRACE_SETREGS", "PTRACE_GETREGSET", "PTRACE_SETREGSET", "NT_PRSTATUS",
+                          "NT_ARM_SYSTEM_CALL"})
+        for m in (self.x86, self.arm):
+            self.assertEqual((m.NR_pidfd_open, m.NR_pidfd_getfd), (434, 438))
+            self.assertEqual(len(set(v for n, v in vars(m).items() if n.startswith("NR_"))),
+                             len([n for n in vars(m) if n.startswith("NR_")]), "two calls with one number")
+
+    def test_aarch64_registers(self):
+        a = self.arm
+        self.assertEqual(ctypes.sizeof(a.Regs), 35 * 8)
+        r = a.Regs()
+        r.pc, r.x0, r.x8, r.nr, r.pstate = 0x4008, 2 ** 64 - 4, 202, 202, 0x60000000
+        self.assertTrue(a.native(r))
+        self.assertEqual((r.nr, r.ret, r.number, r.called), (202, -4, 202, 202))
+        r.nr = -1  # the kernel forgets the call in its signal code: syscallno -1, x8 still says which it was
+        self.assertEqual((r.syscallno, r.called), (2 ** 64 - 1, 202))
+        r.number = 57
+        self.assertEqual((r.x8, r.called), (57, 57))
+        self.assertIsNone(a.interrupted(r))
+        r.pstate |= 0x10  # PSR_MODE32_BIT: an AArch32 task
+        self.assertFalse(a.native(r))
+        self.assertEqual(a.INSN, (0xD4000001).to_bytes(4, "little"))
+        self.assertEqual(a.Regs.ARGS, tuple("x%d" % i for i in range(6)))
+
+    def test_x86_64_registers(self):
+        x = self.x86
+        r = x.Regs()
+        r.rip, r.orig_rax, r.rax, r.cs = 0x4002, 288, -512 & (2 ** 64 - 1), 0x33
+        self.assertTrue(x.native(r))
+        self.assertEqual((r.pc, r.nr, r.ret, r.number, r.called), (0x4002, 288, -512, -512, 288))
+        self.assertEqual(x.interrupted(r).ret, -512, "accept4 interrupted: restarted as it was")
+        r.orig_rax, r.rax = 232, -4 & (2 ** 64 - 1)
+        self.assertEqual(x.interrupted(r).ret, -514, "epoll_wait's EINTR: entered again")
+        self.assertEqual(r.ret, -4, "interrupted() changed its input")
+        r.orig_rax = 2 ** 64 - 1
+        self.assertIsNone(x.interrupted(r), "not in a call")
+        r.cs = 0x23  # a 32-bit task
+        self.assertFalse(x.native(r))
+
+
+@unittest.skipUnless(LINUX, "the Linux backend")
 class LinuxBackendLogicTest(unittest.TestCase):
     """The Linux backend's parsers and register arithmetic, on made-up inputs."""
 
     @classmethod
     def setUpClass(cls):
-        cls.b = load_module("park_linux_x86_64_under_test", BACKEND)
+        cls.b = load_module("park_linux_under_test", BACKEND)
 
     def test_contract(self):
         for name in ("Error", "listeners", "process", "stopped", "inspect", "park", "resume", "time_wait",
                      "clear_time_wait", "ptrace_scope"):
             self.assertTrue(hasattr(self.b, name), name)
-        self.assertEqual(ctypes.sizeof(self.b.user_regs_struct), 27 * 8)
+        self.assertEqual(ctypes.sizeof(self.b.arch.Regs), {"x86_64": 27 * 8, "aarch64": 35 * 8}[MACHINE])
+
+    def test_registers_for_a_call(self):
+        """The registers the engine gives a thread at the entry stop of its own accept4(5, ...): an injected
+        close(7), its own call entered again, and the vdso fallback's getpid."""
+        b = self.b
+        a = b.arch
+        r = a.Regs()
+        r.pc, r.nr, r.number = 0x4000 + len(a.INSN), a.NR_socket, a.NR_socket
+        setattr(r, a.Regs.ARGS[0], 5)
+        c = b._call(r, a.NR_close, (7, -1))
+        self.assertEqual((c.nr, c.number, c.called, c.pc), (a.NR_close, a.NR_close, a.NR_close, r.pc))
+        self.assertEqual([getattr(c, n) for n in a.Regs.ARGS[:3]], [7, 2 ** 64 - 1, 0])
+        back = b._enter_again(r)
+        self.assertEqual((back.pc, back.number, back.nr, getattr(back, a.Regs.ARGS[0])), (0x4000, a.NR_socket, -1, 5))
+        self.assertEqual(r.nr, a.NR_socket, "the input was changed")
+        s = b._enter_at(r, 0x7000, a.NR_getpid)
+        self.assertEqual((s.pc, s.number, s.nr), (0x7000, a.NR_getpid, -1))
+        code = b"\x90" * 3 + a.INSN + b"\x00" * 5 + a.INSN
+        self.assertEqual(b._find_insn(code), 3 if a.INSN_ALIGN == 1 else 12)
+        self.assertTrue(b._is_insn(int.from_bytes(a.INSN + b"\xff" * 4, "little")))
+        self.assertFalse(b._is_insn(None))
 
     def test_net_tcp(self):
         text = ("  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
@@ -1663,8 +1742,8 @@ class LiveTestCase(ParkTestCase):
 
     def setUp(self):
         super().setUp()
-        if not sys.platform.startswith("linux") or platform.machine() != "x86_64":
-            self.live_skip("live tests need Linux x86_64")
+        if not LINUX:
+            self.live_skip("live tests need Linux on x86_64 or aarch64")
         self.require_park()
         if not shutil.which("ss") and not os.path.exists("/usr/bin/ss"):
             self.live_skip("ss (iproute2) is not installed")
@@ -2348,7 +2427,7 @@ class BehaviourTest(LiveTestCase):
         pub = tempfile.mkdtemp(prefix="park-nobody-")
         self.addCleanup(shutil.rmtree, pub, True)
         os.chmod(pub, 0o755)
-        for src in (PARK, BACKEND):
+        for src in (PARK,) + BACKEND_PATHS:
             dst = os.path.join(pub, os.path.basename(src))
             shutil.copyfile(src, dst)
             os.chmod(dst, 0o644)
@@ -2912,7 +2991,7 @@ class FidelityTest(LiveTestCase):
     def test_syn_filter_lets_only_the_probe_ports_through(self):
         """The guard's filter with an allowed source port: that port's connection completes, another one's
         SYN is dropped (it stays in SYN_SENT)."""
-        b = load_module("park_linux_x86_64_under_test", BACKEND)
+        b = load_module("park_linux_under_test", BACKEND)
         lsock = socket.socket()
         self.addCleanup(lsock.close)
         lsock.bind(("127.0.0.1", self.port))
@@ -3123,7 +3202,7 @@ class DistributionTest(LiveTestCase):
         super().setUp()
         self.tree = os.path.join(self.tmp, "tree")
         os.mkdir(self.tree)
-        for name in ("park.py", "park_linux_x86_64.py", "install.sh"):
+        for name in ("park.py", "install.sh") + BACKEND_FILES:
             shutil.copy(os.path.join(HERE, name), os.path.join(self.tree, name))
         self.cwd = os.path.join(self.tmp, "cwd")
         os.mkdir(self.cwd)
@@ -3133,7 +3212,7 @@ class DistributionTest(LiveTestCase):
         # import, or a lazy import of the standard library, would run these.
         self.marker = os.path.join(self.tmp, "decoy-ran")
         decoy = "open(%r, 'w').write(__name__)\nraise SystemExit('decoy imported')\n" % self.marker
-        for name in ("park_linux_x86_64.py", "json.py", "argparse.py", "hashlib.py", "fcntl.py"):
+        for name in BACKEND_FILES + ("json.py", "argparse.py", "hashlib.py", "fcntl.py"):
             with open(os.path.join(self.cwd, name), "w") as f:
                 f.write(decoy)
         self.addCleanup(lambda: self.assertFalse(os.path.exists(self.marker), "a decoy in the current "
@@ -3160,7 +3239,11 @@ class DistributionTest(LiveTestCase):
 
     @property
     def cache(self):
-        return os.path.join(self.home, "lib", "park_linux_x86_64.py")
+        return os.path.join(self.home, "lib", "park_linux.py")
+
+    @property
+    def arch_cache(self):
+        return os.path.join(self.home, "lib", ARCH)
 
     def test_stdin_version_needs_no_backend(self):
         r = self.stdin_park("--version", expect=0)
@@ -3175,6 +3258,7 @@ class DistributionTest(LiveTestCase):
         self.stdin_park(self.port, expect=0)
         self.assert_parked(proc.pid)
         self.assertEqual(sha256_file(self.cache), sha256_file(BACKEND))
+        self.assertEqual(sha256_file(self.arch_cache), sha256_file(os.path.join(HERE, ARCH)))
         self.assertEqual(os.stat(self.cache).st_mode & 0o777, 0o600)
         self.park("resume", self.port, expect=0)  # parked from a pipe, resumed from the file
         self.assertEqual(self.get_count("127.0.0.1", self.port), (pid, n + 1))
@@ -3185,9 +3269,10 @@ class DistributionTest(LiveTestCase):
         self.stdin_park("resume", self.port, expect=0)  # and the reverse
         self.assertEqual(self.get_count("127.0.0.1", self.port), (pid, n + 2))
 
-    def code_files(self):
+    def code_files(self, module="park_linux"):
         lib = os.path.join(self.home, "lib")
-        return sorted(n for n in os.listdir(lib) if n.endswith(".code")) if os.path.isdir(lib) else []
+        return sorted(n for n in os.listdir(lib) if n.startswith(module + ".") and n.endswith(".code")) \
+            if os.path.isdir(lib) else []
 
     def test_stdin_keeps_the_compiled_backend_and_checks_it(self):
         """The backend's compiled code is kept beside its verified source, named by its pin and the interpreter;
@@ -3198,6 +3283,7 @@ class DistributionTest(LiveTestCase):
         (name,) = self.code_files()
         self.assertIn(pin[:32], name)
         self.assertIn(sys.implementation.cache_tag, name)
+        self.assertEqual(len(self.code_files(ARCH[:-3])), 1, "the architecture's module is kept compiled too")
         path = os.path.join(self.home, "lib", name)
         self.assertEqual(os.stat(path).st_mode & 0o777, 0o600)
         made = os.stat(path).st_mtime_ns
@@ -3208,7 +3294,7 @@ class DistributionTest(LiveTestCase):
             last = f.read(1)
             f.seek(-1, os.SEEK_END)
             f.write(bytes([last[0] ^ 0xFF]))
-        old = os.path.join(self.home, "lib", "park_linux_x86_64.%s.%s.code" % ("0" * 32, sys.implementation.cache_tag))
+        old = os.path.join(self.home, "lib", "park_linux.%s.%s.code" % ("0" * 32, sys.implementation.cache_tag))
         with open(old, "wb") as f:
             f.write(b"another release")
         self.kill_pid(server.pid)
@@ -3222,13 +3308,14 @@ class DistributionTest(LiveTestCase):
         self.stdin_park("resume", self.port, expect=0)
 
     def test_tampered_download_is_refused(self):
-        with open(os.path.join(self.tree, "park_linux_x86_64.py"), "a") as f:
+        with open(os.path.join(self.tree, ARCH), "a") as f:  # the engine verified, its architecture's module not
             f.write("\n# tampered\n")
         self.serve_tree()
         proc = self.start_asyncio(self.port)
         r = self.stdin_park(self.port, expect=1)
         self.assertIn("sha256", r.stderr)
-        self.assertFalse(os.path.exists(self.cache), "an unverified backend was kept")
+        self.assertIn(ARCH, r.stderr)
+        self.assertFalse(os.path.exists(self.arch_cache), "an unverified backend was kept")
         self.assert_running(proc.pid)
         self.assertEqual(self.get_count("127.0.0.1", self.port)[0], proc.pid)
         self.assertEqual(self.park_list(), [])
@@ -3250,7 +3337,7 @@ class DistributionTest(LiveTestCase):
     def test_vendored_copy_ignores_a_decoy_in_the_current_directory(self):
         vendor = os.path.join(self.tmp, "dotfiles", "bin")
         os.makedirs(vendor)
-        for name in ("park.py", "park_linux_x86_64.py"):
+        for name in ("park.py",) + BACKEND_FILES:
             shutil.copy(os.path.join(HERE, name), vendor)
         proc = self.start_asyncio(self.port)
         for argv in ([sys.executable, os.path.join(vendor, "park.py"), "list"],
@@ -3289,7 +3376,7 @@ class DistributionTest(LiveTestCase):
                            universal_newlines=True, env=self.env, cwd=self.cwd)
         self.assertEqual((v.returncode, v.stdout.strip()), (0, "[]"), v.stderr)
         installed = {n: sha256_file(os.path.join(prefix, n)) for n in os.listdir(prefix) if n.endswith(".py")}
-        self.assertEqual(installed, {"park.py": sha256_file(PARK), "park_linux_x86_64.py": sha256_file(BACKEND)})
+        self.assertEqual(installed, {n: sha256_file(os.path.join(HERE, n)) for n in ("park.py",) + BACKEND_FILES})
         r = self.install(*args, stdin_script=True)  # curl -fsSL .../install.sh | sh -s -- ..., and idempotent
         self.assertEqual(r.returncode, 0, r)
         self.assertEqual(sorted(n for n in os.listdir(prefix) if n.endswith(".py")), sorted(installed))
@@ -4460,7 +4547,7 @@ class TwoUsersTestCase(LiveTestCase):
         os.chmod(self.tmp, 0o755)
         self.pub = os.path.join(self.tmp, "pub")  # readable by the test users: park, its backend, fixtures
         os.mkdir(self.pub, 0o755)
-        for f in (PARK, BACKEND):
+        for f in (PARK,) + BACKEND_PATHS:
             shutil.copy(f, self.pub)
         self.park_py = os.path.join(self.pub, "park.py")
         self.python = users_python()
@@ -6909,7 +6996,7 @@ class DarwinOrchestrationTest(unittest.TestCase):
         self.assertEqual(calls["mach_port_deallocate"], (0x103, 0x1507))
 
 
-@unittest.skipUnless(sys.platform.startswith("linux") and platform.machine() == "x86_64", "uses this OS's backend")
+@unittest.skipUnless(LINUX, "uses this OS's backend")
 class DarwinFrontTest(ParkTestCase):
     """park.py's side of the macOS contract, run here with a stand-in backend in place of this platform's:
     `release` lifts the backend's holds before it signals (a signal does not undo a thread_suspend hold), and a
@@ -6918,7 +7005,7 @@ class DarwinFrontTest(ParkTestCase):
     def setUp(self):
         super().setUp()
         self.park = load_module("park_logic_under_test", PARK)
-        name = self.park.BACKENDS[("linux", "x86_64")]
+        name = self.park.BACKENDS[("linux", MACHINE)][-1]
         saved = sys.modules.get(name)
         self.addCleanup(lambda: sys.modules.__setitem__(name, saved) if saved else sys.modules.pop(name, None))
         old = os.environ.get("PARK_HOME")
