@@ -41,7 +41,7 @@ BACKENDS = {("linux", "x86_64"): ("park_linux_x86_64", "park_linux"),
 BASE_URL = "https://raw.githubusercontent.com/park-sh/park/main"
 PINS = {
     "park_darwin_arm64": "35e04a52d80d7f0bec27951dd9d39527268a8dfc71ddaf28203861b6a83c51bd",
-    "park_linux": "9842f9f687f8786b96a4090cc6048a9986440bc3b30d44feab40c8afee51fa8c",
+    "park_linux": "3fddbfff53c3ddc9a376941c855dd8b46b0053c2b546755fe8eb5ea46c383007",
     "park_linux_aarch64": "91c22682f56567e815b7982716d574b9900ca62fce5b1f7e194d1cf10b75efd6",
     "park_linux_x86_64": "c7d3395f84f43b931c8c7a0050d642bc16895c816f21526d609ca80c550a032b",
 }
@@ -754,8 +754,9 @@ def open_journal(backend, port, fresh=False):
                                   (os.O_TRUNC if fresh else 0))
 
 
-def read_journal(port):
-    """The entries a killed park or resume left for port ([] when none), each one checked for its types."""
+def read_journal(port, regs):
+    """The entries a killed park or resume left for port ([] when none), each one checked for its types;
+    regs: how many registers an entry gives back (the backend's JOURNAL_REGS)."""
     import json
     try:
         data = parked_dir().read("%d.journal" % port)
@@ -767,12 +768,12 @@ def read_journal(port):
             e = json.loads(line)
         except ValueError:
             continue
-        if _journal_entry_ok(e):
+        if _journal_entry_ok(e, regs):
             out.append(e)
     return out
 
 
-def _journal_entry_ok(e):
+def _journal_entry_ok(e, regs):
     def word(v, hi=(1 << 64) - 1):
         return isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= hi
     if not isinstance(e, dict) or not word(e.get("pid"), (1 << 31) - 1):
@@ -780,7 +781,7 @@ def _journal_entry_ok(e):
     if "back" in e:
         scratch = e.get("scratch")
         return (word(e.get("tid"), (1 << 31) - 1) and word(e.get("site")) and isinstance(e.get("group"), bool)
-                and isinstance(e["back"], list) and len(e["back"]) == 27 and all(word(v) for v in e["back"])
+                and isinstance(e["back"], list) and len(e["back"]) == regs and all(word(v) for v in e["back"])
                 and (scratch is None or (isinstance(scratch, list) and len(scratch) == 2 and word(scratch[0])
                                          and isinstance(scratch[1], str) and len(scratch[1]) <= 4096)))
     return word(e.get("fd"), (1 << 31) - 1) and (e.get("link") is None or isinstance(e.get("link"), str))
@@ -2230,7 +2231,7 @@ def _resume_once(backend, record, plan, force, given=None, tracer=None):
     if journal is not None:
         kw["journal"] = journal
         if tracer is None:
-            kw["recover"] = read_journal(port)  # a park or resume killed halfway: undone first
+            kw["recover"] = read_journal(port, backend.JOURNAL_REGS)  # a park or resume killed halfway: undone first
     try:
         with Critical():
             result = backend.resume(plan, force=force, suspend_seccomp=bool(record.get("seccomp")), given=given,

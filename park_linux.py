@@ -766,6 +766,7 @@ def _scratch_base(regs):
 
 SCRATCH_SIZE = 1024
 JOURNAL = True  # park.py passes resume(journal=..., recover=...) and park(journal=...)
+JOURNAL_REGS = len(arch.Regs._fields_)  # the registers a journal entry gives back to a thread
 
 
 def queue_lengths(inodes, families):
