@@ -41,7 +41,7 @@ BACKENDS = {("linux", "x86_64"): ("park_linux_x86_64", "park_linux"),
 BASE_URL = "https://raw.githubusercontent.com/park-sh/park/main"
 PINS = {
     "park_darwin_arm64": "35e04a52d80d7f0bec27951dd9d39527268a8dfc71ddaf28203861b6a83c51bd",
-    "park_linux": "3fddbfff53c3ddc9a376941c855dd8b46b0053c2b546755fe8eb5ea46c383007",
+    "park_linux": "e1dc0fcb40f5ce9727419535274f53b2868bb1289d2c2134a373bac44df00db9",
     "park_linux_aarch64": "91c22682f56567e815b7982716d574b9900ca62fce5b1f7e194d1cf10b75efd6",
     "park_linux_x86_64": "c7d3395f84f43b931c8c7a0050d642bc16895c816f21526d609ca80c550a032b",
 }
@@ -778,6 +778,8 @@ def _journal_entry_ok(e, regs):
         return isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= hi
     if not isinstance(e, dict) or not word(e.get("pid"), (1 << 31) - 1):
         return False
+    if "own" in e:
+        return e["own"] is True and word(e.get("tid"), (1 << 31) - 1)
     if "back" in e:
         scratch = e.get("scratch")
         return (word(e.get("tid"), (1 << 31) - 1) and word(e.get("site")) and isinstance(e.get("group"), bool)

@@ -888,6 +888,10 @@ class Tracer:
         self.stopped_at = None
         self.held = 0.0
         self.journal = journal
+        # Signals the chosen thread takes before the first change are delivered (see _signal_stop). resume()
+        # keeps them where the kernel has already decided a restart at the stop (arch.REWOUND): sent again
+        # when the threads are let go, they meet the thread inside its own call's signal code (see _rerun).
+        self.deliver = True
 
     # -- stopping --
     def stop(self, pids):
@@ -1058,7 +1062,7 @@ class Tracer:
             status = self._wait(p, end, late)
             if os.WSTOPSIG(status) != SYSCALL_STOP:
                 if status >> 16 != PTRACE_EVENT_STOP:
-                    sig = self._signal_stop(p, status, deliver=p.at == "event" and p.synth is None)
+                    sig = self._signal_stop(p, status, deliver=self.deliver and p.at == "event" and p.synth is None)
                 continue
             regs = self._regs(p.tid)
             if p.synth is not None:
@@ -1111,7 +1115,7 @@ class Tracer:
             if status >> 16 == PTRACE_EVENT_STOP:
                 p.at = "event"
                 return
-            sig = 0 if os.WSTOPSIG(status) == SYSCALL_STOP else self._signal_stop(p, status, deliver=True)
+            sig = 0 if os.WSTOPSIG(status) == SYSCALL_STOP else self._signal_stop(p, status, deliver=self.deliver)
             _ptrace(PTRACE_SYSCALL, p.tid, 0, sig)
 
     def _stuck(self, p, what):
@@ -1327,11 +1331,11 @@ class Tracer:
             raise Error("cannot write scratch memory in pid %d" % pid)
 
     # -- putting back --
-    def restore(self):
+    def restore(self, rerun=False):
         """Give every thread injected into its own registers and the scratch memory back, and settle each into
         a plain ptrace stop with no SIGSTOP of park's left queued; every thread stays stopped. Its registers
         enter its own system call again when it runs (as after a signal handler), and signals it got meanwhile
-        are sent again."""
+        are sent again. rerun: the threads are let go next (see _rerun)."""
         first = None
         for p in self.procs.values():
             if p.tid is not None:
@@ -1343,6 +1347,12 @@ class Tracer:
                 try:
                     self._write_mem(p.pid, p.scratch, p.scratch_orig)
                 except Error as e:
+                    first = first or e
+            if rerun and first is None and p.tid is not None and p.synth is None and p.back is not None \
+                    and p.back.pc == p.site:
+                try:
+                    self._rerun(p)
+                except (OSError, Error) as e:
                     first = first or e
             for sig in p.taken:
                 try:
@@ -1390,6 +1400,11 @@ class Tracer:
                     self._signal_stop(p, status, deliver=False)
                     if not p.queued:
                         p.at = "delivery"
+        self._hold_here(p, end, stuck)
+
+    def _hold_here(self, p, end, stuck):
+        """From a stop inside the kernel's signal code into a plain event stop there, without returning to user
+        mode (signals on the way are kept, as by _signal_stop)."""
         _ptrace(PTRACE_INTERRUPT, p.tid)
         _ptrace(PTRACE_CONT, p.tid, 0, 0)
         while True:
@@ -1400,11 +1415,43 @@ class Tracer:
             self._signal_stop(p, status, deliver=False)
             _ptrace(PTRACE_CONT, p.tid, 0, 0)
 
+    def _rerun(self, p):
+        """Where the kernel has already decided to restart a call before the stop (arch.REWOUND, arm64), just
+        before the threads are let go: the chosen thread, held about to enter its own call again, enters it
+        now with a SIGSTOP of park's pending, and is held at that SIGSTOP's delivery, inside the kernel's
+        signal code. A call that would sleep returns at once (-ERESTART...), and the kernel then decides, as
+        after any stop, whether it restarts it or returns EINTR to the handler of a signal that came
+        meanwhile (arch/arm64/kernel/signal.c do_signal); any other call has run once, as it was about to.
+        Without this, a signal sent to a parked server ran its handler and the thread went back into its
+        accept(), so that Python, which runs its handlers when the call returns EINTR, never ran them."""
+        self._note({"pid": p.pid, "tid": p.tid, "own": True})  # its registers stay its own from here
+        end = time.monotonic() + SYSCALL_DEADLINE
+        stuck = self._stuck(p, "settle")
+        want = "entry"
+        _ptrace(PTRACE_SYSCALL, p.tid, 0, 0)
+        while True:
+            status = self._wait(p, end, stuck)
+            if os.WSTOPSIG(status) == SYSCALL_STOP:
+                if want == "entry":
+                    if self._regs(p.tid).pc != p.site + len(arch.INSN):
+                        stuck()
+                    self._queue_stop(p)
+                    _failpoint("pause", "rerun")
+                    want = "exit"
+                else:
+                    want = "delivery"
+            elif status >> 16 != PTRACE_EVENT_STOP:
+                self._signal_stop(p, status, deliver=False)
+                if want == "delivery" and not p.queued:
+                    break
+            _ptrace(PTRACE_SYSCALL, p.tid, 0, 0)
+        self._hold_here(p, end, stuck)
+
     def release(self):
         """restore(), then detach every thread: each runs on from where it was stopped (a process that was
         stopped by job control before or during the park stays stopped, as it would have)."""
         try:
-            self.restore()
+            self.restore(rerun=arch.REWOUND)
         finally:
             for p in self.procs.values():
                 for tid in p.tids:
@@ -2105,11 +2152,12 @@ def resume(plan, force=False, suspend_seccomp=False, given=None, tracer=None, jo
     try:
         if own:
             tracer = Tracer(suspend_seccomp, journal)
+            tracer.deliver = not arch.REWOUND
             tracer.stop(pids)
             if recover:
                 _recover(tracer, plan, recover)
         else:
-            tracer.journal = journal
+            tracer.journal, tracer.deliver = journal, not arch.REWOUND
             gone = sorted(set(pids) - set(tracer.pids()))
             if gone:
                 raise Error("pid %d has exited while parked" % gone[0])
@@ -2146,7 +2194,7 @@ def _recover(tracer, plan, entries):
     are closed if they are still the same socket; the listener fds not closed yet are closed; and a process
     that park's SIGSTOP stopped is continued (SIGCONT) before anything is injected."""
     close = {}
-    done = set()
+    done = {e["tid"] for e in entries if e.get("own")}  # _rerun: its registers were its own again
     for e in reversed([e for e in entries if "back" in e]):
         p = tracer.procs.get(e["pid"])
         if p is None or e["tid"] not in p.tids or e["tid"] in done:
@@ -2441,7 +2489,8 @@ def _failpoint(kind, name=None):
     EADDRINUSE; PARK_FAILPOINT=hang:NAME:N turns the Nth injected NAME() into a call that never returns;
     PARK_FAILPOINT=pause:drain:N makes park sleep at the Nth drain, for a test to kill it there (and write
     its pid to PARK_FAILPOINT_FILE, if set); pause:STEP:N the same at the Nth time it reaches one step of an
-    injected call (seek, entry, queued, injected, running, exit, restored, back, delivery, settle);
+    injected call (seek, entry, queued, injected, running, exit, restored, back, delivery, settle; rerun on
+    arm64);
     slow:US makes each of those steps US microseconds longer, for kills at random moments."""
     if not _SPEC:
         _SPEC.append(os.environ.get("PARK_FAILPOINT", "").split(":"))  # read once: it is on every call's path
