@@ -11,9 +11,9 @@ set -u
 BASE_URL="https://raw.githubusercontent.com/park-sh/park/main"
 
 # sha256 of each file at this release (test_park.py fails, printing these lines, when one differs).
-SHA256_park_py="73fb9efea73413f5db03fdf48f830cf46a21e78c44306800faf213427512548d"
+SHA256_park_py="542591425c6f20d97769f3438b96f11be3485451dc5fce62385eaa6aad59dfcb"
 SHA256_park_darwin_arm64_py="35e04a52d80d7f0bec27951dd9d39527268a8dfc71ddaf28203861b6a83c51bd"
-SHA256_park_linux_x86_64_py="ee4223275171d3b793dfc0243fda07d51e9576ddb4722f6a068ef192367b98b7"
+SHA256_park_linux_x86_64_py="349550f2b4f60ad7d6e7a0a0b362356341168c7b940e0250f1a7f1c26a14aa47"
 
 say() { printf 'park-install: %s\n' "$*"; }
 err() { printf 'park-install: error: %s\n' "$*" >&2; }

@@ -37,7 +37,7 @@ BACKENDS = {("linux", "x86_64"): "park_linux_x86_64", ("darwin", "arm64"): "park
 BASE_URL = "https://raw.githubusercontent.com/park-sh/park/main"
 PINS = {
     "park_darwin_arm64": "35e04a52d80d7f0bec27951dd9d39527268a8dfc71ddaf28203861b6a83c51bd",
-    "park_linux_x86_64": "ee4223275171d3b793dfc0243fda07d51e9576ddb4722f6a068ef192367b98b7",
+    "park_linux_x86_64": "349550f2b4f60ad7d6e7a0a0b362356341168c7b940e0250f1a7f1c26a14aa47",
 }
 SCHEMA = 1
 KIND = "park.parked"
