@@ -143,7 +143,7 @@ class Error(Exception):
         self.fix = fix
         self.errno = errno
         self.parked = parked  # the target was left parked (or without its listener), with its state
-        self.attach = attach  # the kernel refused to let park trace the target (PTRACE_SEIZE)
+        self.attach = attach  # the kernel refused to let park trace the target (PTRACE_SEIZE, pidfd_getfd)
         self.tracer = None  # park(): the Tracer that still holds a target left parked
         self.time_wait = None  # resume: why the TIME_WAIT entries blocking the bind stayed (an errno)
 
@@ -576,7 +576,10 @@ def inspect(listener, force=False):
     try:
         dup = _dup(pid0, fd0)
     except OSError as e:
-        raise Error("cannot read the listener of pid %d (%s)" % (pid0, e.strerror), errno=e.errno)
+        # pidfd_getfd asks the kernel the same question as PTRACE_SEIZE (may park attach to it?), so Yama's
+        # EPERM comes here first and gets the same message.
+        raise Error("cannot read the listener of pid %d (%s)" % (pid0, e.strerror), errno=e.errno,
+                    attach=e.errno == errno.EPERM)
     sock = socket.socket(fileno=dup)
     try:
         name = sock.getsockname()
