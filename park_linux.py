@@ -729,8 +729,21 @@ def _verify(plan, pids):
 def _children(pid):
     kids = []
     try:
-        for tid in os.listdir("/proc/%d/task" % pid):
-            kids += [int(k) for k in _read("/proc/%d/task/%s/children" % (pid, tid)).split()]
+        # One file per thread, read while every thread is held: os.open/os.read, not a buffered text file.
+        task = os.open("/proc/%d/task" % pid, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            for tid in os.listdir(task):
+                fd = os.open(tid + "/children", os.O_RDONLY, dir_fd=task)
+                try:
+                    data = chunk = os.read(fd, 1 << 16)
+                    while len(chunk) == 1 << 16:  # a seq_file: a short read is its end
+                        chunk = os.read(fd, 1 << 16)
+                        data += chunk
+                    kids += [int(k) for k in data.split()]
+                finally:
+                    os.close(fd)
+        finally:
+            os.close(task)
     except (OSError, ValueError):
         pass
     return kids
@@ -901,25 +914,28 @@ class Tracer:
         """Stop every thread of pids (rescanning until no new thread appears)."""
         if self.stopped_at is None:
             self.stopped_at = time.perf_counter()
+        ptrace = _libc.ptrace
         for pid in pids:
             p = self.procs.setdefault(pid, _Proc(pid))
             for _ in range(20):
+                if p.tids and self._thread_count(pid) == len(p.tids):
+                    # Those it holds stopped are all it has (and, stopped, they make no new one): no need to
+                    # list them again. A stopped thread cannot go alone: only the whole process can die.
+                    break
                 try:
                     tids = {int(t) for t in os.listdir("/proc/%d/task" % pid)}
                 except OSError:
                     raise Error("pid %d exited" % pid)
-                new = sorted(tids - set(p.tids))
+                new = sorted(tids.difference(p.tids))
                 if not new:
                     break
+                # Seize them all, then interrupt them all, then collect the stops: each thread is on its way
+                # to its stop while the next ones are interrupted, so most stops are there at the first look.
                 seized = [tid for tid in new if self._seize(pid, tid)]
                 p.tids += seized
                 for tid in seized:
-                    try:
-                        _ptrace(PTRACE_INTERRUPT, tid)
-                    except OSError:
-                        pass
-                for tid in seized:
-                    sig = self._wait_stopped(tid)
+                    ptrace(PTRACE_INTERRUPT, tid, None, None)  # a thread gone meanwhile shows as gone below
+                for tid, sig in self._wait_stopped(seized).items():
                     if not sig:
                         p.tids.remove(tid)
                     elif sig != signal.SIGTRAP:
@@ -929,41 +945,78 @@ class Tracer:
             if not p.tids:
                 raise Error("pid %d exited" % pid)
 
+    def _thread_count(self, pid):
+        """How many threads pid has now (num_threads in /proc/PID/stat, the same set as /proc/PID/task); None
+        if it cannot be read."""
+        try:
+            fd = os.open("/proc/%d/stat" % pid, os.O_RDONLY)
+            try:
+                return int(os.read(fd, 4096).rsplit(b")", 1)[1].split()[17])
+            finally:
+                os.close(fd)
+        except (OSError, ValueError, IndexError):
+            return None
+
     def _seize(self, pid, tid):
         """PTRACE_SEIZE one thread; False if it is gone."""
-        try:
-            _ptrace(PTRACE_SEIZE, tid, 0, self.options)
+        if _libc.ptrace(PTRACE_SEIZE, tid, None, self.options) == 0:
             return True
-        except OSError as e:
-            if e.errno == errno.ESRCH:
-                return False
-            if self.options & PTRACE_O_SUSPEND_SECCOMP and e.errno in (errno.EPERM, errno.EINVAL):
-                # PTRACE_O_SUSPEND_SECCOMP needs CAP_SYS_ADMIN and CONFIG_CHECKPOINT_RESTORE: go on without it.
-                self.options &= ~PTRACE_O_SUSPEND_SECCOMP
-                return self._seize(pid, tid)
-            raise Error("cannot stop pid %d (ptrace: %s)" % (pid, os.strerror(e.errno)), errno=e.errno,
-                        attach=True)
+        e = ctypes.get_errno()
+        if e == errno.ESRCH:
+            return False
+        if self.options & PTRACE_O_SUSPEND_SECCOMP and e in (errno.EPERM, errno.EINVAL):
+            # PTRACE_O_SUSPEND_SECCOMP needs CAP_SYS_ADMIN and CONFIG_CHECKPOINT_RESTORE: go on without it.
+            self.options &= ~PTRACE_O_SUSPEND_SECCOMP
+            return self._seize(pid, tid)
+        raise Error("cannot stop pid %d (ptrace: %s)" % (pid, os.strerror(e)), errno=e, attach=True)
 
-    def _wait_stopped(self, tid, timeout=3.0):
-        """Wait until tid is in a ptrace event stop; return its stop signal (SIGTRAP, or the stop signal of a
-        group-stopped task), 0 if it exited. Signals that arrive first are delivered. A thread that never
-        stops (uninterruptible sleep: NFS, FUSE, vfork) is an Error after timeout."""
-        def late():
-            raise Error("thread %d does not stop (it may be in an uninterruptible wait); nothing was changed"
-                        % tid, fix="try again in a moment")
+    def _wait_stopped(self, tids, timeout=3.0):
+        """Wait until each of tids (interrupted already) is in a ptrace event stop; returns {tid: its stop
+        signal (SIGTRAP, or the stop signal of a group-stopped task), 0 if it exited}. Signals that arrive
+        first are delivered. Every pass looks at each thread not stopped yet without blocking (one waitpid
+        each), and only a pass that found nothing yields the CPU (later ones back off to 5 ms), so that a
+        thread that never stops cannot hang park: one that has not stopped after timeout (uninterruptible
+        sleep: NFS, FUSE, vfork) is an Error."""
+        out = {}
+        waiting = list(tids)
         end = time.monotonic() + timeout  # one deadline, also across signal-delivery-stops on the way
-        while True:
-            status = _next_status(tid, end - time.monotonic(), late)
-            if not os.WIFSTOPPED(status):
-                return 0
-            sig, event = os.WSTOPSIG(status), status >> 16
-            if event == PTRACE_EVENT_STOP:
-                return sig
-            # A signal-delivery-stop: let the thread have its signal (as CRIU does); the interrupt stays pending.
-            try:
-                _ptrace(PTRACE_CONT, tid, 0, 0 if sig == SYSCALL_STOP else sig)
-            except OSError:
-                return 0
+        idle, pause = 0, 0.00005
+        waitpid, flags = os.waitpid, WALL | os.WNOHANG
+        while waiting:
+            left = []
+            for tid in waiting:
+                try:
+                    got, status = waitpid(tid, flags)
+                except ChildProcessError:
+                    got, status = tid, 0
+                if not got:
+                    left.append(tid)
+                elif not os.WIFSTOPPED(status):
+                    out[tid] = 0
+                elif status >> 16 == PTRACE_EVENT_STOP:
+                    out[tid] = os.WSTOPSIG(status)
+                else:
+                    # A signal-delivery-stop: let the thread have its signal (as CRIU does); the interrupt
+                    # stays pending.
+                    sig = os.WSTOPSIG(status)
+                    if _libc.ptrace(PTRACE_CONT, tid, None, 0 if sig == SYSCALL_STOP else sig) == -1:
+                        out[tid] = 0
+                    else:
+                        left.append(tid)
+            if len(left) < len(waiting):
+                idle, pause = 0, 0.00005
+            elif time.monotonic() > end:
+                raise Error("thread %d does not stop (it may be in an uninterruptible wait); nothing was "
+                            "changed" % left[0], fix="try again in a moment")
+            else:
+                idle += 1
+                if idle < 200:
+                    os.sched_yield()
+                else:
+                    time.sleep(pause)
+                    pause = min(pause * 2, 0.005)
+            waiting = left
+        return out
 
     # -- injecting --
     # A call is run by the chosen thread itself, in place of a system call of its own: PTRACE_SYSCALL takes it
@@ -1456,12 +1509,10 @@ class Tracer:
         try:
             self.restore(rerun=arch.REWOUND)
         finally:
+            ptrace = _libc.ptrace
             for p in self.procs.values():
                 for tid in p.tids:
-                    try:
-                        _ptrace(PTRACE_DETACH, tid)
-                    except OSError:
-                        pass
+                    ptrace(PTRACE_DETACH, tid, None, None)  # fails only for a thread that is gone
             self.procs = {}
 
     # -- holding (park's keeper) --
@@ -1476,13 +1527,10 @@ class Tracer:
         """Bring every thread that job control stopped (PTRACE_LISTEN) back into a ptrace stop, so that system
         calls can be injected again."""
         for p in self.procs.values():
-            for tid in list(p.listening):
-                try:
-                    _ptrace(PTRACE_INTERRUPT, tid)
-                except OSError:
-                    pass
-            for tid in list(p.listening):
-                if not self._wait_stopped(tid):
+            for tid in p.listening:
+                _libc.ptrace(PTRACE_INTERRUPT, tid, None, None)  # a thread gone meanwhile shows as gone below
+            for tid, sig in self._wait_stopped(p.listening).items():
+                if not sig:
                     p.tids.remove(tid)
             p.listening = []
 
