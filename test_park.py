@@ -1751,6 +1751,16 @@ class LiveTestCase(ParkTestCase):
             self.live_skip("os.pidfd_open is missing (Python < 3.9)")
         self.port = free_port()
 
+    def start_prefork(self):
+        """The prefork fixture (a master and its workers, all holding the listener), serving: (master, workers)."""
+        proc, words = self.start_python(PY_PREFORK, self.port)
+        children = [int(w) for w in words]
+        for pid in children:
+            self.addCleanup(self.kill_pid, pid)
+        self.wait_serving("127.0.0.1", self.port)
+        self.wait_quiet(self.port)
+        return proc.pid, children
+
     def park_ok(self, port, pids, host):
         """`park PORT`: exit 0, every holder (and thread) stopped, and stdout names pid, command, address, resume."""
         r = self.park(port, expect=0)
@@ -2598,15 +2608,6 @@ class FidelityTest(LiveTestCase):
         self.assertEqual(snapshot(self.port), before, "a refused park changed the listener")
         self.assertEqual(self.get_count("127.0.0.1", self.port), (pid, n + 1))
 
-    def start_prefork(self):
-        proc, words = self.start_python(PY_PREFORK, self.port)
-        children = [int(w) for w in words]
-        for pid in children:
-            self.addCleanup(self.kill_pid, pid)
-        self.wait_serving("127.0.0.1", self.port)
-        self.wait_quiet(self.port)
-        return proc.pid, children
-
     def test_zombie_holder_is_gone_and_the_others_resume(self):
         """A worker killed with -9 while parked stays a zombie (its parent is parked and cannot reap it): list
         says parked, not running; resume names it and recreates the listener in the live ones."""
@@ -3051,18 +3052,13 @@ class OldKernelTest(LiveTestCase):
         self.assertEqual(r.stdout.split(), ["-1", str(errno.ENOSYS)])
 
     def test_prefork_server_parks_and_resumes_without_pidfd(self):
-        proc, words = self.start_python(PY_PREFORK, self.port)
-        children = [int(w) for w in words]
-        for pid in children:
-            self.addCleanup(self.kill_pid, pid)
-        self.wait_serving("127.0.0.1", self.port)
-        self.wait_quiet(self.port)
+        master, children = self.start_prefork()
         pid, n = self.get_count("127.0.0.1", self.port)
         self.wait_quiet(self.port)
         before = snapshot(self.port)
-        fds = {p: sorted(_fd_links(p)) for p in [proc.pid] + children}
+        fds = {p: sorted(_fd_links(p)) for p in [master] + children}
         self.park(self.port, expect=0, via=self.via)
-        for p in [proc.pid] + children:
+        for p in [master] + children:
             self.assert_parked(p)
         self.assert_port_free(self.port, [(socket.AF_INET, "127.0.0.1")], reuseaddr=True)
         self.park("resume", self.port, expect=0, via=self.via)
