@@ -11,9 +11,9 @@ set -u
 BASE_URL="https://raw.githubusercontent.com/park-sh/park/main"
 
 # sha256 of each file at this release (test_park.py fails, printing these lines, when one differs).
-SHA256_park_py="17de27ac27de97f1556da467834ccfc13a1c7c9c571994499faefd9abde78917"
+SHA256_park_py="cdad8973840ebf84a6ea06ecfcbb72524de2ec47e6ead438c56e44f8ed01cad6"
 SHA256_park_darwin_arm64_py="35e04a52d80d7f0bec27951dd9d39527268a8dfc71ddaf28203861b6a83c51bd"
-SHA256_park_linux_py="02c829d9030c799158171ed66345abbcbfdbfcbb1a5385395a482d986efae1e4"
+SHA256_park_linux_py="0903dd1f7d8f5a055ee5e63c6c280d82fa2a9fbbc18aa795ee4a75abd41d691c"
 SHA256_park_linux_aarch64_py="91c22682f56567e815b7982716d574b9900ca62fce5b1f7e194d1cf10b75efd6"
 SHA256_park_linux_x86_64_py="c7d3395f84f43b931c8c7a0050d642bc16895c816f21526d609ca80c550a032b"
 

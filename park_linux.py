@@ -1783,35 +1783,44 @@ class SynGuard:
     """Holds new connections off the listeners of a plan while park drains them: the filter is attached
     through park's own duplicate of each listener (closed at once: it must not keep the port open) and is
     removed on every path: by end(), or, if park dies first, by a watchdog process that notices the end of
-    its pipe and detaches it through a fresh duplicate. A listener that has a filter of its own keeps it
-    (park cannot read one back), and is drained as before."""
+    its pipe and detaches it through a fresh duplicate. The watchdog is forked before the first filter is
+    attached, so no moment is left in which a killed park leaves one behind. A listener that has a filter
+    of its own keeps it (park cannot read one back), and is drained as before."""
 
     def __init__(self, plan, allow=()):
-        self.sockets = []  # (pid, fd, inode) of each listener that has park's filter
-        code = _syn_filter(allow)
+        self.sockets = []  # (pid, fd, inode) of each listener that gets park's filter
         self.pipe = None
         self.watchdog = None
-        for l in plan:
-            if not l.get("listening", True):
-                continue  # only bound: no connection reaches it
-            pid, fd = l["holders"][0]["pid"], l["holders"][0]["fds"][0]["fd"]
-            try:
-                dup = _pidfd_getfd(pid, fd)
-            except OSError:
-                continue
-            try:
-                if os.fstat(dup).st_ino != l["inode"] or _filter_attached(dup):
+        dups = []
+        try:
+            for l in plan:
+                if not l.get("listening", True):
+                    continue  # only bound: no connection reaches it
+                pid, fd = l["holders"][0]["pid"], l["holders"][0]["fds"][0]["fd"]
+                try:
+                    dup = _pidfd_getfd(pid, fd)
+                except OSError:
                     continue
-                prog = ctypes.create_string_buffer(code, len(code))
-                fprog = struct.pack("=H6xQ", len(code) // 8, ctypes.addressof(prog))
-                if _libc.setsockopt(dup, SOL_SOCKET, SO_ATTACH_FILTER, fprog, len(fprog)) == 0:
+                dups.append(dup)
+                if os.fstat(dup).st_ino == l["inode"] and not _filter_attached(dup):
                     self.sockets.append((pid, fd, l["inode"]))
-            finally:
+                else:
+                    dups.pop()
+                    os.close(dup)
+            if not self.sockets:
+                return
+            self._start_watchdog(dups)
+            code = _syn_filter(allow)
+            prog = ctypes.create_string_buffer(code, len(code))
+            fprog = struct.pack("=H6xQ", len(code) // 8, ctypes.addressof(prog))
+            for dup in dups:
+                _libc.setsockopt(dup, SOL_SOCKET, SO_ATTACH_FILTER, fprog, len(fprog))
+                _failpoint("pause", "guard")
+        finally:
+            for dup in dups:
                 os.close(dup)
-        if self.sockets:
-            self._start_watchdog()
 
-    def _start_watchdog(self):
+    def _start_watchdog(self, dups):
         r, w = os.pipe()
         pidfds = []
         for pid, _, _ in self.sockets:
@@ -1822,6 +1831,8 @@ class SynGuard:
         child = os.fork()
         if child == 0:  # the watchdog: it reads nothing, it only waits for the pipe's end
             try:
+                for dup in dups:  # first: a duplicate held here would keep the port open after park closes it
+                    os.close(dup)
                 os.close(w)
                 os.setsid()
                 keep = sorted({r} | {f for f in pidfds if f >= 0})
@@ -1831,7 +1842,7 @@ class SynGuard:
                     low = fd + 1
                 os.closerange(low, 1 << 16)
                 done = os.read(r, 1) == b"d"
-                if not done:
+                if not done:  # detaching where park's attach did not happen is harmless: ENOENT
                     for (pid, fd, inode), pidfd in zip(self.sockets, pidfds):
                         _detach_filter(pidfd, fd, inode)
             finally:
@@ -2538,8 +2549,8 @@ def _dup(pid, fd, tracer=None):
 def _failpoint(kind, name=None):
     """Test hooks, for tests that prove rollbacks: PARK_FAILPOINT=bind:N makes the Nth rebind fail as
     EADDRINUSE; PARK_FAILPOINT=hang:NAME:N turns the Nth injected NAME() into a call that never returns;
-    PARK_FAILPOINT=pause:drain:N makes park sleep at the Nth drain, for a test to kill it there (and write
-    its pid to PARK_FAILPOINT_FILE, if set); pause:STEP:N the same at the Nth time it reaches one step of an
+    PARK_FAILPOINT=pause:drain:N makes park sleep at the Nth drain, pause:guard:N just after the Nth filter
+    of the drain is attached, for a test to kill it there (and write its pid to PARK_FAILPOINT_FILE, if set); pause:STEP:N the same at the Nth time it reaches one step of an
     injected call (seek, entry, queued, injected, running, exit, restored, back, delivery, settle; rerun on
     arm64);
     slow:US makes each of those steps US microseconds longer, for kills at random moments."""

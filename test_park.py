@@ -2826,22 +2826,27 @@ class FidelityTest(LiveTestCase):
         self.assertEqual(set(self.filter_lengths(proc.pid).values()) - {0}, set(), "a filter was left")
 
     def test_filter_is_removed_when_park_is_killed_while_draining(self):
+        """park killed just after it attached its SYN filter (guard), and later in the drain (drain): the
+        watchdog removes the filter and the server runs as it was, answering new connections."""
         proc = self.start_node(self.port)
         pid, n = self.get_count("127.0.0.1", self.port)
-        cli = subprocess.Popen([sys.executable, PARK, str(self.port)], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, universal_newlines=True,
-                               env=dict(self.env, PARK_FAILPOINT="pause:drain:1"))
-        self.addCleanup(self._stop_proc, cli)
-        self.wait_for(lambda: self.keeper_pid_of_record() is not None, "the keeper to start")
-        keeper = self.keeper_pid_of_record()
-        self.wait_for(lambda: 5 in self.filter_lengths(pid).values(), "park's filter on the listener")
-        os.kill(keeper, signal.SIGKILL)
-        out, err = cli.communicate(timeout=CHILD_TIMEOUT)
-        self.assertEqual(cli.returncode, 1, err)
-        self.assertIn("runs as it was", err)
-        self.wait_for(lambda: set(self.filter_lengths(pid).values()) == {0}, "the filter to be removed", 2)
-        self.assert_running(pid)
-        self.assertEqual(self.get_count("127.0.0.1", self.port), (pid, n + 1))
+        for step in ("guard", "drain"):
+            with self.subTest(step=step):
+                cli = subprocess.Popen([sys.executable, PARK, str(self.port)], stdout=subprocess.PIPE,
+                                       stderr=subprocess.PIPE, universal_newlines=True,
+                                       env=dict(self.env, PARK_FAILPOINT="pause:%s:1" % step))
+                self.addCleanup(self._stop_proc, cli)
+                self.wait_for(lambda: self.keeper_pid_of_record() is not None, "the keeper to start")
+                keeper = self.keeper_pid_of_record()
+                self.wait_for(lambda: 5 in self.filter_lengths(pid).values(), "park's filter on the listener")
+                os.kill(keeper, signal.SIGKILL)
+                out, err = cli.communicate(timeout=CHILD_TIMEOUT)
+                self.assertEqual(cli.returncode, 1, err)
+                self.assertIn("runs as it was", err)
+                self.wait_for(lambda: set(self.filter_lengths(pid).values()) == {0}, "the filter to be removed", 2)
+                self.assert_running(pid)
+                n += 1
+                self.assertEqual(self.get_count("127.0.0.1", self.port), (pid, n))
 
     def start_epoll_workers(self, mode):
         proc, words = self.start_python(PY_EPOLL_WORKERS, self.port, env=dict(os.environ, FIXTURE_EPOLL=mode))
