@@ -2073,14 +2073,17 @@ def park(plan, drain=2.0, suspend_seccomp=False, journal=None):
     guard = None
     try:
         guard = SynGuard(plan, probe.ports()) if drain else None
+        stops = 0
         while True:
             # Let the server accept what is queued while the guard holds new connections off, so that
-            # closing resets nobody (bounded wait).
+            # closing resets nobody (bounded wait). The first stop does not wait: mostly nothing is queued,
+            # and the look after the stop is the one that counts.
             _failpoint("pause", "drain")
-            while time.monotonic() < deadline:
+            while stops and time.monotonic() < deadline:
                 if not _in_flight(inodes, families, port):
                     break
                 time.sleep(0.002)
+            stops += 1
             tracer = Tracer(suspend_seccomp, journal)
             try:
                 tracer.stop(pids)

@@ -344,6 +344,8 @@ class Bench:
         self.last_n = 0
         # The command that runs park: the interpreter with park.py, or (--launcher) an installed `park`.
         self.park_cmd = [args.launcher] if args.launcher else [self.python, PARK]
+        if args.launcher:  # its `python3` is the measured interpreter, not whatever PATH finds first (a shim)
+            self.env["PATH"] = os.path.dirname(self.python) + os.pathsep + self.env.get("PATH", "")
         self.results = {k: [] for k in ("bare", "park", "resume", "park_ratio", "resume_ratio", "held_park",
                                         "held_resume", "first", "first_from_main", "resume_polled", "attempts",
                                         "discovery")}
