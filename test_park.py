@@ -937,8 +937,9 @@ def free_port():
 
 
 def http_get(host, port, timeout=10):
-    """(status, body) of GET / over a fresh connection, which the client closes first."""
-    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    """(status, body) of GET / over a fresh connection, which the client closes first (timeout: seconds at
+    native speed, multiplied by TIME_SCALE)."""
+    conn = http.client.HTTPConnection(host, port, timeout=timeout * TIME_SCALE)
     try:
         conn.request("GET", "/")
         resp = conn.getresponse()
@@ -1053,7 +1054,7 @@ class ParkTestCase(unittest.TestCase):
         if proc.poll() is None:  # not reaped yet, so the pid is still ours (a stopped process counts)
             self.kill_pid(proc.pid)
         try:
-            proc.wait(timeout=10)
+            proc.wait(timeout=10 * TIME_SCALE)
         except subprocess.TimeoutExpired:
             pass
         if proc.stdout:
@@ -1185,7 +1186,7 @@ class ParkTestCase(unittest.TestCase):
                     self.fail("bind %s:%d (SO_REUSEADDR=%d) while parked: %s; sockets: %s"
                               % (host, port, reuseaddr, e, tcp_sockets(port, states=None)))
                 ls.listen(4)
-                ls.settimeout(10)
+                ls.settimeout(10 * TIME_SCALE)
                 result = {}
 
                 def client():
@@ -1198,7 +1199,7 @@ class ParkTestCase(unittest.TestCase):
                 t.start()
                 conn, _ = ls.accept()
                 with conn:
-                    conn.settimeout(10)
+                    conn.settimeout(10 * TIME_SCALE)
                     buf = b""
                     while b"\r\n\r\n" not in buf:
                         data = conn.recv(4096)
@@ -1209,7 +1210,7 @@ class ParkTestCase(unittest.TestCase):
                     conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
                     while conn.recv(4096):  # let the client close first: no TIME_WAIT on the port
                         pass
-                t.join(10)
+                t.join(10 * TIME_SCALE)
                 self.assertEqual(result.get("r"), (200, "interim server\n"), result.get("e"))
             finally:
                 ls.close()
@@ -1889,7 +1890,7 @@ class ServerCycleTest(LiveTestCase):
         def check(snap):
             (rec,) = snap[proc.pid]
             self.assertEqual((rec["nonblock"], rec["epoll"]), (False, []))
-            deadline = time.monotonic() + 5
+            deadline = time.monotonic() + 5 * TIME_SCALE
             while not in_accept():
                 self.assertLess(time.monotonic(), deadline, "no thread of the fixture is blocked in accept")
                 time.sleep(0.02)
@@ -2011,7 +2012,7 @@ class BehaviourTest(LiveTestCase):
 
     def test_keep_alive_connection_survives(self):
         proc = self.start_node(self.port)
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10 * TIME_SCALE)
         self.addCleanup(conn.close)
         conn.request("GET", "/")
         resp = conn.getresponse()
@@ -2040,7 +2041,7 @@ class BehaviourTest(LiveTestCase):
         threads = [threading.Thread(target=client, args=(i,)) for i in range(4)]
         for t in threads:
             t.start()
-        deadline = time.monotonic() + 3
+        deadline = time.monotonic() + 3 * TIME_SCALE
         while ss_queue(self.port) < 2:  # one is being served, the others wait in the accept queue
             self.assertLess(time.monotonic(), deadline, "clients never queued")
             time.sleep(0.01)
@@ -2048,7 +2049,7 @@ class BehaviourTest(LiveTestCase):
         self.assertNotIn("reset", r.stdout, "park reports reset clients")
         self.park("resume", self.port, expect=0)
         for t in threads:
-            t.join(40)
+            t.join(40 * TIME_SCALE)
         for r in results:
             self.assertIsInstance(r, tuple, "a queued client failed: %r" % (r,))
             self.assertEqual(r[0], 200)
@@ -2079,7 +2080,7 @@ class BehaviourTest(LiveTestCase):
         t0 = time.monotonic()
         self.park("resume", self.port, "--wait", "5", expect=0)
         self.assertGreater(time.monotonic() - t0, 0.5, "resume did not wait for the port")
-        self.assertEqual(blocker.wait(timeout=5), 0)
+        self.assertEqual(blocker.wait(timeout=5 * TIME_SCALE), 0)
         self.assert_running(proc.pid)
         self.assertEqual(self.get_count("127.0.0.1", self.port), (proc.pid, n + 1))
 
@@ -2131,7 +2132,7 @@ class BehaviourTest(LiveTestCase):
                 a, _ = ls.accept()
                 a.close()  # the interim server closes first: TIME_WAIT on 127.0.0.1:PORT
                 c.recv(10)
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 5 * TIME_SCALE
         while not any(r[2] == TCP_TIME_WAIT for r in tcp_sockets(self.port, states=None)):
             self.assertLess(time.monotonic(), deadline, "no TIME_WAIT was left")
             time.sleep(0.02)
@@ -2236,7 +2237,7 @@ class BehaviourTest(LiveTestCase):
         self.assertFalse(os.path.exists(stale), "a note older than an hour is kept")
         self.assertIsNotNone(self.entry(self.port))
         self.kill_pid(proc.pid)
-        proc.wait(timeout=10)
+        proc.wait(timeout=10 * TIME_SCALE)
         self.assertEqual(self.park_list(), [], "an exited released process is still listed")
         self.assertNotIn(":%d " % self.port, self.park(expect=0).stdout)
         self.assertEqual(os.listdir(os.path.join(self.home, "released")), [])
@@ -2249,7 +2250,7 @@ class BehaviourTest(LiveTestCase):
         self.park_ok(self.port, [proc.pid], "127.0.0.1")
         self.park("release", self.port, "--kill", expect=0)
         # 42 comes from the fixture's SIGTERM handler: the stopped process got SIGTERM and ran again.
-        self.assertEqual(proc.wait(timeout=10), 42)
+        self.assertEqual(proc.wait(timeout=10 * TIME_SCALE), 42)
         self.assertIsNone(self.entry(self.port))
 
     def test_release_kill_force_sends_sigkill(self):
@@ -2259,7 +2260,7 @@ class BehaviourTest(LiveTestCase):
         self.wait_quiet(self.port)
         self.park_ok(self.port, [proc.pid], "127.0.0.1")
         self.park("release", proc.pid, "--kill", "--force", expect=0)
-        self.assertEqual(proc.wait(timeout=10), -signal.SIGKILL)
+        self.assertEqual(proc.wait(timeout=10 * TIME_SCALE), -signal.SIGKILL)
         self.assertIsNone(self.entry(self.port))
 
     def test_list_prune_after_the_process_is_gone(self):
@@ -2267,7 +2268,7 @@ class BehaviourTest(LiveTestCase):
         self.wait_quiet(self.port)
         self.park_ok(self.port, [proc.pid], "127.0.0.1")
         self.kill_pid(proc.pid)
-        proc.wait(timeout=10)
+        proc.wait(timeout=10 * TIME_SCALE)
         self.assertEqual(self.entry(self.port)["status"], "gone")
         self.park("list", "--prune", expect=0)
         self.assertIsNone(self.entry(self.port), "prune kept a gone entry")
@@ -2414,7 +2415,7 @@ class BehaviourTest(LiveTestCase):
 
         self.addCleanup(stop_namespace)
         try:
-            out, err = proc.communicate(timeout=90)
+            out, err = proc.communicate(timeout=90 * TIME_SCALE)
         except subprocess.TimeoutExpired:
             self.fail("the pid-1 server hung: park stopped it?")
         if proc.returncode != 0 and "unshare" in err:
@@ -2486,7 +2487,7 @@ class SafetyTest(LiveTestCase):
         self.park(self.port, expect=0)
         keeper = self.keeper_of(proc.pid)
         os.kill(proc.pid, signal.SIGTERM)
-        self.assertEqual(proc.wait(timeout=10), 42)
+        self.assertEqual(proc.wait(timeout=10 * TIME_SCALE), 42)
         e = self.entry(self.port)
         self.assertEqual(e["status"], "gone")
         self.assertIn("SIGTERM was sent to pid %d" % proc.pid, e["ended"])
@@ -2538,7 +2539,7 @@ class SafetyTest(LiveTestCase):
         self.assert_running(proc.pid)
         self.assertEqual(self.entry(self.port), None, "a refused park left state behind")
         self.kill_pid(tracer.pid)
-        tracer.wait(10)
+        tracer.wait(10 * TIME_SCALE)
         self.assertEqual(self.get_count("127.0.0.1", self.port)[0], proc.pid)
 
     def test_interrupted_park_leaves_target_whole(self):
@@ -2788,7 +2789,7 @@ class FidelityTest(LiveTestCase):
         def client():
             while not stop.is_set():
                 try:
-                    with socket.create_connection(("127.0.0.1", self.port), timeout=10) as c:
+                    with socket.create_connection(("127.0.0.1", self.port), timeout=10 * TIME_SCALE) as c:
                         c.sendall(request)
                         kind = "ok" if c.recv(4096).startswith(b"HTTP/1.1 200") else "other"
                 except ConnectionResetError:
@@ -2812,7 +2813,7 @@ class FidelityTest(LiveTestCase):
         finally:
             stop.set()
             for t in threads:
-                t.join(15)
+                t.join(15 * TIME_SCALE)
         return counts
 
     def test_no_connection_is_reset_under_load(self):
@@ -2875,9 +2876,9 @@ class FidelityTest(LiveTestCase):
             for d in dups:
                 mine.register(d, select.EPOLLIN | select.EPOLLET)
             mine.poll(0)
-            with socket.create_connection(("127.0.0.1", self.port), timeout=5):
+            with socket.create_connection(("127.0.0.1", self.port), timeout=5 * TIME_SCALE):
                 seen = []
-                deadline = time.monotonic() + 2
+                deadline = time.monotonic() + 2 * TIME_SCALE
                 while len(seen) < len(workers) and time.monotonic() < deadline:
                     seen += [dups[fd] for fd, _ in mine.poll(0.1) if dups[fd] not in seen]
                 for pid in workers:
@@ -3007,7 +3008,7 @@ class FidelityTest(LiveTestCase):
         self.addCleanup(lsock.close)
         lsock.bind(("127.0.0.1", self.port))
         lsock.listen(8)
-        lsock.settimeout(1)
+        lsock.settimeout(TIME_SCALE)
         probe, other = socket.socket(), socket.socket()
         for c in (probe, other):
             self.addCleanup(c.close)
@@ -3271,7 +3272,7 @@ class DistributionTest(LiveTestCase):
         self.wait_quiet(self.port)
         self.park(self.port, expect=0)
         self.kill_pid(server.pid)  # offline from here: the verified cache must do
-        server.wait(10)
+        server.wait(10 * TIME_SCALE)
         self.stdin_park("resume", self.port, expect=0)  # and the reverse
         self.assertEqual(self.get_count("127.0.0.1", self.port), (pid, n + 2))
 
@@ -3304,7 +3305,7 @@ class DistributionTest(LiveTestCase):
         with open(old, "wb") as f:
             f.write(b"another release")
         self.kill_pid(server.pid)
-        server.wait(10)
+        server.wait(10 * TIME_SCALE)
         proc = self.start_asyncio(self.port)
         self.wait_quiet(self.port)
         self.stdin_park(self.port, expect=0)  # offline: the verified source, compiled again
@@ -3331,7 +3332,7 @@ class DistributionTest(LiveTestCase):
         self.stdin_park("list", expect=0)
         self.assertTrue(os.path.exists(self.cache))
         self.kill_pid(server.pid)
-        server.wait(10)
+        server.wait(10 * TIME_SCALE)
         with open(self.cache, "a") as f:
             f.write("\nimport os; os._exit(99)\n")
         proc = self.start_asyncio(self.port)
@@ -3564,7 +3565,7 @@ class TimerTest(LiveTestCase):
         r = self.park("list", expect=0)
         self.assertIn("in use by pid %d" % blocker.pid, r.stdout)
         self.kill_pid(blocker.pid)
-        blocker.wait(10)
+        blocker.wait(10 * TIME_SCALE)
         self.wait_until("the retried resume", lambda: self.is_resumed(proc.pid))
         self.assertEqual(self.get_count("127.0.0.1", self.port), (pid, n + 1))
 
@@ -3597,10 +3598,10 @@ class HoldTest(LiveTestCase):
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.env,
                                 universal_newlines=True)
         self.addCleanup(self._stop_proc, hold)
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 20 * TIME_SCALE
         while not (self.entry(self.port) or {}).get("waiting") == 0:
             if hold.poll() is not None or time.monotonic() > deadline:
-                self.fail("the hold did not start: %s" % (hold.communicate(timeout=5),))
+                self.fail("the hold did not start: %s" % (hold.communicate(timeout=5 * TIME_SCALE),))
             time.sleep(0.05)
         return hold
 
@@ -3617,7 +3618,7 @@ class HoldTest(LiveTestCase):
         threads = [threading.Thread(target=one) for _ in range(n)]
         for t in threads:
             t.start()
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 10 * TIME_SCALE
         while (self.entry(self.port) or {}).get("waiting") != n:
             if time.monotonic() > deadline:
                 self.fail("%d clients are not waiting on the hold: %s" % (n, self.entry(self.port)))
@@ -3626,7 +3627,7 @@ class HoldTest(LiveTestCase):
 
     def finish(self, threads, results, n):
         for t in threads:
-            t.join(30)
+            t.join(30 * TIME_SCALE)
         self.assertEqual(len(results), n)
         bad = [r for r in results if not (isinstance(r, tuple) and r[0] == 200)]
         self.assertEqual(bad, [], "held clients were not all served")
@@ -3641,7 +3642,7 @@ class HoldTest(LiveTestCase):
         self.assert_parked(proc.pid)
         threads, results = self.clients("127.0.0.1", 5)
         hold.send_signal(signal.SIGINT)
-        out, err = hold.communicate(timeout=30)
+        out, err = hold.communicate(timeout=30 * TIME_SCALE)
         self.assertEqual(hold.returncode, 0, err)
         self.assertIn("handed over 5 waiting client(s)", out)
         self.assertNotIn("Traceback", err)
@@ -3663,7 +3664,7 @@ class HoldTest(LiveTestCase):
         r = self.park("resume", self.port, expect=0)
         self.assertIn("handed over", r.stdout)
         self.finish(threads, results, 4)
-        hold.communicate(timeout=30)
+        hold.communicate(timeout=30 * TIME_SCALE)
         self.assertEqual(hold.returncode, 0)
         self.assert_running(proc.pid)
         self.assertEqual(snapshot(self.port), before)
@@ -3677,7 +3678,7 @@ class HoldTest(LiveTestCase):
         hold = self.start_hold()
         threads, results = self.clients("127.0.0.1", 3)
         self.kill_pid(hold.pid)
-        hold.wait(10)
+        hold.wait(10 * TIME_SCALE)
         self.assert_parked(proc.pid)
         e = self.entry(self.port)
         self.assertEqual((e["status"], e["waiting"]), ("parked", 3))
@@ -3988,7 +3989,7 @@ class ForegroundTest(LiveTestCase):
         r = self.park("resume", self.port, expect=0)
         self.assertIn("handed over 4 waiting client(s)", r.stdout)
         for t in threads:
-            t.join(30)
+            t.join(30 * TIME_SCALE)
         self.assertEqual(sorted(parse_counter(b)[1] for _, b in results), list(range(n + 1, n + 5)))
 
 
@@ -4032,7 +4033,7 @@ class RunTest(LiveTestCase):
         while not any("running:" in l for l in lines):
             lines.append(park.stdout.readline())
             if not lines[-1]:
-                self.fail("park exited early: %s" % (park.communicate(timeout=10),))
+                self.fail("park exited early: %s" % (park.communicate(timeout=10 * TIME_SCALE),))
         self.assertEqual(self.wait_serving("127.0.0.1", self.port), "interim")
         rest, err = park.communicate(timeout=CHILD_TIMEOUT)
         self.assertEqual(park.returncode, 3, err)
@@ -4240,7 +4241,7 @@ class KeeperTest(LiveTestCase):
         self.park(self.port, expect=0)
         keeper = self.keeper_of(proc.pid)
         os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(10)
+        proc.wait(10 * TIME_SCALE)
         self.wait_for(lambda: proc_state(keeper) in (None, "Z"), "the keeper to exit")
         e = self.entry(self.port)
         self.assertEqual((e["status"], e["keeper"]), ("gone", None))
@@ -4252,7 +4253,7 @@ class KeeperTest(LiveTestCase):
         self.wait_quiet(self.port)
         self.park(self.port, expect=0)
         os.kill(proc.pid, signal.SIGUSR2)
-        self.assertEqual(proc.wait(10), -signal.SIGUSR2)
+        self.assertEqual(proc.wait(10 * TIME_SCALE), -signal.SIGUSR2)
         self.assertIn("SIGUSR2 was sent to pid %d" % proc.pid, self.entry(self.port)["ended"])
 
     def test_a_caught_signal_waits_for_resume(self):
@@ -4265,7 +4266,7 @@ class KeeperTest(LiveTestCase):
         time.sleep(1.0)
         self.assert_parked(proc.pid)
         self.park("resume", self.port, expect=0)
-        self.assertEqual(proc.wait(10), 42, "the handler ran once resumed")
+        self.assertEqual(proc.wait(10 * TIME_SCALE), 42, "the handler ran once resumed")
 
     def test_sigterm_to_the_keeper_resumes_the_server(self):
         proc = self.start_asyncio(self.port)
@@ -4335,7 +4336,7 @@ class KeeperTest(LiveTestCase):
         self.assertNotIn(proc_state(keeper), (None, "Z"), "the keeper died")
         self.assert_parked(proc.pid)
         os.kill(proc.pid, signal.SIGTERM)
-        self.assertEqual(proc.wait(timeout=10), 42)
+        self.assertEqual(proc.wait(timeout=10 * TIME_SCALE), 42)
 
     def test_a_process_parked_on_one_port_is_named_on_another(self):
         other = free_port()
@@ -4843,7 +4844,7 @@ class SecurityTest(TwoUsersTestCase):
             self.park("resume", self.port, expect=0)
             self.get_count("127.0.0.1", self.port)
         self.kill_pid(thief.pid)
-        thief.wait(10)
+        thief.wait(10 * TIME_SCALE)
         with open(out) as f:
             tried, got = f.read().split()
         self.assertGreater(int(tried), 0, "the thief never saw a socket to try")
@@ -5437,7 +5438,7 @@ class UiTest(LiveTestCase):
     def quit_ui(self):
         self.press("q")
         try:
-            rc = self.ui.wait(timeout=10)
+            rc = self.ui.wait(timeout=10 * TIME_SCALE)
         except subprocess.TimeoutExpired:
             self.fail("q did not end park ui; screen:\n%s" % self.screen.text())
         self.pump(0.1)
@@ -5565,7 +5566,7 @@ class UiTest(LiveTestCase):
         self.wait_until(lambda: self.is_resumed(timed.pid), "r did not resume the timed server")
         self.select_port(port2, "PARKED")
         self.press("r")
-        self.assertEqual(hold.wait(timeout=20), 0, "the holding park did not end after the hand-over")
+        self.assertEqual(hold.wait(timeout=20 * TIME_SCALE), 0, "the holding park did not end after the hand-over")
         client.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         self.assertIn(b"pid=%d count=" % held.pid, client.recv(4096), "the held client was not served")
         self.assertEqual(self.park_list(), [])
@@ -5586,7 +5587,7 @@ class UiTest(LiveTestCase):
         self.press("K")
         self.wait_screen(lambda l: any(x.endswith("? y/n") for x in l), "the kill question again")
         self.press("y")
-        self.assertEqual(proc.wait(timeout=10), -signal.SIGTERM)
+        self.assertEqual(proc.wait(timeout=10 * TIME_SCALE), -signal.SIGTERM)
         self.assertEqual(self.park_list(), [])
         self.wait_screen(lambda l: self.row_of(l, self.port) is None and "nothing is parked" in "\n".join(l),
                          "the killed entry gone")
@@ -5625,7 +5626,7 @@ class UiTest(LiveTestCase):
         self.assertEqual([r[:2] for r in selected_row(self.screen.lines())], [(ports[a.pid], "LISTENING")],
                          "the selection left the resumed server")
         self.kill_pid(a.pid)
-        a.wait(timeout=10)
+        a.wait(timeout=10 * TIME_SCALE)
         self.wait_screen(lambda l: self.row_of(l, ports[a.pid]) is None, "the killed server gone")
         self.pump(1.2)
         self.assertEqual(selected_row(self.screen.lines()), [], "another row was selected in its place")
@@ -5638,7 +5639,7 @@ class UiTest(LiveTestCase):
         # that comes and goes, so press again until one stays), and then keys act on the row chosen
         for _ in range(10):
             self.press("j")
-            deadline = time.monotonic() + 2
+            deadline = time.monotonic() + 2 * TIME_SCALE
             while time.monotonic() < deadline and not selected_row(self.screen.lines()):
                 self.pump()
             if selected_row(self.screen.lines()):
@@ -5678,7 +5679,7 @@ class UiTest(LiveTestCase):
         os.close(self.master)
         self.master = os.open("/dev/null", os.O_RDONLY)  # what the cleanup closes instead
         try:
-            self.ui.wait(timeout=10)
+            self.ui.wait(timeout=10 * TIME_SCALE)
         except subprocess.TimeoutExpired:
             self.fail("park ui still runs after its terminal was closed (state %s)" % proc_state(self.ui.pid))
 
@@ -7023,7 +7024,7 @@ class DarwinFrontTest(ParkTestCase):
         self.addCleanup(self.child.wait)
         self.addCleanup(self.child.kill)
         os.kill(self.child.pid, signal.SIGSTOP)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 10 * TIME_SCALE
         while proc_state(self.child.pid) != "T":  # the stop takes effect asynchronously
             if time.monotonic() > deadline:
                 self.fail("the stand-in process did not stop")
