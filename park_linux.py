@@ -1792,42 +1792,50 @@ class SynGuard:
         self.sockets = []  # (pid, fd, inode) of each listener that has park's filter
         self.pipe = None
         self.watchdog = None
-        dups = []
-        try:
-            for l in plan:
-                if not l.get("listening", True):
-                    continue  # only bound: no connection reaches it
-                pid, fd = l["holders"][0]["pid"], l["holders"][0]["fds"][0]["fd"]
-                try:
-                    dup = _pidfd_getfd(pid, fd)
-                except OSError:
-                    continue
-                dups.append(dup)
-                if os.fstat(dup).st_ino == l["inode"] and not _filter_attached(dup):
-                    self.sockets.append((pid, fd, l["inode"]))
-                else:
-                    dups.pop()
-                    os.close(dup)
-            if not self.sockets:
-                return
-            self._start_watchdog(dups)
-            code = _syn_filter(allow)
-            prog = ctypes.create_string_buffer(code, len(code))
-            fprog = struct.pack("=H6xQ", len(code) // 8, ctypes.addressof(prog))
-            attached = []
-            for sock, dup in zip(self.sockets, dups):
+        candidates = []
+        for l in plan:
+            if not l.get("listening", True):
+                continue  # only bound: no connection reaches it
+            pid, fd = l["holders"][0]["pid"], l["holders"][0]["fds"][0]["fd"]
+            dup = self._dup(pid, fd, l["inode"])
+            if dup is not None:
+                candidates.append((pid, fd, l["inode"]))
+                os.close(dup)  # none is held across the fork: the watchdog would keep the port open
+        if not candidates:
+            return
+        self._start_watchdog(candidates)
+        code = _syn_filter(allow)
+        prog = ctypes.create_string_buffer(code, len(code))
+        fprog = struct.pack("=H6xQ", len(code) // 8, ctypes.addressof(prog))
+        for pid, fd, inode in candidates:
+            dup = self._dup(pid, fd, inode)
+            if dup is None:
+                continue
+            try:
                 if _libc.setsockopt(dup, SOL_SOCKET, SO_ATTACH_FILTER, fprog, len(fprog)) == 0:
-                    attached.append(sock)
-                _failpoint("pause", "guard")
-            self.sockets = attached  # the watchdog has them all: detaching where no filter is, is harmless
-        finally:
-            for dup in dups:
+                    self.sockets.append((pid, fd, inode))
+            finally:
                 os.close(dup)
+            _failpoint("pause", "guard")
 
-    def _start_watchdog(self, dups):
+    @staticmethod
+    def _dup(pid, fd, inode):
+        """A duplicate of pid's fd if it still is that listener and has no filter of its own, else None."""
+        try:
+            dup = _pidfd_getfd(pid, fd)
+        except OSError:
+            return None
+        if os.fstat(dup).st_ino == inode and not _filter_attached(dup):
+            return dup
+        os.close(dup)
+        return None
+
+    def _start_watchdog(self, candidates):
+        """Fork the watchdog, which detaches the filter from each of candidates if park dies (where park did
+        not attach one, that does nothing)."""
         r, w = os.pipe()
         pidfds = []
-        for pid, _, _ in self.sockets:
+        for pid, _, _ in candidates:
             try:
                 pidfds.append(_check(_libc.syscall(arch.NR_pidfd_open, pid, 0, 0), "pidfd_open"))
             except OSError:
@@ -1835,8 +1843,6 @@ class SynGuard:
         child = os.fork()
         if child == 0:  # the watchdog: it reads nothing, it only waits for the pipe's end
             try:
-                for dup in dups:  # first: a duplicate held here would keep the port open after park closes it
-                    os.close(dup)
                 os.close(w)
                 os.setsid()
                 keep = sorted({r} | {f for f in pidfds if f >= 0})
@@ -1845,9 +1851,8 @@ class SynGuard:
                     os.closerange(low, fd)
                     low = fd + 1
                 os.closerange(low, 1 << 16)
-                done = os.read(r, 1) == b"d"
-                if not done:  # detaching where park's attach did not happen is harmless: ENOENT
-                    for (pid, fd, inode), pidfd in zip(self.sockets, pidfds):
+                if os.read(r, 1) != b"d":
+                    for (pid, fd, inode), pidfd in zip(candidates, pidfds):
                         _detach_filter(pidfd, fd, inode)
             finally:
                 os._exit(0)
