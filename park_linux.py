@@ -1794,7 +1794,7 @@ class SynGuard:
             if not l.get("listening", True):
                 continue  # only bound: no connection reaches it
             pid, fd = l["holders"][0]["pid"], l["holders"][0]["fds"][0]["fd"]
-            dup = self._dup(pid, fd, l["inode"])
+            dup = self._dup_if_unfiltered(pid, fd, l["inode"])
             if dup is not None:
                 candidates.append((pid, fd, l["inode"]))
                 os.close(dup)  # none is held across the fork: the watchdog would keep the port open
@@ -1805,7 +1805,7 @@ class SynGuard:
         prog = ctypes.create_string_buffer(code, len(code))
         fprog = struct.pack("=H6xQ", len(code) // 8, ctypes.addressof(prog))
         for pid, fd, inode in candidates:
-            dup = self._dup(pid, fd, inode)
+            dup = self._dup_if_unfiltered(pid, fd, inode)
             if dup is None:
                 continue
             try:
@@ -1816,7 +1816,7 @@ class SynGuard:
             _failpoint("pause", "guard")
 
     @staticmethod
-    def _dup(pid, fd, inode):
+    def _dup_if_unfiltered(pid, fd, inode):
         """A duplicate of pid's fd if it still is that listener and has no filter of its own, else None."""
         try:
             dup = _pidfd_getfd(pid, fd)
@@ -2572,10 +2572,10 @@ def _failpoint(kind, name=None):
     """Test hooks, for tests that prove rollbacks: PARK_FAILPOINT=bind:N makes the Nth rebind fail as
     EADDRINUSE; PARK_FAILPOINT=hang:NAME:N turns the Nth injected NAME() into a call that never returns;
     PARK_FAILPOINT=pause:drain:N makes park sleep at the Nth drain, pause:guard:N just after the Nth filter
-    of the drain is attached, for a test to kill it there (and write its pid to PARK_FAILPOINT_FILE, if set); pause:STEP:N the same at the Nth time it reaches one step of an
-    injected call (seek, entry, queued, injected, running, exit, restored, back, delivery, settle; rerun on
-    arm64);
-    slow:US makes each of those steps US microseconds longer, for kills at random moments."""
+    of the drain is attached, for a test to kill it there (and write its pid to PARK_FAILPOINT_FILE, if
+    set); pause:STEP:N the same at the Nth time it reaches one step of an injected call (seek, entry,
+    queued, injected, running, exit, restored, back, delivery, settle; rerun on arm64); slow:US makes each
+    of those steps US microseconds longer, for kills at random moments."""
     if not _SPEC:
         _SPEC.append(os.environ.get("PARK_FAILPOINT", "").split(":"))  # read once: it is on every call's path
     spec = _SPEC[0]
