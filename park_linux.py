@@ -998,9 +998,11 @@ class Tracer:
                 elif status >> 16 == PTRACE_EVENT_STOP:
                     out[tid] = os.WSTOPSIG(status)
                 else:
-                    # A signal-delivery-stop: let the thread have its signal (as CRIU does); the interrupt
-                    # stays pending.
+                    # A signal-delivery-stop (or a syscall stop): let the thread have its signal (as CRIU
+                    # does), interrupted again first: any trap clears a pending PTRACE_INTERRUPT
+                    # (kernel/signal.c ptrace_stop), and it would run on instead of stopping.
                     sig = os.WSTOPSIG(status)
+                    _libc.ptrace(PTRACE_INTERRUPT, tid, None, None)
                     if _libc.ptrace(PTRACE_CONT, tid, None, 0 if sig == SYSCALL_STOP else sig) == -1:
                         out[tid] = 0
                     else:
@@ -1160,7 +1162,10 @@ class Tracer:
         return 0
 
     def _interrupt_to_event(self, p):
-        """Stop the running thread in a plain event stop (a syscall it makes meanwhile runs, as its own)."""
+        """Stop the running thread in a plain event stop (a syscall it makes meanwhile runs, as its own). Any
+        other stop on the way (its syscall's entry, a signal) clears the pending PTRACE_INTERRUPT
+        (kernel/signal.c ptrace_stop): it is interrupted again there, or it would run on, or sleep in that
+        call, and never stop."""
         _ptrace(PTRACE_INTERRUPT, p.tid)
         end = time.monotonic() + SYSCALL_DEADLINE
         while True:
@@ -1169,6 +1174,7 @@ class Tracer:
                 p.at = "event"
                 return
             sig = 0 if os.WSTOPSIG(status) == SYSCALL_STOP else self._signal_stop(p, status, deliver=self.deliver)
+            _ptrace(PTRACE_INTERRUPT, p.tid)
             _ptrace(PTRACE_SYSCALL, p.tid, 0, sig)
 
     def _stuck(self, p, what):
@@ -1457,15 +1463,22 @@ class Tracer:
 
     def _hold_here(self, p, end, stuck):
         """From a stop inside the kernel's signal code into a plain event stop there, without returning to user
-        mode (signals on the way are kept, as by _signal_stop)."""
+        mode (signals on the way are kept, as by _signal_stop). Each stop on the way clears the pending
+        PTRACE_INTERRUPT (kernel/signal.c ptrace_stop), so it is asked for again after each. A thread in no
+        stop at all (an earlier wait gave up on it: a slow machine) is stopped by the interrupt."""
         _ptrace(PTRACE_INTERRUPT, p.tid)
-        _ptrace(PTRACE_CONT, p.tid, 0, 0)
+        try:
+            _ptrace(PTRACE_CONT, p.tid, 0, 0)
+        except ProcessLookupError:
+            pass  # running, not stopped (or gone: the wait below says which)
         while True:
             status = self._wait(p, end, stuck)
             if status >> 16 == PTRACE_EVENT_STOP:
                 p.at = "event"
                 return
-            self._signal_stop(p, status, deliver=False)
+            if os.WSTOPSIG(status) != SYSCALL_STOP:
+                self._signal_stop(p, status, deliver=False)
+            _ptrace(PTRACE_INTERRUPT, p.tid)
             _ptrace(PTRACE_CONT, p.tid, 0, 0)
 
     def _rerun(self, p):

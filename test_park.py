@@ -461,6 +461,28 @@ while True:  # one connection at a time, 0.3 s per request: the others wait in t
     handle(conn, delay=0.3)
 '''
 
+# One thread, busy in user code between accepts (no system call for ~0.5 s at a time): at park no thread
+# sits in a system call, so park takes the leader to one of its own (the vdso's) instead.
+PY_BUSY = PY_COMMON + r'''
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", PORT))
+s.listen(16)
+s.setblocking(False)
+start = time.monotonic()
+sum(range(1000000))
+reps = max(1, int(0.5 / max(time.monotonic() - start, 1e-6)))
+ready()
+while True:
+    for _ in range(reps):
+        sum(range(1000000))
+    try:
+        conn, _ = s.accept()
+    except BlockingIOError:
+        continue
+    handle(conn)
+'''
+
 PY_BLOCKER = r'''
 import socket, sys, time
 s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -1828,6 +1850,13 @@ class ServerCycleTest(LiveTestCase):
                    reuseaddr=True, allow_time_wait=True, check=check)
         body = self.wait_serving("127.0.0.1", self.port)
         self.assertIn("park-test-index", body)
+
+    def test_python_busy_in_user_code(self):
+        """A server that makes no system call for ~0.5 s at a time: park does not wait for one of its own
+        (0.2 s at most), it takes the thread to the vdso's `syscall` instruction from an interrupt stop."""
+        proc, _ = self.start_python(PY_BUSY, self.port)
+        for _ in range(3):
+            self.cycle([proc.pid], [(socket.AF_INET, "127.0.0.1")], "127.0.0.1")
 
     def test_asyncio_epoll(self):
         proc = self.start_asyncio(self.port)
