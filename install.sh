@@ -11,9 +11,9 @@ set -u
 BASE_URL="https://raw.githubusercontent.com/park-sh/park/main"
 
 # sha256 of each file at this release (test_park.py fails, printing these lines, when one differs).
-SHA256_park_py="62f9a454d48802d066208580f949e93beade9227f977be4b90160392ba909cb8"
+SHA256_park_py="238560a2d0ca2a14bbe66a4bc890a0a2f2311a8339dab927304e9097f246e90a"
 SHA256_park_darwin_arm64_py="35e04a52d80d7f0bec27951dd9d39527268a8dfc71ddaf28203861b6a83c51bd"
-SHA256_park_linux_py="b4f1b104eecca8fbcd3d7f04955b0c71c882916046a94493b710b25a2fadf130"
+SHA256_park_linux_py="434f803048cfd5806026ca98e5d196aa832952d06ac6b504c0a868d517c6115e"
 SHA256_park_linux_aarch64_py="91c22682f56567e815b7982716d574b9900ca62fce5b1f7e194d1cf10b75efd6"
 SHA256_park_linux_x86_64_py="c7d3395f84f43b931c8c7a0050d642bc16895c816f21526d609ca80c550a032b"
 

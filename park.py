@@ -41,7 +41,7 @@ BACKENDS = {("linux", "x86_64"): ("park_linux_x86_64", "park_linux"),
 BASE_URL = "https://raw.githubusercontent.com/park-sh/park/main"
 PINS = {
     "park_darwin_arm64": "35e04a52d80d7f0bec27951dd9d39527268a8dfc71ddaf28203861b6a83c51bd",
-    "park_linux": "b4f1b104eecca8fbcd3d7f04955b0c71c882916046a94493b710b25a2fadf130",
+    "park_linux": "434f803048cfd5806026ca98e5d196aa832952d06ac6b504c0a868d517c6115e",
     "park_linux_aarch64": "91c22682f56567e815b7982716d574b9900ca62fce5b1f7e194d1cf10b75efd6",
     "park_linux_x86_64": "c7d3395f84f43b931c8c7a0050d642bc16895c816f21526d609ca80c550a032b",
 }

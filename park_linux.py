@@ -797,12 +797,24 @@ def queue_lengths(inodes, families):
 # ---------------------------------------------------------------------------------------------------------
 # Stopping threads and running system calls inside them
 
+POLL_PAUSE = 0.00005  # the first sleep of a poll loop that found nothing 200 times in a row
+
+
+def _idle(polls, pause):
+    """One wait of a poll loop that found nothing, the polls-th in a row: a stop takes microseconds, so the
+    first 200 only yield the CPU, later ones sleep, from POLL_PAUSE doubling to 5 ms. Returns the next pause."""
+    if polls < 200:
+        os.sched_yield()
+        return pause
+    time.sleep(pause)
+    return min(pause * 2, 0.005)
+
+
 def _next_status(tid, timeout, late):
-    """tid's next wait status (0 once it is gone), polled without blocking so that a thread that never
-    stops cannot hang park: a stop takes microseconds, so the first polls only yield the CPU, later ones
-    back off to 5 ms. Past `timeout` seconds, late() is called, and raises."""
+    """tid's next wait status (0 once it is gone), polled without blocking (see _idle) so that a thread
+    that never stops cannot hang park. Past `timeout` seconds, late() is called, and raises."""
     deadline = time.monotonic() + timeout
-    polls, pause = 0, 0.00005
+    polls, pause = 0, POLL_PAUSE
     while True:
         try:
             got, status = os.waitpid(tid, WALL | os.WNOHANG)
@@ -813,11 +825,7 @@ def _next_status(tid, timeout, late):
         if time.monotonic() > deadline:
             late()
         polls += 1
-        if polls < 200:
-            os.sched_yield()
-        else:
-            time.sleep(pause)
-            pause = min(pause * 2, 0.005)
+        pause = _idle(polls, pause)
 
 
 _VDSO = []
@@ -982,7 +990,7 @@ class Tracer:
         out = {}
         waiting = list(tids)
         end = time.monotonic() + timeout  # one deadline, also across signal-delivery-stops on the way
-        idle, pause = 0, 0.00005
+        idle, pause = 0, POLL_PAUSE
         waitpid, flags = os.waitpid, WALL | os.WNOHANG
         while waiting:
             left = []
@@ -1008,17 +1016,13 @@ class Tracer:
                     else:
                         left.append(tid)
             if len(left) < len(waiting):
-                idle, pause = 0, 0.00005
+                idle, pause = 0, POLL_PAUSE
             elif time.monotonic() > end:
                 raise Error("thread %d does not stop (it may be in an uninterruptible wait); nothing was "
                             "changed" % left[0], fix="try again in a moment")
             else:
                 idle += 1
-                if idle < 200:
-                    os.sched_yield()
-                else:
-                    time.sleep(pause)
-                    pause = min(pause * 2, 0.005)
+                pause = _idle(idle, pause)
             waiting = left
         return out
 
